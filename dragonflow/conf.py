@@ -1,0 +1,75 @@
+"""Configuration options (oslo.config), read from /etc/dragonflow/dragonflow.ini by default.
+
+Every console script accepts ``--config-file PATH`` (repeatable) and ``--config-dir``;
+options are documented here once and shown by ``--help`` and the sample config
+(``etc/dragonflow.ini.sample``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from oslo_config import cfg
+
+DEFAULT_CONFIG_FILE = "/etc/dragonflow/dragonflow.ini"
+
+df_opts = [
+    cfg.StrOpt("nb_db_url", default="memory://",
+               help="NB database: memory:// (embedded, in-process), "
+                    "etcd://host:port[,host:port...] or redis://host:port[/namespace]."),
+    cfg.StrOpt("nb_db_root", default="/df/",
+               help="Key prefix of this deployment's objects in the NB database."),
+    cfg.FloatOpt("nb_db_timeout", default=3.0, min=0.1,
+                 help="Seconds before an NB database request is given up (etcd, redis)."),
+]
+
+controller_opts = [
+    cfg.StrOpt("chassis_id", default=socket.gethostname(),
+               help="This compute node's chassis id (the host name Neutron binds ports to)."),
+    cfg.StrOpt("tunnel_ip", default="127.0.0.1",
+               help="Underlay IP address of this node's tunnel endpoint."),
+    cfg.ListOpt("tunnel_types", default=["vxlan", "geneve", "gre"],
+                help="Tunnel encapsulations this node terminates (vxlan, geneve, gre)."),
+    cfg.StrOpt("external_host_ip", default=None,
+               help="Address used for north-south traffic of this node (optional)."),
+    cfg.DictOpt("bridge_mappings", default={},
+                help="physical_network:bridge pairs for VLAN and flat provider networks."),
+    cfg.StrOpt("integration_bridge", default="br-int", help="The OVS integration bridge."),
+    cfg.StrOpt("datapath_type", default="system", choices=["system", "netdev"],
+               help="OVS datapath type of the integration bridge "
+                    "(netdev = userspace, as used by the simulated test bed)."),
+    cfg.StrOpt("ovsdb_connection", default="unix:/var/run/openvswitch/db.sock",
+               help="OVSDB server of the local Open vSwitch."),
+    cfg.StrOpt("ovs_rundir", default="/var/run/openvswitch",
+               help="OVS run directory: the controller's passive OpenFlow target "
+                    "(punix:<rundir>/<bridge>.df) is created here."),
+    cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.5,
+                 help="Seconds between chassis heartbeats written to the NB database."),
+    cfg.StrOpt("l3_mode", default="proactive", choices=["proactive", "reactive"],
+               help="Distributed router: install all routes up front (proactive) or on the "
+                    "first packet of each flow (reactive)."),
+]
+
+
+def register(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
+    conf.register_opts(df_opts, group="df")
+    conf.register_opts(controller_opts, group="controller")
+    return conf
+
+
+def new_conf() -> cfg.ConfigOpts:
+    """A fresh ConfigOpts with every option registered (no global CONF singleton)."""
+    return register(cfg.ConfigOpts())
+
+
+def load(conf: cfg.ConfigOpts, argv: list[str], prog: str, description: str = "") -> None:
+    """Parse argv; reads the default config file only if it exists."""
+    default_files = [DEFAULT_CONFIG_FILE] if os.path.exists(DEFAULT_CONFIG_FILE) else []
+    conf(argv, project="dragonflow", prog=prog, default_config_files=default_files,
+         description=description or None)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """For oslo-config-generator (entry point oslo.config.opts)."""
+    return [("df", list(df_opts)), ("controller", list(controller_opts))]

@@ -1,0 +1,330 @@
+"""The local controller of one compute node.
+
+One thread owns the state. The NB change stream, the OVSDB interface monitor, the OpenFlow
+channel and the heartbeat timer only put events on a queue; the loop takes a batch, applies
+it to the topology, recompiles the affected owners, and reconciles the switch in one bundle
+(+ barrier). Ports become ACTIVE in the NB only after that barrier confirmed their flows.
+
+Start-up order guarantees no window without flows on a running node: the NB snapshot and
+the local interfaces are read first, the full desired flow set is compiled, and only then
+the OpenFlow connection replaces the switch's flows in one atomic bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dragonflow.apps.arp import ArpResponderApp
+from dragonflow.apps.base import App
+from dragonflow.apps.l2 import L2App
+from dragonflow.apps.physical import PhysicalApp
+from dragonflow.controller.engine import Engine
+from dragonflow.controller.reconciler import Reconciler
+from dragonflow.controller.topology import ChassisFacts, DepKey, Topology
+from dragonflow.db import errors as db_errors
+from dragonflow.db.nbapi import NbApi
+from dragonflow.db.stream import Change, Subscription
+from dragonflow.model import Binding, Chassis, Port
+from dragonflow.ovs.ofchannel import OfChannel
+from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
+from dragonflow.pipeline.lower import Lowering
+
+LOG = logging.getLogger(__name__)
+
+
+def default_apps() -> list[App]:
+    return [PhysicalApp(), ArpResponderApp(), L2App()]
+
+
+@dataclass
+class ControllerConfig:
+    chassis_id: str
+    tunnel_ip: str
+    tunnel_types: tuple[str, ...] = ("vxlan", "geneve", "gre")
+    integration_bridge: str = "br-int"
+    datapath_type: str = "system"
+    ovsdb_connection: str = "unix:/var/run/openvswitch/db.sock"
+    ovs_rundir: str = "/var/run/openvswitch"
+    heartbeat_interval: float = 10.0
+    external_host_ip: str | None = None
+    bridge_mappings: dict[str, str] = field(default_factory=dict)
+    datapath_id: str | None = None
+
+    @property
+    def of_socket(self) -> str:
+        return f"{self.ovs_rundir}/{self.integration_bridge}.df"
+
+
+class LocalController:
+    def __init__(self, cfg: ControllerConfig, nb: NbApi,
+                 apps: Callable[[], list[App]] = default_apps) -> None:
+        self.cfg = cfg
+        self.nb = nb
+        self.topo = Topology(ChassisFacts(cfg.chassis_id, cfg.tunnel_ip, cfg.tunnel_types))
+        self.engine = Engine(apps(), self.topo)
+        self.reconciler = Reconciler()
+        self.lowering = Lowering(self.topo.facts.tunnel_ofports)
+        self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._ifaces: dict[str, IfaceChange] = {}  # interface name -> last state
+        self._active: set[str] = set()  # port ids reported ACTIVE by this controller
+        self._sub: Subscription | None = None
+        self._ovsdb: Ovsdb | None = None
+        self._of: OfChannel | None = None
+        self._of_up = False
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self.ready = threading.Event()  # set after the first full install
+        self.synced = threading.Condition()
+        self.generation = 0  # bumped after every loop iteration that reached the switch
+
+    # --- life cycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self._register_chassis()
+        self._ovsdb = Ovsdb(self.cfg.ovsdb_connection)
+        tunnels = self._ovsdb.ensure_integration_bridge(
+            self.cfg.integration_bridge, self.cfg.datapath_type, self.cfg.tunnel_types,
+            f"punix:{self.cfg.of_socket}", self.cfg.datapath_id)
+        self._apply_touched(self.topo.set_tunnel_ofports(tunnels))
+        self._initial_sync()
+        self._ovsdb.watch_interfaces(lambda ch: self._q.put(("iface", ch)))
+        self._spawn(self._loop, "loop")
+        self._spawn(self._heartbeat, "heartbeat")
+        self._spawn(self._of_connector, "of-connect")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._q.put(("stop", None))
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=10)
+        if self._sub is not None:
+            self._sub.close()
+        if self._of is not None:
+            self._of.close()
+        if self._ovsdb is not None:
+            self._ovsdb.close()
+
+    def _spawn(self, fn: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=fn, name=f"df-{self.cfg.chassis_id}-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # --- NB ----------------------------------------------------------------------------
+    def _register_chassis(self) -> None:
+        c = Chassis(id=self.cfg.chassis_id, ip=self.cfg.tunnel_ip,
+                    tunnel_types=tuple(self.cfg.tunnel_types),
+                    external_host_ip=self.cfg.external_host_ip,
+                    bridge_mappings=tuple(sorted(self.cfg.bridge_mappings.items())),
+                    heartbeat=time.time())
+        for _ in range(5):
+            cur = self.nb.get(Chassis, c.id)
+            try:
+                if cur is None:
+                    self.nb.create(c)
+                else:
+                    self.nb.update(c.replace(version=cur.version))
+                return
+            except (db_errors.AlreadyExists, db_errors.StaleVersion):
+                continue
+        raise RuntimeError(f"could not register chassis {c.id}")
+
+    def _initial_sync(self) -> None:
+        """Snapshot of what this node needs, then the stream from just after it."""
+        assert self._ovsdb is not None
+        ifaces = self._ovsdb.interfaces()
+        local_ids = {i.iface_id for i in ifaces.values() if i.iface_id}
+        objs, rev = self.nb.snapshot()
+        topics = {o.topic for o in objs if isinstance(o, Port) and o.id in local_ids}
+        self.topo.replace_all(o for o in objs if o.topic == "" or o.topic in topics)
+        for ch in ifaces.values():
+            self._iface_to_topology(ch)
+        self._sub = Subscription(
+            self.nb, lambda c: self._q.put(("nb", c)),
+            lambda objs, rev: self._q.put(("resync", objs)),
+            from_revision=rev + 1, topics=topics)
+        self._sub.add_ids(local_ids)
+        self.engine.full()
+
+    def _ensure_topics(self) -> None:
+        if self._sub is not None:
+            self._sub.add_topics(self.topo.topics_needed())
+
+    # --- OVSDB -------------------------------------------------------------------------
+    def _iface_to_topology(self, ch: IfaceChange) -> set[DepKey]:
+        old = self._ifaces.get(ch.name)
+        touched: set[DepKey] = set()
+        if old is not None and old.iface_id and (ch.kind == "removed" or old.iface_id != ch.iface_id):
+            touched |= self.topo.set_ofport(old.iface_id, None)
+        if ch.kind == "removed":
+            self._ifaces.pop(ch.name, None)
+        else:
+            self._ifaces[ch.name] = ch
+            if ch.iface_id and ch.ofport is not None and ch.ofport > 0:
+                touched |= self.topo.set_ofport(ch.iface_id, ch.ofport)
+                if self._sub is not None:
+                    self._sub.add_ids({ch.iface_id})
+        return touched
+
+    def _local_port_ids(self) -> set[str]:
+        return set(self.topo.facts.ofports)
+
+    # --- OpenFlow ------------------------------------------------------------------------
+    def _of_connector(self) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            if self._of_up:
+                self._stopping.wait(0.2)
+                continue
+            try:
+                ch = OfChannel(f"unix:{self.cfg.of_socket}")
+                ch.on_disconnect = lambda: self._q.put(("of_down", None))
+                ch.connect()
+            except Exception as e:  # OVS not up yet, restarting...: retry
+                LOG.debug("%s: OpenFlow connect failed: %s", self.cfg.chassis_id, e)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            self._of_up = True
+            self._q.put(("of_up", ch))
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self.cfg.heartbeat_interval):
+            self._q.put(("heartbeat", None))
+
+    # --- the loop --------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            events = [self._q.get()]
+            while True:
+                try:
+                    events.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                if not self._handle(events):
+                    return
+            except Exception:
+                LOG.exception("%s: controller loop iteration failed; full recompute next",
+                              self.cfg.chassis_id)
+                self.reconciler.need_full = True
+                self.engine.full()
+
+    def _handle(self, events: list[tuple[str, Any]]) -> bool:
+        touched: set[DepKey] = set()
+        full_compile = False
+        for kind, payload in events:
+            if kind == "stop":
+                return False
+            if kind == "nb":
+                t = self._apply_change(payload)
+                touched |= t
+            elif kind == "resync":
+                self.topo.replace_all(payload)
+                full_compile = True
+            elif kind == "iface":
+                touched |= self._iface_to_topology(payload)
+            elif kind == "of_up":
+                if self._of is not None:
+                    self._of.close()
+                self._of = payload
+                self.reconciler.need_full = True
+            elif kind == "of_down":
+                self._of_up = False
+            elif kind == "heartbeat":
+                self._beat()
+        self._ensure_topics()
+        if full_compile:
+            self.engine.full()
+        elif touched:
+            self.engine.changed(touched)
+        self._sync_switch()
+        return True
+
+    def _apply_change(self, ch: Change) -> set[DepKey]:
+        return self.topo.apply(ch.table, ch.id, ch.obj) or set()
+
+    def _apply_touched(self, touched: set[DepKey]) -> None:
+        if touched:
+            self.engine.changed(touched)
+
+    def _sync_switch(self) -> None:
+        if self._of is None or not self._of_up:
+            return
+        self.lowering.tunnel_ofports = self.topo.facts.tunnel_ofports
+        desired = self.reconciler.index(self.lowering.lower_all(self.engine.desired()))
+        try:
+            self.reconciler.sync(self._of, desired)
+        except Exception as e:
+            LOG.error("%s: flow install failed (%s); full reinstall on next event",
+                      self.cfg.chassis_id, e)
+            return
+        self.ready.set()
+        self._report_port_status()
+        with self.synced:
+            self.generation += 1
+            self.synced.notify_all()
+
+    def wait_synced(self, timeout: float = 10.0) -> bool:
+        """Block until the loop has reached the switch after everything queued so far."""
+        with self.synced:
+            target = self.generation + 1
+        self._q.put(("noop", None))
+        deadline = time.monotonic() + timeout
+        with self.synced:
+            while self.generation < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.synced.wait(left)
+        return True
+
+    def _beat(self) -> None:
+        cur = self.nb.get(Chassis, self.cfg.chassis_id)
+        if cur is None:
+            self._register_chassis()
+            return
+        try:
+            self.nb.update(cur.replace(heartbeat=time.time()))
+        except db_errors.NbError as e:
+            LOG.warning("%s: heartbeat not written: %s", self.cfg.chassis_id, e)
+
+    def _report_port_status(self) -> None:
+        """ACTIVE for local ports whose flows are installed (we are after the barrier);
+        DOWN for ports this controller reported ACTIVE whose VIF went away."""
+        local = {pid for pid in self._local_port_ids()
+                 if self.engine.flows.get(("physical", f"port/{pid}"))}
+        for pid in sorted(local - self._active):
+            self._set_status(pid, "ACTIVE")
+        for pid in sorted(self._active - local):
+            self._set_status(pid, "DOWN")
+
+    def _set_status(self, port_id: str, status: str) -> None:
+        for _ in range(5):
+            port = self.nb.get(Port, port_id)
+            if port is None:
+                self._active.discard(port_id)
+                return
+            changes: dict[str, Any] = {"status": status}
+            if status == "ACTIVE" and port.binding is None:
+                changes["binding"] = Binding(kind="chassis", chassis_id=self.cfg.chassis_id)
+            try:
+                if port.status != status or "binding" in changes:
+                    self.nb.update(port.replace(**changes))
+                break
+            except db_errors.StaleVersion:
+                continue
+            except (db_errors.NbError, ValueError) as e:
+                LOG.warning("%s: status of port %s not written: %s",
+                            self.cfg.chassis_id, port_id, e)
+                return
+        if status == "ACTIVE":
+            self._active.add(port_id)
+        else:
+            self._active.discard(port_id)

@@ -1,0 +1,157 @@
+"""The local controller's view of the world: NB objects it pulled + facts of this chassis.
+
+``Topology`` is the cache (one writer: the controller loop). It drops stale versions, keeps
+the few indexes the apps need, and reports which *dependency keys* each change touched.
+``View`` is what an app reads through while compiling one owner: every read records a
+dependency key, so the engine knows exactly which owners a later change can affect
+(OVN's incremental processing idea, without hand-written change handlers).
+
+Dependency keys:
+    ("obj", table, id)        one object
+    ("net_ports", net_id)     the set of ports of a network
+    ("ofport", port_id)       where a local port is plugged (None = not local)
+    ("tunnel", type)          the ofport of this chassis' tunnel port of that type
+    ("local_networks",)       the set of networks with a port on this chassis
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from dragonflow.model import Chassis, NbObject, Network, Port
+
+DepKey = tuple[str, ...]
+T = TypeVar("T", bound=NbObject)
+
+
+@dataclass
+class ChassisFacts:
+    chassis_id: str
+    tunnel_ip: str
+    tunnel_types: tuple[str, ...]
+    ofports: dict[str, int] = field(default_factory=dict)        # NB port id -> ofport
+    tunnel_ofports: dict[str, int] = field(default_factory=dict)  # tunnel type -> ofport
+
+
+class Topology:
+    def __init__(self, facts: ChassisFacts) -> None:
+        self.facts = facts
+        self.objs: dict[str, dict[str, NbObject]] = defaultdict(dict)
+        self.net_ports: dict[str, set[str]] = defaultdict(set)
+        self._local_networks: frozenset[str] = frozenset()
+
+    # --- writes (controller loop only) ---------------------------------------------------
+    def apply(self, table: str, obj_id: str, obj: NbObject | None) -> set[DepKey] | None:
+        """Apply one change; returns the touched dependency keys, or None if it was stale."""
+        cur = self.objs[table].get(obj_id)
+        if obj is not None and cur is not None and obj.version < cur.version:
+            return None  # stale: an older version arrived after a newer one
+        if obj is None and cur is None:
+            return None
+        touched: set[DepKey] = {("obj", table, obj_id)}
+        if isinstance(cur, Port):
+            self.net_ports[cur.network_id].discard(obj_id)
+            touched.add(("net_ports", cur.network_id))
+        if obj is None:
+            del self.objs[table][obj_id]
+        else:
+            self.objs[table][obj_id] = obj
+            if isinstance(obj, Port):
+                self.net_ports[obj.network_id].add(obj_id)
+                touched.add(("net_ports", obj.network_id))
+        return touched | self._refresh_local_networks()
+
+    def replace_all(self, objs: Iterable[NbObject]) -> None:
+        self.objs = defaultdict(dict)
+        self.net_ports = defaultdict(set)
+        for o in objs:
+            self.objs[o.TABLE][o.id] = o
+            if isinstance(o, Port):
+                self.net_ports[o.network_id].add(o.id)
+        self._refresh_local_networks()
+
+    def set_ofport(self, port_id: str, ofport: int | None) -> set[DepKey]:
+        if self.facts.ofports.get(port_id) == ofport:
+            return set()
+        if ofport is None:
+            self.facts.ofports.pop(port_id, None)
+        else:
+            self.facts.ofports[port_id] = ofport
+        return {("ofport", port_id)} | self._refresh_local_networks()
+
+    def set_tunnel_ofports(self, ofports: dict[str, int]) -> set[DepKey]:
+        changed = {("tunnel", t) for t in set(ofports) | set(self.facts.tunnel_ofports)
+                   if ofports.get(t) != self.facts.tunnel_ofports.get(t)}
+        self.facts.tunnel_ofports = dict(ofports)
+        return changed
+
+    def _refresh_local_networks(self) -> set[DepKey]:
+        nets = frozenset(
+            p.network_id for pid in self.facts.ofports
+            if isinstance(p := self.objs["port"].get(pid), Port))
+        if nets == self._local_networks:
+            return set()
+        self._local_networks = nets
+        return {("local_networks",)}
+
+    # --- reads -----------------------------------------------------------------------
+    @property
+    def local_networks(self) -> frozenset[str]:
+        return self._local_networks
+
+    def get(self, cls: type[T], obj_id: str) -> T | None:
+        obj = self.objs[cls.TABLE].get(obj_id)
+        return obj if isinstance(obj, cls) else None
+
+    def all(self, cls: type[T]) -> list[T]:
+        return [o for o in self.objs[cls.TABLE].values() if isinstance(o, cls)]
+
+    def topics_needed(self) -> set[str]:
+        """Projects this chassis must follow: those of its local ports."""
+        return {p.topic for pid in self.facts.ofports
+                if (p := self.get(Port, pid)) is not None}
+
+
+class View:
+    """Read access for one owner's compile; records what was read."""
+
+    def __init__(self, topo: Topology) -> None:
+        self._t = topo
+        self.deps: set[DepKey] = set()
+
+    @property
+    def facts(self) -> ChassisFacts:
+        return self._t.facts
+
+    def get(self, cls: type[T], obj_id: str) -> T | None:
+        self.deps.add(("obj", cls.TABLE, obj_id))
+        return self._t.get(cls, obj_id)
+
+    def network(self, net_id: str) -> Network | None:
+        return self.get(Network, net_id)
+
+    def port(self, port_id: str) -> Port | None:
+        return self.get(Port, port_id)
+
+    def chassis(self, chassis_id: str) -> Chassis | None:
+        return self.get(Chassis, chassis_id)
+
+    def ports_of_network(self, net_id: str) -> list[Port]:
+        self.deps.add(("net_ports", net_id))
+        ports = [self.port(pid) for pid in sorted(self._t.net_ports.get(net_id, ()))]
+        return [p for p in ports if p is not None]
+
+    def ofport(self, port_id: str) -> int | None:
+        self.deps.add(("ofport", port_id))
+        return self._t.facts.ofports.get(port_id)
+
+    def tunnel_ofport(self, tunnel_type: str) -> int | None:
+        self.deps.add(("tunnel", tunnel_type))
+        return self._t.facts.tunnel_ofports.get(tunnel_type)
+
+    def is_local_network(self, net_id: str) -> bool:
+        self.deps.add(("local_networks",))
+        return net_id in self._t.local_networks

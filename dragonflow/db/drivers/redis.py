@@ -1,0 +1,421 @@
+"""The Redis NB driver: values in hashes, changes in a Stream, one Lua script per commit.
+
+Layout under a namespace ``ns`` (url path, default ``df``):
+
+* ``ns:v``  hash  key -> value           ``ns:r``   hash key -> mod_revision
+* ``ns:k``  zset  every key, score 0 (prefix scans with ZRANGEBYLEX)
+* ``ns:seq`` the global revision (INCR'd once per commit)
+* ``ns:s``  stream of changes, entry id ``<seq>-<i>`` (i = index of the event in its
+  commit), fields ``key``, ``value`` (absent on delete), ``prev`` (if any), ``del`` (on
+  delete), ``n`` (events in the commit); a commit without visible change writes one
+  ``noop`` entry so that the sequence stays contiguous in the stream
+* ``ns:c``  hash  counters for :meth:`RedisDriver.increment`
+* ``ns:epoch`` random id of this database's life; a server restarted empty gets a new one
+
+Redis pub/sub loses messages and XREAD from a trimmed id silently starts at the oldest
+survivor, so a watcher checks that the ``(seq, i)`` it reads are contiguous, and that the
+epoch did not change across reconnects; any hole means history is lost -> ``on_compacted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from dragonflow.db.driver import (
+    KV,
+    Check,
+    Delete,
+    DriverError,
+    Event,
+    Exists,
+    Op,
+    PrefixEmpty,
+    Put,
+    Revision,
+    TxnFailed,
+)
+
+LOG = logging.getLogger(__name__)
+
+_MAX_SUB = 2**64 - 1  # largest sequence part of a stream id
+_BLOCK_MS = 200  # XREAD BLOCK: bounds how long cancel() waits
+_BATCH = 1000  # stream entries per XREAD
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 1.0  # the first reconnect is immediate
+
+# KEYS: v r k seq s epoch.  ARGV: epoch-candidate maxlen nchecks (kind a b)* nops (kind key val)*
+# Checks first, then writes: a failed check writes nothing (not even the epoch).
+_COMMIT_LUA = """
+local kv, kr, kk, kseq, ks, kep = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local i = 4
+for c = 1, tonumber(ARGV[3]) do
+  local kind, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local ok
+  if kind == 'r' then
+    ok = tonumber(redis.call('HGET', kr, a) or '0') == tonumber(b)
+  elseif kind == 'e' then
+    ok = redis.call('HEXISTS', kr, a) == 1
+  elseif kind == 'p' then
+    ok = #redis.call('ZRANGEBYLEX', kk, a, b, 'LIMIT', 0, 1) == 0
+  else
+    return redis.error_reply('unknown check kind ' .. tostring(kind))
+  end
+  if not ok then return {0, c} end
+end
+local seq = redis.call('INCR', kseq)
+local nops = tonumber(ARGV[i])
+i = i + 1
+local events = {}
+for o = 1, nops do
+  local kind, key, val = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  i = i + 3
+  local prev = redis.call('HGET', kv, key)
+  if kind == 'p' then
+    redis.call('HSET', kv, key, val)
+    redis.call('HSET', kr, key, seq)
+    redis.call('ZADD', kk, 0, key)
+    local f = {'key', key, 'value', val}
+    if prev then f[5] = 'prev'; f[6] = prev end
+    events[#events + 1] = f
+  elseif prev then
+    redis.call('HDEL', kv, key)
+    redis.call('HDEL', kr, key)
+    redis.call('ZREM', kk, key)
+    events[#events + 1] = {'key', key, 'del', '1', 'prev', prev}
+  end
+end
+if #events == 0 then events[1] = {'noop', '1'} end
+for e = 1, #events do
+  local f = events[e]
+  f[#f + 1] = 'n'
+  f[#f + 1] = tostring(#events)
+  redis.call('XADD', ks, 'MAXLEN', '~', ARGV[2], string.format('%d-%d', seq, e - 1), unpack(f))
+end
+redis.call('SET', kep, ARGV[1], 'NX')
+return {1, seq}
+"""
+
+# KEYS: v r k seq epoch.  ARGV: min max epoch-candidate.  One consistent snapshot.
+_SNAPSHOT_LUA = """
+local keys = redis.call('ZRANGEBYLEX', KEYS[3], ARGV[1], ARGV[2])
+local vals, revs = {}, {}
+for j = 1, #keys, 1000 do
+  local chunk = {}
+  for x = j, math.min(j + 999, #keys) do chunk[#chunk + 1] = keys[x] end
+  local v = redis.call('HMGET', KEYS[1], unpack(chunk))
+  local r = redis.call('HMGET', KEYS[2], unpack(chunk))
+  for x = 1, #chunk do
+    vals[#vals + 1] = v[x]
+    revs[#revs + 1] = r[x]
+  end
+end
+redis.call('SET', KEYS[5], ARGV[3], 'NX')
+return {redis.call('GET', KEYS[4]) or '0', redis.call('GET', KEYS[5]), keys, vals, revs}
+"""
+
+
+def _parse_url(url: str) -> tuple[str, int, str]:
+    try:
+        parsed = urlparse(url)
+        port = parsed.port or 6379
+    except ValueError as e:
+        raise ValueError(f"redis driver: bad url {url!r}: {e}") from None
+    ns = parsed.path.strip("/") or "df"
+    if parsed.scheme != "redis" or not parsed.hostname or "/" in ns or parsed.query:
+        raise ValueError(
+            f"redis driver: bad url {url!r} (expected redis://host[:port][/namespace])"
+        )
+    return parsed.hostname, port, ns
+
+
+def _lex_range(prefix: str) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds for every key starting with ``prefix`` (0xff never occurs in UTF-8)."""
+    if not prefix:
+        return b"-", b"+"
+    p = prefix.encode()
+    return b"[" + p, b"[" + p + b"\xff"
+
+
+class _Keys:
+    def __init__(self, ns: str) -> None:
+        self.values, self.revs, self.index = f"{ns}:v", f"{ns}:r", f"{ns}:k"
+        self.seq, self.stream, self.counters = f"{ns}:seq", f"{ns}:s", f"{ns}:c"
+        self.epoch = f"{ns}:epoch"
+
+
+class RedisDriver:
+    """NB driver on one Redis server. ``stream_maxlen`` bounds the change history."""
+
+    def __init__(self, url: str, *, timeout: float = 3.0, stream_maxlen: int = 100_000) -> None:
+        self._host, self._port, self._ns = _parse_url(url)
+        if stream_maxlen < 1:
+            raise ValueError(f"redis driver: stream_maxlen must be >= 1, got {stream_maxlen}")
+        self.url = url
+        self._timeout = timeout
+        self._maxlen = stream_maxlen
+        self._k = _Keys(self._ns)
+        self._client = self._new_client()
+        self._commit_script = self._client.register_script(_COMMIT_LUA)
+        self._snapshot_script = self._client.register_script(_SNAPSHOT_LUA)
+        self._epoch: bytes | None = None  # epoch seen by the last snapshot
+        self._watches: list[_RedisWatch] = []
+        self._lock = threading.Lock()
+
+    def _new_client(self, single: bool = False) -> redis.Redis:
+        # No automatic retries: a timed-out commit may have been applied; the caller decides.
+        return redis.Redis(
+            host=self._host,
+            port=self._port,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),
+            single_connection_client=single,
+        )
+
+    def _fail(self, what: str, e: redis.RedisError) -> DriverError:
+        return DriverError(f"redis {self._host}:{self._port} ({self._ns}): {what} failed: {e}")
+
+    # --- reads -----------------------------------------------------------------------------
+    def get(self, key: str) -> KV | None:
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hget(self._k.values, key)
+                pipe.hget(self._k.revs, key)
+                value, rev = pipe.execute()
+        except redis.RedisError as e:
+            raise self._fail(f"get {key!r}", e) from e
+        if value is None:
+            return None
+        return KV(key, value, int(rev))
+
+    def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        lo, hi = _lex_range(prefix)
+        k = self._k
+        try:
+            seq, epoch, keys, vals, revs = self._snapshot_script(
+                keys=[k.values, k.revs, k.index, k.seq, k.epoch],
+                args=[lo, hi, uuid.uuid4().hex],
+            )
+        except redis.RedisError as e:
+            raise self._fail(f"get_prefix {prefix!r}", e) from e
+        self._epoch = epoch
+        out = [KV(key.decode(), v, int(r)) for key, v, r in zip(keys, vals, revs, strict=True)]
+        return out, int(seq)
+
+    def current_revision(self) -> int:
+        try:
+            return int(self._client.get(self._k.seq) or 0)
+        except redis.RedisError as e:
+            raise self._fail("current_revision", e) from e
+
+    # --- writes ----------------------------------------------------------------------------
+    def commit(self, checks: Sequence[Check], ops: Sequence[Op]) -> int:
+        if not ops:
+            raise ValueError("commit needs at least one op")
+        args: list[bytes | str | int] = [uuid.uuid4().hex, self._maxlen, len(checks)]
+        for c in checks:
+            if isinstance(c, Revision):
+                args += ["r", c.key, c.mod_revision]
+            elif isinstance(c, Exists):
+                args += ["e", c.key, ""]
+            elif isinstance(c, PrefixEmpty):
+                args += ["p", *_lex_range(c.prefix)]
+            else:
+                raise TypeError(f"unknown check {c!r}")
+        args.append(len(ops))
+        for op in ops:
+            if isinstance(op, Put):
+                args += ["p", op.key, op.value]
+            elif isinstance(op, Delete):
+                args += ["d", op.key, ""]
+            else:
+                raise TypeError(f"unknown op {op!r}")
+        k = self._k
+        try:
+            ok, n = self._commit_script(
+                keys=[k.values, k.revs, k.index, k.seq, k.stream, k.epoch], args=args
+            )
+        except redis.RedisError as e:
+            raise self._fail("commit", e) from e
+        if not ok:
+            raise TxnFailed(f"check failed: {checks[int(n) - 1]}")
+        return int(n)
+
+    def increment(self, key: str) -> int:
+        try:
+            return int(self._client.hincrby(self._k.counters, key, 1))
+        except redis.RedisError as e:
+            raise self._fail(f"increment {key!r}", e) from e
+
+    def compact(self, revision: int) -> None:
+        try:
+            self._client.xtrim(self._k.stream, minid=f"{revision}-0", approximate=False)
+        except redis.RedisError as e:
+            raise self._fail(f"compact to {revision}", e) from e
+
+    # --- watch -----------------------------------------------------------------------------
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int,
+        on_event: Callable[[Event], None],
+        on_compacted: Callable[[int], None],
+    ) -> _RedisWatch:
+        w = _RedisWatch(self, prefix, max(start_revision, 1), on_event, on_compacted)
+        with self._lock:
+            self._watches = [x for x in self._watches if x.alive()] + [w]
+        w.start()
+        return w
+
+    def close(self) -> None:
+        with self._lock:
+            watches, self._watches = self._watches, []
+        for w in watches:
+            w.cancel()
+        self._client.close()
+
+
+class _Gap(Exception):
+    """History needed by a watch is gone."""
+
+
+class _RedisWatch:
+    """Delivery thread: XREAD BLOCK from the last delivered id on its own connection."""
+
+    def __init__(
+        self,
+        drv: RedisDriver,
+        prefix: str,
+        start_revision: int,
+        on_event: Callable[[Event], None],
+        on_compacted: Callable[[int], None],
+    ) -> None:
+        self._drv = drv
+        self._k = drv._k
+        self._prefix = prefix
+        self._on_event = on_event
+        self._on_compacted = on_compacted
+        self._epoch = drv._epoch  # None: learn it on first connect
+        # position: last stream entry consumed, and whether its commit is complete
+        self._seq, self._idx, self._n = start_revision - 1, 0, 1
+        self._stop = threading.Event()
+        self._conn: redis.Redis | None = None
+        self._thread = threading.Thread(target=self._run, name="df-redis-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def cancel(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread and self._thread.ident is not None:
+            self._thread.join()
+
+    # -- position bookkeeping
+    def _last_id(self) -> str:
+        return f"{self._seq}-{self._idx if self._idx < self._n - 1 else _MAX_SUB}"
+
+    def _expected(self) -> tuple[int, int]:
+        if self._idx < self._n - 1:
+            return self._seq, self._idx + 1
+        return self._seq + 1, 0
+
+    # -- the loop
+    def _run(self) -> None:
+        backoff = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._conn is None:
+                        self._conn = self._drv._new_client(single=True)
+                        self._resume_check(self._conn)
+                        backoff = 0.0
+                    self._read(self._conn)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                    LOG.info("redis watch %r: connection lost (%s); retrying", self._prefix, e)
+                    self._drop_conn()
+                    self._stop.wait(backoff)
+                    backoff = min(max(backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
+                except _Gap as gap:
+                    LOG.warning("redis watch %r: %s; resync needed", self._prefix, gap)
+                    if not self._stop.is_set():
+                        self._on_compacted(self._current(gap))
+                    return
+        except Exception:
+            # A failing callback or a server error: the watch cannot continue without losing
+            # events, so it stops, loudly.
+            LOG.exception("redis watch %r stopped by an error", self._prefix)
+        finally:
+            self._stop.set()
+            self._drop_conn()
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except (redis.RedisError, OSError):
+                pass
+            self._conn = None
+
+    def _current(self, gap: _Gap) -> int:
+        try:
+            if self._conn is not None:
+                return int(self._conn.get(self._k.seq) or 0)
+        except (redis.RedisError, OSError):
+            pass
+        return int(gap.args[1]) if len(gap.args) > 1 else self._seq
+
+    def _resume_check(self, conn: redis.Redis) -> None:
+        """On (re)connect: same database life, and the next entry we need still exists."""
+        with conn.pipeline(transaction=True) as pipe:
+            pipe.set(self._k.epoch, uuid.uuid4().hex, nx=True)
+            pipe.get(self._k.epoch)
+            pipe.get(self._k.seq)
+            _, epoch, seq_raw = pipe.execute()
+        seq = int(seq_raw or 0)
+        if self._epoch is None:
+            self._epoch = epoch
+        if epoch != self._epoch:
+            raise _Gap("the database was replaced (server restarted empty?)", seq)
+        if seq < self._seq:
+            raise _Gap(f"server revision {seq} is behind {self._seq} (history lost)", seq)
+        if seq > self._seq or self._idx < self._n - 1:
+            nxt: Any = conn.xrange(self._k.stream, min=f"({self._last_id()}", count=1)
+            if not nxt:
+                raise _Gap(f"stream has nothing after {self._last_id()} (trimmed)", seq)
+            self._check_contiguous(nxt[0][0])
+
+    def _check_contiguous(self, entry_id: bytes) -> tuple[int, int]:
+        s, _, i = entry_id.partition(b"-")
+        got = (int(s), int(i))
+        if got != self._expected():
+            want = "{}-{}".format(*self._expected())
+            raise _Gap(f"expected stream entry {want}, found {entry_id.decode()} (trimmed)")
+        return got
+
+    def _read(self, conn: redis.Redis) -> None:
+        resp: Any = conn.xread({self._k.stream: self._last_id()}, count=_BATCH, block=_BLOCK_MS)
+        if not resp:
+            return
+        for entry_id, fields in resp[0][1]:
+            if self._stop.is_set():
+                return
+            seq, idx = self._check_contiguous(entry_id)
+            self._seq, self._idx, self._n = seq, idx, int(fields[b"n"])
+            if b"noop" in fields:
+                continue
+            key = fields[b"key"].decode()
+            if key.startswith(self._prefix):
+                value = None if b"del" in fields else fields[b"value"]
+                self._on_event(Event(seq, key, value, fields.get(b"prev")))

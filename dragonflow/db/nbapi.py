@@ -1,0 +1,260 @@
+"""NbApi: the one path every NB write takes (Neutron plugin, df-db CLI, tests).
+
+Layout of the key space under ``root`` (default ``/df/``)::
+
+    obj/<table>/<id>                       JSON of the object (the only watched prefix)
+    idx/<table>/<index>/<value>/<id>       secondary index entry (empty value)
+    claim/<claim>                          unique claim -> "<table>/<id>" (IP in a subnet,
+                                           MAC in a network, unique keys "ukey/<ns>/<n>")
+    ctr/ukey/<ns>                          unique-key counter
+
+A write is ONE driver commit: the object, its index entries and its claims change together,
+guarded by checks -- the object's own mod_revision (optimistic concurrency), the mod_revision
+of every object it was validated against (so a reference cannot vanish or change under it),
+absent claims, and on delete the emptiness of every index that refers to it. When a check
+fails the write re-reads and re-validates (so the error it finally raises, if any, is
+precise), at most ``_RETRIES`` times. A failed write changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from dragonflow.db import errors
+from dragonflow.db.driver import KV, Check, Delete, Driver, Exists, Op, PrefixEmpty, Put
+from dragonflow.db.driver import Revision as RevCheck
+from dragonflow.db.driver import TxnFailed
+from dragonflow.model import REFERENCED_BY, TABLES, NbObject, ValidationError
+
+T = TypeVar("T", bound=NbObject)
+_RETRIES = 8
+UNIQUE_KEY_SPACE = 2**32 - 1  # keys are 1 .. 2**32-1; 0 means "not allocated"
+
+
+def encode(obj: NbObject) -> bytes:
+    return json.dumps(obj.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(table: str, raw: bytes) -> NbObject:
+    return TABLES[table].from_dict(json.loads(raw))
+
+
+def table_of(table: str | type[NbObject]) -> str:
+    name = table if isinstance(table, str) else table.TABLE
+    if name not in TABLES:
+        raise ValidationError("nb", "", "table", f"unknown table {name!r}; known: {sorted(TABLES)}")
+    return name
+
+
+class _Reads:
+    """The objects one write was validated against, with the revisions to guard."""
+
+    def __init__(self, nb: NbApi) -> None:
+        self.nb = nb
+        self.seen: dict[str, int] = {}  # key -> mod_revision (0 = absent)
+
+    def lookup(self, table: str, obj_id: str) -> NbObject | None:
+        key = self.nb.obj_key(table, obj_id)
+        kv = self.nb.driver.get(key)
+        self.seen[key] = kv.mod_revision if kv else 0
+        return decode(table, kv.value) if kv else None
+
+    def checks(self) -> list[Check]:
+        return [RevCheck(k, r) if r else Exists(k) for k, r in self.seen.items() if r]
+
+
+class NbApi:
+    def __init__(self, driver: Driver, root: str = "/df/") -> None:
+        if not root.startswith("/") or not root.endswith("/"):
+            raise ValueError(f"NbApi root must start and end with '/': {root!r}")
+        self.driver = driver
+        self.root = root
+
+    # --- keys ------------------------------------------------------------------------
+    @property
+    def obj_prefix(self) -> str:
+        return f"{self.root}obj/"
+
+    def obj_key(self, table: str, obj_id: str) -> str:
+        return f"{self.root}obj/{table}/{obj_id}"
+
+    def _idx_key(self, table: str, index: str, value: str, obj_id: str) -> str:
+        return f"{self.root}idx/{table}/{index}/{value}/{obj_id}"
+
+    def _claim_key(self, claim: str) -> str:
+        return f"{self.root}claim/{claim}"
+
+    def split_key(self, key: str) -> tuple[str, str]:
+        """``obj/<table>/<id>`` key -> (table, id)."""
+        table, _, obj_id = key[len(self.obj_prefix) :].partition("/")
+        return table, obj_id
+
+    # --- reads -----------------------------------------------------------------------
+    def get(self, table: type[T] | str, obj_id: str) -> T | None:
+        name = table_of(table)
+        kv = self.driver.get(self.obj_key(name, obj_id))
+        return decode(name, kv.value) if kv else None  # type: ignore[return-value]
+
+    def get_or_raise(self, table: type[T] | str, obj_id: str) -> T:
+        obj = self.get(table, obj_id)
+        if obj is None:
+            raise errors.NotFound(table_of(table), obj_id)
+        return obj  # type: ignore[return-value]
+
+    def list(self, table: type[T] | str, *, topic: str | None = None) -> list[T]:
+        name = table_of(table)
+        kvs, _ = self.driver.get_prefix(f"{self.obj_prefix}{name}/")
+        objs = [decode(name, kv.value) for kv in kvs]
+        return [o for o in objs if topic is None or o.topic == topic]  # type: ignore[misc]
+
+    def by_index(self, table: type[T] | str, index: str, value: str) -> list[T]:
+        """E.g. ``by_index(Port, "network_id", net_id)``: the ports of a network."""
+        name = table_of(table)
+        kvs, _ = self.driver.get_prefix(f"{self.root}idx/{name}/{index}/{value}/")
+        out = []
+        for kv in kvs:
+            obj = self.get(name, kv.key.rsplit("/", 1)[1])
+            if obj is not None:
+                out.append(obj)
+        return out  # type: ignore[return-value]
+
+    def snapshot(self) -> tuple[list[NbObject], int]:
+        """Every object, from one consistent read, with its revision."""
+        kvs, rev = self.driver.get_prefix(self.obj_prefix)
+        return [self.decode_kv(kv) for kv in kvs], rev
+
+    def decode_kv(self, kv: KV) -> NbObject:
+        return decode(self.split_key(kv.key)[0], kv.value)
+
+    def revision(self) -> int:
+        return self.driver.current_revision()
+
+    # --- writes ----------------------------------------------------------------------
+    def create(self, obj: T) -> T:
+        return self._retry(lambda: self._create_once(obj))
+
+    def update(self, obj: T, *, force_version: int | None = None) -> T:
+        """Write ``obj`` over the stored object.
+
+        Default (optimistic concurrency): ``obj.version`` must equal the stored version (the
+        caller read it), and the stored version becomes ``version + 1``. With
+        ``force_version`` (an external source of truth such as Neutron's revision_number) the
+        new version is exactly that and must be greater than the stored one.
+        """
+        return self._retry(lambda: self._update_once(obj, force_version))
+
+    def delete(self, table: type[NbObject] | str, obj_id: str, *, expect_version: int | None = None
+               ) -> None:
+        name = table_of(table)
+        self._retry(lambda: self._delete_once(name, obj_id, expect_version))
+
+    def _retry(self, attempt: Callable[[], Any]) -> Any:
+        last: TxnFailed | None = None
+        for _ in range(_RETRIES):
+            try:
+                return attempt()
+            except TxnFailed as e:  # lost a race: re-read, re-validate, try again
+                last = e
+        raise errors.ConcurrentUpdate("nb", "", "*", f"gave up after {_RETRIES} races: {last}")
+
+    def _alloc_unique_key(self, ns: str) -> int:
+        n = self.driver.increment(f"{self.root}ctr/ukey/{ns}")
+        return (n - 1) % UNIQUE_KEY_SPACE + 1
+
+    def _create_once(self, obj: T) -> T:
+        name = obj.TABLE
+        key = self.obj_key(name, obj.id)
+        if self.driver.get(key) is not None:
+            raise errors.AlreadyExists(name, obj.id)
+        obj = obj.replace(version=max(obj.version, 1)).assign_unique_keys(self._alloc_unique_key)
+        return self._write(obj, old=None, old_rev=0)
+
+    def _update_once(self, obj: T, force_version: int | None) -> T:
+        name = obj.TABLE
+        kv = self.driver.get(self.obj_key(name, obj.id))
+        if kv is None:
+            raise errors.NotFound(name, obj.id)
+        old = decode(name, kv.value)
+        if force_version is None:
+            if obj.version != old.version:
+                raise errors.StaleVersion(
+                    name, obj.id, f"write based on version {obj.version}, stored is {old.version}")
+            new_version = old.version + 1
+        else:
+            if force_version <= old.version:
+                raise errors.StaleVersion(
+                    name, obj.id, f"version {force_version} is not newer than {old.version}")
+            new_version = force_version
+        obj = obj.replace(version=new_version).carry_unique_keys(old)  # type: ignore[arg-type]
+        obj = obj.assign_unique_keys(self._alloc_unique_key)
+        return self._write(obj, old=old, old_rev=kv.mod_revision)
+
+    def _owned_entries(self, obj: NbObject) -> tuple[set[str], dict[str, str]]:
+        """(index keys, {claim key: field}) that ``obj`` holds."""
+        idx = {
+            self._idx_key(obj.TABLE, index, value, obj.id)
+            for index, value in obj.index_entries()
+            if value != obj.id  # self-references do not pin the object
+        }
+        claims = {self._claim_key(c): f for c, f in obj.claims()}
+        for ns, ukey in obj.unique_keys():
+            claims[self._claim_key(f"ukey/{ns}/{ukey}")] = "unique_key"
+        return idx, claims
+
+    def _write(self, obj: T, old: NbObject | None, old_rev: int) -> T:
+        name = obj.TABLE
+        reads = _Reads(self)
+        obj.validate_refs(reads.lookup)
+        for ref_table, ref_id, field in obj.references():
+            if ref_table == name and ref_id == obj.id:
+                continue
+            if reads.lookup(ref_table, ref_id) is None:
+                raise ValidationError(name, obj.id, field, f"{ref_table} {ref_id!r} does not exist")
+        owner = f"{name}/{obj.id}".encode()
+        checks: list[Check] = [RevCheck(self.obj_key(name, obj.id), old_rev), *reads.checks()]
+        ops: list[Op] = [Put(self.obj_key(name, obj.id), encode(obj))]
+        idx, claims = self._owned_entries(obj)
+        old_idx, old_claims = self._owned_entries(old) if old else (set(), {})
+        for ckey, field in claims.items():
+            held = self.driver.get(ckey)
+            if held is None:
+                checks.append(RevCheck(ckey, 0))
+                ops.append(Put(ckey, owner))
+            elif held.value != owner:
+                what = ckey[len(self._claim_key("")) :]
+                raise ValidationError(
+                    name, obj.id, field, f"{what} is already used by {held.value.decode()}")
+        ops += [Put(k, b"") for k in sorted(idx - old_idx)]
+        ops += [Delete(k) for k in sorted(old_idx - idx)]
+        ops += [Delete(k) for k in sorted(set(old_claims) - set(claims))]
+        self.driver.commit(checks, ops)
+        return obj
+
+    def _delete_once(self, name: str, obj_id: str, expect_version: int | None) -> None:
+        key = self.obj_key(name, obj_id)
+        kv = self.driver.get(key)
+        if kv is None:
+            raise errors.NotFound(name, obj_id)
+        old = decode(name, kv.value)
+        if expect_version is not None and expect_version != old.version:
+            raise errors.StaleVersion(
+                name, obj_id, f"delete based on version {expect_version}, stored is {old.version}")
+        checks: list[Check] = [RevCheck(key, kv.mod_revision)]
+        users: list[str] = []
+        for ref_table, index in REFERENCED_BY.get(name, ()):
+            prefix = f"{self.root}idx/{ref_table}/{index}/{obj_id}/"
+            found, _ = self.driver.get_prefix(prefix)
+            users += [f"{ref_table} {k.key.rsplit('/', 1)[1]!r}" for k in found]
+            checks.append(PrefixEmpty(prefix))
+        if users:
+            raise errors.InUse(name, obj_id, users)
+        idx, claims = self._owned_entries(old)
+        ops: list[Op] = [Delete(key), *(Delete(k) for k in sorted(idx)),
+                         *(Delete(k) for k in sorted(claims))]
+        self.driver.commit(checks, ops)
+
+
+def objects_by_key(objs: Iterable[NbObject]) -> dict[tuple[str, str], NbObject]:
+    return {(o.TABLE, o.id): o for o in objs}

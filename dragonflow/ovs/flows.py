@@ -1,0 +1,427 @@
+"""The physical flow value type: what the reconciler diffs and the encoder sends.
+
+An :class:`OfFlow` is an immutable, hashable OpenFlow 1.3 flow entry: table, priority,
+:data:`Match`, apply-actions, an optional write-metadata and goto-table instruction, cookie
+and timeouts. ``OfFlow.key`` -- ``(table, priority, match)`` -- is the identity OVS uses
+for strict modify/delete; two flows with the same key and different actions are a modify.
+
+A :data:`Match` is a tuple of ``(field, value, mask | None)`` sorted by field name and
+built by :func:`match`, which normalizes values (lower-case MACs, canonical IP text,
+``value & mask``, all-ones masks dropped, zero masks = field omitted) so equal matches
+compare equal, and checks OpenFlow prerequisites (``ipv4_src`` needs ``eth_type=0x0800``,
+``tcp_dst`` needs ``ip_proto=6`` ...). Field names are os-ken's OXM/NXM names.
+
+Actions are small frozen dataclasses; "drop" is no actions and no goto. ``str(flow)``
+renders ``ovs-ofctl`` syntax (``ovs-ofctl add-flow`` accepts it). This module knows nothing
+of os-ken: :mod:`dragonflow.ovs.encode` turns flows into bytes. To add an action (e.g.
+conntrack) add a dataclass here, include it in :data:`Action`, and register its codec in
+encode.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+# ---- reserved port numbers (OpenFlow 1.3) ------------------------------------------------
+OFPP_MAX = 0xFFFFFF00
+OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_TABLE = 0xFFFFFFF9
+OFPP_NORMAL = 0xFFFFFFFA
+OFPP_FLOOD = 0xFFFFFFFB
+OFPP_ALL = 0xFFFFFFFC
+OFPP_CONTROLLER = 0xFFFFFFFD
+OFPP_LOCAL = 0xFFFFFFFE
+OFPP_ANY = 0xFFFFFFFF
+OFPCML_NO_BUFFER = 0xFFFF
+_PORT_NAMES = {OFPP_IN_PORT: "IN_PORT", OFPP_TABLE: "TABLE", OFPP_NORMAL: "NORMAL",
+               OFPP_FLOOD: "FLOOD", OFPP_ALL: "ALL", OFPP_LOCAL: "LOCAL"}
+
+FieldKind = Literal["int", "mac", "ipv4", "ipv6"]
+MatchValue = int | str
+MatchEntry = tuple[str, MatchValue, MatchValue | None]
+Match = tuple[MatchEntry, ...]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One matchable/settable field: os-ken name, wire kind and size, ovs-ofctl name."""
+
+    name: str
+    kind: FieldKind
+    nbytes: int
+    ofctl: str
+    hex: bool = False  # render ints in hex for ovs-ofctl
+
+
+def _specs() -> dict[str, FieldSpec]:
+    rows: list[tuple[str, FieldKind, int, str, bool]] = [
+        ("in_port", "int", 4, "in_port", False),
+        ("metadata", "int", 8, "metadata", True),
+        ("eth_dst", "mac", 6, "eth_dst", False),
+        ("eth_src", "mac", 6, "eth_src", False),
+        ("eth_type", "int", 2, "eth_type", True),
+        ("vlan_vid", "int", 2, "vlan_vid", True),
+        ("vlan_pcp", "int", 1, "vlan_pcp", False),
+        ("ip_dscp", "int", 1, "ip_dscp", False),
+        ("ip_ecn", "int", 1, "ip_ecn", False),
+        ("ip_proto", "int", 1, "ip_proto", False),
+        ("ipv4_src", "ipv4", 4, "ip_src", False),
+        ("ipv4_dst", "ipv4", 4, "ip_dst", False),
+        ("tcp_src", "int", 2, "tcp_src", False),
+        ("tcp_dst", "int", 2, "tcp_dst", False),
+        ("udp_src", "int", 2, "udp_src", False),
+        ("udp_dst", "int", 2, "udp_dst", False),
+        ("sctp_src", "int", 2, "sctp_src", False),
+        ("sctp_dst", "int", 2, "sctp_dst", False),
+        ("icmpv4_type", "int", 1, "icmp_type", False),
+        ("icmpv4_code", "int", 1, "icmp_code", False),
+        ("arp_op", "int", 2, "arp_op", False),
+        ("arp_spa", "ipv4", 4, "arp_spa", False),
+        ("arp_tpa", "ipv4", 4, "arp_tpa", False),
+        ("arp_sha", "mac", 6, "arp_sha", False),
+        ("arp_tha", "mac", 6, "arp_tha", False),
+        ("ipv6_src", "ipv6", 16, "ipv6_src", False),
+        ("ipv6_dst", "ipv6", 16, "ipv6_dst", False),
+        ("ipv6_flabel", "int", 4, "ipv6_label", True),
+        ("icmpv6_type", "int", 1, "icmpv6_type", False),
+        ("icmpv6_code", "int", 1, "icmpv6_code", False),
+        ("ipv6_nd_target", "ipv6", 16, "nd_target", False),
+        ("ipv6_nd_sll", "mac", 6, "nd_sll", False),
+        ("ipv6_nd_tll", "mac", 6, "nd_tll", False),
+        ("tunnel_id", "int", 8, "tun_id", True),
+        ("tun_ipv4_src", "ipv4", 4, "tun_src", False),
+        ("tun_ipv4_dst", "ipv4", 4, "tun_dst", False),
+        ("tun_ipv6_src", "ipv6", 16, "tun_ipv6_src", False),
+        ("tun_ipv6_dst", "ipv6", 16, "tun_ipv6_dst", False),
+        ("pkt_mark", "int", 4, "pkt_mark", True),
+        ("tcp_flags", "int", 2, "tcp_flags", True),
+        ("conj_id", "int", 4, "conj_id", False),
+        ("ct_state", "int", 4, "ct_state", True),
+        ("ct_zone", "int", 2, "ct_zone", False),
+        ("ct_mark", "int", 4, "ct_mark", True),
+        ("ct_label", "int", 16, "ct_label", True),
+        ("actset_output", "int", 4, "actset_output", False),
+    ]
+    rows += [(f"reg{i}", "int", 4, f"reg{i}", True) for i in range(16)]
+    return {r[0]: FieldSpec(*r) for r in rows}
+
+
+FIELDS: dict[str, FieldSpec] = _specs()
+
+_IP = frozenset({0x0800, 0x86DD})
+_V4 = ("eth_type", frozenset({0x0800}))
+_V6 = ("eth_type", frozenset({0x86DD}))
+_ARP = ("eth_type", frozenset({0x0806}))
+
+
+def _proto(number: int, eth: tuple[str, frozenset[int]] = ("eth_type", _IP)
+           ) -> tuple[tuple[str, frozenset[int]], ...]:
+    return (eth, ("ip_proto", frozenset({number})))
+
+
+_ICMP6 = _proto(58, _V6)
+# field -> every (field, allowed exact values) it needs, as OVS checks them
+PREREQUISITES: dict[str, tuple[tuple[str, frozenset[int]], ...]] = {
+    "ip_dscp": (("eth_type", _IP),), "ip_ecn": (("eth_type", _IP),),
+    "ip_proto": (("eth_type", _IP),),
+    "ipv4_src": (_V4,), "ipv4_dst": (_V4,),
+    "ipv6_src": (_V6,), "ipv6_dst": (_V6,), "ipv6_flabel": (_V6,),
+    "tcp_src": _proto(6), "tcp_dst": _proto(6), "tcp_flags": _proto(6),
+    "udp_src": _proto(17), "udp_dst": _proto(17),
+    "sctp_src": _proto(132), "sctp_dst": _proto(132),
+    "icmpv4_type": _proto(1, _V4), "icmpv4_code": _proto(1, _V4),
+    "icmpv6_type": _ICMP6, "icmpv6_code": _ICMP6,
+    "ipv6_nd_target": _ICMP6 + (("icmpv6_type", frozenset({135, 136})),),
+    "ipv6_nd_sll": _ICMP6 + (("icmpv6_type", frozenset({135})),),
+    "ipv6_nd_tll": _ICMP6 + (("icmpv6_type", frozenset({136})),),
+    "arp_op": (_ARP,), "arp_spa": (_ARP,), "arp_tpa": (_ARP,), "arp_sha": (_ARP,),
+    "arp_tha": (_ARP,),
+}
+
+
+# ---- value normalization ------------------------------------------------------------------
+def _to_int(spec: FieldSpec, raw: object) -> int:
+    """Any value of a field as an unsigned int of the field's width."""
+    if spec.kind == "int":
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise ValueError(f"field {spec.name}: expected int, got {raw!r}")
+        value = raw
+    elif spec.kind == "mac":
+        text = str(raw)
+        parts = text.split(":")
+        if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+            raise ValueError(f"field {spec.name}: bad MAC address {raw!r}")
+        try:
+            value = int("".join(p.zfill(2) for p in parts), 16)
+        except ValueError:
+            raise ValueError(f"field {spec.name}: bad MAC address {raw!r}") from None
+    else:
+        family = socket.AF_INET if spec.kind == "ipv4" else socket.AF_INET6
+        try:
+            value = int.from_bytes(socket.inet_pton(family, str(raw)), "big")
+        except (OSError, ValueError):
+            raise ValueError(f"field {spec.name}: bad {spec.kind} address {raw!r}") from None
+    if not 0 <= value < 1 << (8 * spec.nbytes):
+        raise ValueError(f"field {spec.name}: {raw!r} does not fit {spec.nbytes} bytes")
+    return value
+
+
+def _from_int(spec: FieldSpec, value: int) -> MatchValue:
+    if spec.kind == "int":
+        return value
+    raw = value.to_bytes(spec.nbytes, "big")
+    if spec.kind == "mac":
+        return ":".join(f"{b:02x}" for b in raw)
+    return socket.inet_ntop(socket.AF_INET if spec.kind == "ipv4" else socket.AF_INET6, raw)
+
+
+def normalize_value(name: str, raw: object) -> MatchValue:
+    """The canonical form of an unmasked value of field ``name`` (raises ValueError)."""
+    spec = field_spec(name)
+    return _from_int(spec, _to_int(spec, raw))
+
+
+def field_spec(name: str) -> FieldSpec:
+    try:
+        return FIELDS[name]
+    except KeyError:
+        raise ValueError(f"unknown OpenFlow field {name!r}") from None
+
+
+def _entry(name: str, raw: object) -> MatchEntry | None:
+    spec = field_spec(name)
+    mask: int | None = None
+    if isinstance(raw, tuple):
+        if len(raw) != 2:
+            raise ValueError(f"field {name}: expected value or (value, mask), got {raw!r}")
+        raw, raw_mask = raw
+        mask = _to_int(spec, raw_mask)
+    elif isinstance(raw, str | ipaddress.IPv4Network | ipaddress.IPv6Network) and \
+            spec.kind in ("ipv4", "ipv6") and "/" in str(raw):
+        try:
+            net = ipaddress.ip_network(str(raw), strict=False)
+        except ValueError:
+            raise ValueError(f"field {name}: bad prefix {raw!r}") from None
+        raw, mask = str(net.network_address), int(net.netmask)
+    value = _to_int(spec, raw)
+    full = (1 << (8 * spec.nbytes)) - 1
+    if mask is not None:
+        if mask == 0:
+            return None  # fully wildcarded: same as not matching the field
+        value &= mask
+        if mask == full:
+            mask = None
+    return (name, _from_int(spec, value), None if mask is None else _from_int(spec, mask))
+
+
+def match(**fields: object) -> Match:
+    """Build a normalized :data:`Match`; a value may be ``(value, mask)`` or an IP prefix.
+
+    >>> match(eth_type=0x0800, ipv4_dst="10.0.0.0/24", reg6=(5, 0xff))
+    (('eth_type', 2048, None), ('ipv4_dst', '10.0.0.0', '255.255.255.0'), ('reg6', 5, 255))
+    """
+    entries = [e for name, raw in fields.items() if (e := _entry(name, raw)) is not None]
+    entries.sort()
+    result = tuple(entries)
+    check_prerequisites(result)
+    return result
+
+
+def check_prerequisites(m: Match) -> None:
+    """Raise ValueError naming the field whose OpenFlow prerequisite is missing."""
+    exact = {name: value for name, value, mask in m if mask is None}
+    for name, _value, _mask in m:
+        for req_field, allowed in PREREQUISITES.get(name, ()):
+            have = exact.get(req_field)
+            if have not in allowed:
+                wanted = " or ".join(hex(a) if req_field == "eth_type" else str(a)
+                                     for a in sorted(allowed))
+                raise ValueError(f"match field {name} needs {req_field}={wanted} "
+                                 f"(have {req_field}={have!r})")
+
+
+# ---- actions ------------------------------------------------------------------------------
+def _port_text(port: int) -> str:
+    return _PORT_NAMES.get(port, str(port))
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    port: int
+
+    def __str__(self) -> str:
+        return f"output:{_port_text(self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Controller:
+    """Send the packet to the controller (OFPP_CONTROLLER); max_len bytes of it."""
+
+    max_len: int = OFPCML_NO_BUFFER
+
+    def __str__(self) -> str:
+        return f"controller:{self.max_len}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetField:
+    """Set a field (unmasked, OpenFlow 1.3); the value is normalized like match values."""
+
+    field: str
+    value: MatchValue
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", normalize_value(self.field, self.value))
+
+    def __str__(self) -> str:
+        return f"set_field:{_value_text(FIELDS[self.field], self.value)}->" \
+               f"{FIELDS[self.field].ofctl}"
+
+
+@dataclass(frozen=True, slots=True)
+class PushVlan:
+    ethertype: int = 0x8100
+
+    def __str__(self) -> str:
+        return f"push_vlan:{self.ethertype:#06x}"
+
+
+@dataclass(frozen=True, slots=True)
+class PopVlan:
+    def __str__(self) -> str:
+        return "pop_vlan"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    group_id: int
+
+    def __str__(self) -> str:
+        return f"group:{self.group_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmit:
+    """Nicira resubmit to ``table`` (as if received on ``in_port``; None: the current one)."""
+
+    table: int
+    in_port: int | None = None
+
+    def __str__(self) -> str:
+        port = "" if self.in_port is None else _port_text(self.in_port)
+        return f"resubmit({port},{self.table})"
+
+
+Action = Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit
+ACTION_TYPES: tuple[type, ...] = (Output, Controller, SetField, PushVlan, PopVlan, Group,
+                                  Resubmit)
+
+
+# ---- the flow -----------------------------------------------------------------------------
+def _check_range(what: str, value: int, bits: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << bits:
+        raise ValueError(f"{what} must be an unsigned {bits}-bit int, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class OfFlow:
+    """One OpenFlow 1.3 flow entry (only wire-format ranges are checked here; semantic
+    errors such as a goto to an earlier table are OVS's to report)."""
+
+    table: int
+    priority: int
+    match: Match
+    actions: tuple[Action, ...] = ()
+    goto: int | None = None
+    write_metadata: tuple[int, int] | None = None  # (value, mask)
+    cookie: int = 0
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+    shape: tuple[object, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_range("table", self.table, 8)
+        if self.table == 0xFF:
+            raise ValueError("table 255 is not a real table")
+        _check_range("priority", self.priority, 16)
+        _check_range("cookie", self.cookie, 64)
+        _check_range("idle_timeout", self.idle_timeout, 16)
+        _check_range("hard_timeout", self.hard_timeout, 16)
+        if not isinstance(self.match, tuple):
+            raise ValueError(f"match must be built by match(), got {self.match!r}")
+        if not isinstance(self.actions, tuple):
+            object.__setattr__(self, "actions", tuple(self.actions))
+        for action in self.actions:
+            if not isinstance(action, ACTION_TYPES):
+                raise ValueError(f"not an action: {action!r}")
+        if self.goto is not None:
+            _check_range("goto", self.goto, 8)
+        if self.write_metadata is not None:
+            value, mask = self.write_metadata
+            _check_range("write_metadata value", value, 64)
+            _check_range("write_metadata mask", mask, 64)
+        object.__setattr__(self, "_hash", hash((self.table, self.priority, self.match,
+                                                self.actions, self.goto,
+                                                self.write_metadata, self.cookie,
+                                                self.idle_timeout, self.hard_timeout)))
+        object.__setattr__(self, "shape", flow_shape(self))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        """Identity for strict modify/delete: same key + other actions = a modify."""
+        return (self.table, self.priority, self.match)
+
+    def __str__(self) -> str:
+        parts = [f"table={self.table}", f"priority={self.priority}"]
+        if self.cookie:
+            parts.append(f"cookie={self.cookie:#x}")
+        if self.idle_timeout:
+            parts.append(f"idle_timeout={self.idle_timeout}")
+        if self.hard_timeout:
+            parts.append(f"hard_timeout={self.hard_timeout}")
+        parts += [match_text(e) for e in self.match]
+        acts = [str(a) for a in self.actions]
+        if self.write_metadata is not None:
+            acts.append(f"write_metadata:{self.write_metadata[0]:#x}/"
+                        f"{self.write_metadata[1]:#x}")
+        if self.goto is not None:
+            acts.append(f"goto_table:{self.goto}")
+        return ",".join(parts) + ",actions=" + (",".join(acts) if acts else "drop")
+
+
+def action_shape(action: Action) -> object:
+    """What fixes an action's wire layout: its type (and the field of a set_field)."""
+    if type(action) is SetField:
+        return action.field
+    return type(action)
+
+
+def flow_shape(flow: OfFlow) -> tuple[object, ...]:
+    """The wire layout of a flow-mod apart from values: match field names and mask
+    presence, action shapes, which instructions exist. Encoder templates are per shape."""
+    return (tuple([(name, mask is None) for name, _v, mask in flow.match]),
+            tuple([action_shape(a) for a in flow.actions]),
+            flow.goto is None, flow.write_metadata is None)
+
+
+def _value_text(spec: FieldSpec, value: MatchValue) -> str:
+    if isinstance(value, int) and spec.hex:
+        return f"{value:#x}"
+    return str(value)
+
+
+def match_text(entry: MatchEntry) -> str:
+    """One match entry in ovs-ofctl syntax, e.g. ``reg6=0x5/0xff``."""
+    name, value, mask = entry
+    spec = FIELDS[name]
+    text = f"{spec.ofctl}={_value_text(spec, value)}"
+    if mask is not None:
+        text += f"/{_value_text(spec, mask)}"
+    return text

@@ -1,0 +1,105 @@
+"""Logical flows: what apps return. Stage names and logical keys, never table numbers.
+
+A :class:`Flow` is a value (hashable, comparable): the same model snapshot always compiles
+to the same set of flows, which is what makes "incremental == full recompute" testable and
+lets the reconciler send only differences. Physical details (ofports, tunnel ports) appear
+only in flows of stages declared ``physical`` (see stages.py), produced by apps/physical.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Union
+
+MatchValue = Union[int, str, tuple[int, int], tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Goto:
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmit:
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetReg:
+    """Set a logical field (``out_port``, ``network``, ``in_port``, ``flags``)."""
+
+    field: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetField:
+    """Set a header field (OXM name), e.g. eth_src."""
+
+    field: str
+    value: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Copy ``n_bits`` of header field ``src`` into ``dst`` (NX reg move)."""
+
+    src: str
+    dst: str
+    n_bits: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputInPort:
+    """Send the packet back where it came from (responders)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Physical stages only: output to an ofport."""
+
+    ofport: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTunnel:
+    """Physical stages only: encapsulate towards ``remote_ip`` with ``vni``."""
+
+    tunnel_type: str
+    remote_ip: str
+    vni: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToController:
+    pass
+
+
+Action = Union[Goto, Resubmit, SetReg, SetField, Move, OutputInPort, Output, OutputTunnel,
+               ToController]
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    stage: str
+    priority: int
+    match: tuple[tuple[str, MatchValue], ...]
+    actions: tuple[Action, ...]
+    owner: str  # "<table>/<id>" of the model object (or chassis fact) that produced it
+
+    @staticmethod
+    def make(stage: str, priority: int, match: Mapping[str, MatchValue],
+             actions: tuple[Action, ...] | list[Action], owner: str) -> Flow:
+        return Flow(stage, priority, tuple(sorted(match.items())), tuple(actions), owner)
+
+    def __str__(self) -> str:
+        m = ",".join(f"{k}={v}" for k, v in self.match)
+        a = ",".join(_fmt_action(x) for x in self.actions) or "drop"
+        return f"{self.stage} prio={self.priority} {m} -> {a}  [{self.owner}]"
+
+
+def _fmt_action(a: Action) -> str:
+    name = type(a).__name__
+    fields = ",".join(str(getattr(a, f)) for f in a.__dataclass_fields__)
+    return f"{name}({fields})"
