@@ -1,10 +1,6 @@
-"""Session-wide fixtures: real etcd and redis servers (started once, stopped at the end)."""
+"""Session-wide fixtures: real etcd and redis servers (started once, stopped at the end),
+and the multi-node test bed (fresh per test, torn down in its finalizer)."""
 
-try:  # TODO(integration): drop the guard once both fixture modules have landed
-    from tests.fixtures.etcd_server import etcd_server  # noqa: F401
-except ImportError:
-    pass
-try:
-    from tests.fixtures.redis_server import redis_server  # noqa: F401
-except ImportError:
-    pass
+from tests.fixtures.etcd_server import etcd_server  # noqa: F401
+from tests.fixtures.redis_server import redis_server  # noqa: F401
+from tests.fixtures.testbed import testbed_fixture  # noqa: F401

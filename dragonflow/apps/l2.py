@@ -41,7 +41,8 @@ class L2App:
         net = view.network(net_id)
         if net is None or not view.is_local_network(net_id):
             return []
-        local, remote_rep = [], {}
+        local: list[int] = []
+        remote_rep: dict[str, int] = {}
         for p in view.ports_of_network(net_id):
             if view.ofport(p.id) is not None:
                 local.append(p.unique_key)

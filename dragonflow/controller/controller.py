@@ -20,10 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dragonflow.apps.arp import ArpResponderApp
 from dragonflow.apps.base import App
-from dragonflow.apps.l2 import L2App
-from dragonflow.apps.physical import PhysicalApp
+from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
 from dragonflow.controller.reconciler import Reconciler
 from dragonflow.controller.topology import ChassisFacts, DepKey, Topology
@@ -36,10 +34,6 @@ from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
 from dragonflow.pipeline.lower import Lowering
 
 LOG = logging.getLogger(__name__)
-
-
-def default_apps() -> list[App]:
-    return [PhysicalApp(), ArpResponderApp(), L2App()]
 
 
 @dataclass
@@ -117,11 +111,11 @@ class LocalController:
 
     # --- NB ----------------------------------------------------------------------------
     def _register_chassis(self) -> None:
-        c = Chassis(id=self.cfg.chassis_id, ip=self.cfg.tunnel_ip,
-                    tunnel_types=tuple(self.cfg.tunnel_types),
-                    external_host_ip=self.cfg.external_host_ip,
-                    bridge_mappings=tuple(sorted(self.cfg.bridge_mappings.items())),
-                    heartbeat=time.time())
+        c = Chassis.from_dict({
+            "id": self.cfg.chassis_id, "ip": self.cfg.tunnel_ip,
+            "tunnel_types": list(self.cfg.tunnel_types),
+            "external_host_ip": self.cfg.external_host_ip,
+            "bridge_mappings": dict(self.cfg.bridge_mappings), "heartbeat": time.time()})
         for _ in range(5):
             cur = self.nb.get(Chassis, c.id)
             try:
@@ -183,7 +177,7 @@ class LocalController:
                 continue
             try:
                 ch = OfChannel(f"unix:{self.cfg.of_socket}")
-                ch.on_disconnect = lambda: self._q.put(("of_down", None))
+                ch.on_disconnect = lambda exc: self._q.put(("of_down", exc))
                 ch.connect()
             except Exception as e:  # OVS not up yet, restarting...: retry
                 LOG.debug("%s: OpenFlow connect failed: %s", self.cfg.chassis_id, e)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from dragonflow.ovs.flows import OfFlow
 
 LOG = logging.getLogger(__name__)
 FlowKey = tuple
-Ops = list[tuple[str, OfFlow]]
+Ops = list[tuple[Literal["add", "modify_strict", "delete_strict"], OfFlow]]
 
 
 class FlowSink(Protocol):
@@ -43,9 +43,9 @@ class Reconciler:
 
     def diff(self, desired: dict[FlowKey, OfFlow]) -> Ops:
         ops: Ops = []
-        for key, cur in self.installed.items():
+        for key, old in self.installed.items():
             if key not in desired:
-                ops.append(("delete_strict", cur))
+                ops.append(("delete_strict", old))
         for key, f in desired.items():
             cur = self.installed.get(key)
             if cur is None:

@@ -83,7 +83,7 @@ class Topology:
         return {("ofport", port_id)} | self._refresh_local_networks()
 
     def set_tunnel_ofports(self, ofports: dict[str, int]) -> set[DepKey]:
-        changed = {("tunnel", t) for t in set(ofports) | set(self.facts.tunnel_ofports)
+        changed: set[DepKey] = {("tunnel", t) for t in set(ofports) | set(self.facts.tunnel_ofports)
                    if ofports.get(t) != self.facts.tunnel_ofports.get(t)}
         self.facts.tunnel_ofports = dict(ofports)
         return changed

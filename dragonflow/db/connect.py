@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlparse
 
 from stevedore import driver as sd_driver
@@ -22,10 +23,10 @@ def open_driver(url: str) -> Driver:
     if not scheme:
         raise ValueError(f"NB database url {url!r} has no scheme (memory://, etcd://, redis://)")
     try:
-        mgr = sd_driver.DriverManager(NAMESPACE, scheme, invoke_on_load=False)
+        mgr: Any = sd_driver.DriverManager(NAMESPACE, scheme, invoke_on_load=False)
     except NoMatches:
         raise ValueError(f"NB database url {url!r}: no driver for scheme {scheme!r}") from None
-    cls = mgr.driver
+    cls: Any = mgr.driver
     if scheme == "memory":
         return cls.shared(url)  # type: ignore[no-any-return]
     return cls(url)  # type: ignore[no-any-return]

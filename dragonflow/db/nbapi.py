@@ -18,6 +18,7 @@ precise), at most ``_RETRIES`` times. A failed write changes nothing.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -103,24 +104,24 @@ class NbApi:
             raise errors.NotFound(table_of(table), obj_id)
         return obj  # type: ignore[return-value]
 
-    def list(self, table: type[T] | str, *, topic: str | None = None) -> list[T]:
+    def list(self, table: type[T] | str, *, topic: str | None = None) -> builtins.list[T]:
         name = table_of(table)
         kvs, _ = self.driver.get_prefix(f"{self.obj_prefix}{name}/")
         objs = [decode(name, kv.value) for kv in kvs]
         return [o for o in objs if topic is None or o.topic == topic]  # type: ignore[misc]
 
-    def by_index(self, table: type[T] | str, index: str, value: str) -> list[T]:
+    def by_index(self, table: type[T] | str, index: str, value: str) -> builtins.list[T]:
         """E.g. ``by_index(Port, "network_id", net_id)``: the ports of a network."""
         name = table_of(table)
         kvs, _ = self.driver.get_prefix(f"{self.root}idx/{name}/{index}/{value}/")
-        out = []
+        out: builtins.list[NbObject] = []
         for kv in kvs:
             obj = self.get(name, kv.key.rsplit("/", 1)[1])
             if obj is not None:
                 out.append(obj)
         return out  # type: ignore[return-value]
 
-    def snapshot(self) -> tuple[list[NbObject], int]:
+    def snapshot(self) -> tuple[builtins.list[NbObject], int]:
         """Every object, from one consistent read, with its revision."""
         kvs, rev = self.driver.get_prefix(self.obj_prefix)
         return [self.decode_kv(kv) for kv in kvs], rev

@@ -47,12 +47,19 @@ def _codecs(cls: type) -> tuple[tuple[str, Codec], ...]:
     return found
 
 
-def required_fields(cls: type) -> list[str]:
-    return [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
+_REQUIRED: dict[type, tuple[str, ...]] = {}
+
+
+def required_fields(cls: type) -> tuple[str, ...]:
+    """Names of the fields without a default, cached per class."""
+    found = _REQUIRED.get(cls)
+    if found is None:
+        found = _REQUIRED[cls] = tuple(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+    return found
 
 
 def dedupe(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -102,14 +109,14 @@ class Record:
             raise ValidationError(cls.TABLE, "", "", f"must be an object, got {json_kind(data)}")
         oid = data.get("id", "")
         oid = oid if isinstance(oid, str) else ""
-        names = {name for name, _ in _codecs(cls)}
+        codecs = dict(_codecs(cls))
         for key in data:
-            if key not in names and key not in cls.DERIVED:
+            if key not in codecs and key not in cls.DERIVED:
                 raise ValidationError(cls.TABLE, oid, str(key), "unknown field")
         for name in required_fields(cls):
             if name not in data:
                 raise ValidationError(cls.TABLE, oid, name, "required field missing")
-        obj = cls(**{k: v for k, v in data.items() if k in names})
+        obj = cls(**{k: v for k, v in data.items() if k in codecs})
         for key in cls.DERIVED:
             if key in data and (
                 type(data[key]) is not type(getattr(obj, key)) or data[key] != getattr(obj, key)
@@ -168,14 +175,22 @@ class NbObject(Record):
         return []
 
     def validate_refs(self, lookup: Lookup) -> None:
-        """Check every reference exists, then the class's cross-object rules."""
+        """Check every reference exists, then the class's cross-object rules.
+        Each (table, id) is looked up at most once."""
+        seen: dict[tuple[str, str], NbObject | None] = {}
+
+        def once(table: str, oid: str) -> NbObject | None:
+            if (table, oid) not in seen:
+                seen[(table, oid)] = lookup(table, oid)
+            return seen[(table, oid)]
+
         for table, oid, field in self.references():
             if table == self.TABLE and oid == self.id:
                 continue  # a self-reference (security group rule to its own group)
-            if lookup(table, oid) is None:
+            if once(table, oid) is None:
                 raise self._error(field, f"{table} {oid!r} does not exist")
         try:
-            self._check_refs(lookup)
+            self._check_refs(once)
         except Invalid as e:
             raise self._error(e.path, e.reason) from None
 

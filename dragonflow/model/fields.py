@@ -86,6 +86,9 @@ class Str(Codec):
         return value
 
 
+_BAD_ID_CHAR = re.compile(r"[/\s\x00-\x1f\x7f-\x9f]")
+
+
 class Ident(Codec):
     """An id (or id-like name used in DB keys): non-empty, <= 255 chars, printable,
     no '/', no whitespace. With ``allow_empty`` the empty string also passes."""
@@ -102,9 +105,9 @@ class Ident(Codec):
             raise Invalid("", "must not be empty")
         if len(value) > MAX_ID_LEN:
             raise Invalid("", f"longer than {MAX_ID_LEN} characters")
-        if "/" in value:
-            raise Invalid("", f"{value!r} must not contain '/'")
-        if any(c.isspace() or not c.isprintable() for c in value):
+        if _BAD_ID_CHAR.search(value):
+            if "/" in value:
+                raise Invalid("", f"{value!r} must not contain '/'")
             raise Invalid("", f"{value!r} must not contain whitespace or control characters")
         return value
 

@@ -46,7 +46,7 @@ BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 DATAPATH = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
 
 _FLOW_MOD_MATCH_AT = ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE  # 48
-_BUNDLE_ADD = struct.Struct("!BBHIIIIH2x")  # header, experimenter, exp_type, id, flags
+_BUNDLE_ADD = struct.Struct("!BBHIIII2xH")  # header, experimenter, exp_type, id, pad, flags
 _BUNDLE_CTRL = struct.Struct("!BBHIIIIHH")  # header, experimenter, exp_type, id, type, flags
 _XID = struct.Struct("!I")
 

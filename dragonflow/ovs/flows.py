@@ -21,6 +21,8 @@ encode.py.
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Literal
@@ -54,6 +56,10 @@ class FieldSpec:
     nbytes: int
     ofctl: str
     hex: bool = False  # render ints in hex for ovs-ofctl
+    limit: int = field(default=0, init=False, repr=False)  # 1 << bits
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limit", 1 << (8 * self.nbytes))
 
 
 def _specs() -> dict[str, FieldSpec]:
@@ -164,7 +170,7 @@ def _to_int(spec: FieldSpec, raw: object) -> int:
             value = int.from_bytes(socket.inet_pton(family, str(raw)), "big")
         except (OSError, ValueError):
             raise ValueError(f"field {spec.name}: bad {spec.kind} address {raw!r}") from None
-    if not 0 <= value < 1 << (8 * spec.nbytes):
+    if not 0 <= value < spec.limit:
         raise ValueError(f"field {spec.name}: {raw!r} does not fit {spec.nbytes} bytes")
     return value
 
@@ -178,10 +184,30 @@ def _from_int(spec: FieldSpec, value: int) -> MatchValue:
     return socket.inet_ntop(socket.AF_INET if spec.kind == "ipv4" else socket.AF_INET6, raw)
 
 
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
+
+
+def _canonical(spec: FieldSpec, raw: object) -> MatchValue:
+    """An unmasked value in canonical form (fast paths for the usual spellings)."""
+    kind = spec.kind
+    if kind == "int":
+        if type(raw) is int and 0 <= raw < spec.limit:
+            return raw
+    elif kind == "mac":
+        if type(raw) is str and len(raw) == 17 and _MAC_RE.fullmatch(raw):
+            return raw.lower()
+    elif type(raw) is str:
+        family = socket.AF_INET if kind == "ipv4" else socket.AF_INET6
+        try:
+            return socket.inet_ntop(family, socket.inet_pton(family, raw))
+        except (OSError, ValueError):
+            pass  # the slow path below raises the error naming the field
+    return _from_int(spec, _to_int(spec, raw))
+
+
 def normalize_value(name: str, raw: object) -> MatchValue:
     """The canonical form of an unmasked value of field ``name`` (raises ValueError)."""
-    spec = field_spec(name)
-    return _from_int(spec, _to_int(spec, raw))
+    return _canonical(field_spec(name), raw)
 
 
 def field_spec(name: str) -> FieldSpec:
@@ -199,22 +225,20 @@ def _entry(name: str, raw: object) -> MatchEntry | None:
             raise ValueError(f"field {name}: expected value or (value, mask), got {raw!r}")
         raw, raw_mask = raw
         mask = _to_int(spec, raw_mask)
-    elif isinstance(raw, str | ipaddress.IPv4Network | ipaddress.IPv6Network) and \
-            spec.kind in ("ipv4", "ipv6") and "/" in str(raw):
+    elif spec.kind in ("ipv4", "ipv6") and "/" in str(raw):
         try:
             net = ipaddress.ip_network(str(raw), strict=False)
         except ValueError:
             raise ValueError(f"field {name}: bad prefix {raw!r}") from None
         raw, mask = str(net.network_address), int(net.netmask)
-    value = _to_int(spec, raw)
-    full = (1 << (8 * spec.nbytes)) - 1
-    if mask is not None:
-        if mask == 0:
-            return None  # fully wildcarded: same as not matching the field
-        value &= mask
-        if mask == full:
-            mask = None
-    return (name, _from_int(spec, value), None if mask is None else _from_int(spec, mask))
+    else:
+        return (name, _canonical(spec, raw), None)
+    if mask == 0:
+        return None  # fully wildcarded: same as not matching the field
+    value = _to_int(spec, raw) & mask
+    if mask == spec.limit - 1:
+        return (name, _from_int(spec, value), None)
+    return (name, _from_int(spec, value), _from_int(spec, mask))
 
 
 def match(**fields: object) -> Match:
@@ -341,7 +365,7 @@ class OfFlow:
     idle_timeout: int = 0
     hard_timeout: int = 0
     _hash: int = field(default=0, init=False, repr=False, compare=False)
-    shape: tuple[object, ...] = field(default=(), init=False, repr=False, compare=False)
+    shape: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_range("table", self.table, 8)
@@ -368,7 +392,7 @@ class OfFlow:
                                                 self.actions, self.goto,
                                                 self.write_metadata, self.cookie,
                                                 self.idle_timeout, self.hard_timeout)))
-        object.__setattr__(self, "shape", flow_shape(self))
+        object.__setattr__(self, "shape", shape_id(flow_shape(self)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -409,6 +433,18 @@ def flow_shape(flow: OfFlow) -> tuple[object, ...]:
     return (tuple([(name, mask is None) for name, _v, mask in flow.match]),
             tuple([action_shape(a) for a in flow.actions]),
             flow.goto is None, flow.write_metadata is None)
+
+
+_SHAPE_IDS: dict[tuple[object, ...], int] = {}
+_NEXT_SHAPE_ID = itertools.count(1)
+
+
+def shape_id(shape: tuple[object, ...]) -> int:
+    """A small int naming ``shape`` (interned: equal shapes, equal ids; cheap to hash)."""
+    found = _SHAPE_IDS.get(shape)
+    if found is None:
+        found = _SHAPE_IDS.setdefault(shape, next(_NEXT_SHAPE_ID))
+    return found
 
 
 def _value_text(spec: FieldSpec, value: MatchValue) -> str:

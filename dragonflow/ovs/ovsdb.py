@@ -415,7 +415,8 @@ class Ovsdb:
         self._run(run)
 
     def get_external_id(self, key: str) -> str | None:
-        return self._read(lambda api: dict(api._ovs.external_ids).get(key))  # type: ignore
+        value: str | None = self._read(lambda api: dict(api._ovs.external_ids).get(key))
+        return value
 
     def get_system_id(self) -> str | None:
         """external_ids:system-id of the Open_vSwitch row (the chassis name), or None."""

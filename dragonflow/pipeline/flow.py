@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 MatchValue = Union[int, str, tuple[int, int], tuple[str, str]]
+MatchSpec = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class Flow:
     owner: str  # "<table>/<id>" of the model object (or chassis fact) that produced it
 
     @staticmethod
-    def make(stage: str, priority: int, match: Mapping[str, MatchValue],
+    def make(stage: str, priority: int, match: MatchSpec,
              actions: tuple[Action, ...] | list[Action], owner: str) -> Flow:
         return Flow(stage, priority, tuple(sorted(match.items())), tuple(actions), owner)
 

@@ -19,7 +19,6 @@ from tests.fixtures.testbed import (
     BR_INT,
     Node,
     Testbed,
-    kill_pid,
     new_prefix,
     require_prerequisites,
     testbed_fixture,  # noqa: F401  (the 'testbed' fixture)
@@ -88,8 +87,20 @@ def test_ensure_integration_bridge_is_idempotent_and_keeps_flows(testbed: Testbe
         assert sorted(ports) == ["df-geneve", "df-vxlan"]
         assert "cookie=0x5eed" in node.ofctl("dump-flows", BR_INT)
 
+        # Drift made by someone else is repaired by the next call.
+        node.vsctl("set", "Bridge", BR_INT, "fail_mode=standalone", "--",
+                   "set", "Interface", "df-vxlan", "options:key=5")
+        _ensure(db, node, ["vxlan", "geneve"])
+        assert node.vsctl("get", "Bridge", BR_INT, "fail_mode") == "secure"
+        assert node.vsctl("get", "Interface", "df-vxlan", "options") == \
+            "{key=flow, remote_ip=flow}"
+
         with pytest.raises(ValueError, match="unknown tunnel types"):
             _ensure(db, node, ["stt"])
+        with pytest.raises(ValueError, match="16 hex digits"):
+            db.ensure_integration_bridge(BR_INT, "netdev", [], node.controller_target, "1")
+    with pytest.raises(OvsdbError, match="cannot read the Open_vSwitch schema"):
+        Ovsdb(f"unix:{node.rundir / 'missing.sock'}")
 
 
 def _next_event(events: queue.Queue[IfaceChange], name: str, timeout: float = 10.0
@@ -148,13 +159,7 @@ def test_interface_monitor_catches_up_after_ovsdb_server_restart(testbed: Testbe
     with Ovsdb(node.db_target) as db:
         db.watch_interfaces(events.put)
         assert _next_event(events, "tapvm1").kind == "added"  # the initial dump
-        pidfile = node.rundir / "ovsdb-server.pid"
-        pid = int(pidfile.read_text())
-        kill_pid(pid)
-        d = node.rundir
-        node.netns_exec(["ovsdb-server", str(d / "conf.db"), f"--remote=punix:{node.db_sock}",
-                         f"--pidfile={pidfile}", f"--log-file={d / 'ovsdb-server.log'}",
-                         f"--unixctl={d / 'ovsdb-server.ctl'}", "--detach", "--no-chdir"])
+        testbed.restart_ovsdb_server(node)
         # Removed while our connection is down (vsctl connects first).
         testbed.remove_vm(vm)
         ev = _next_event(events, "tapvm1", timeout=20.0)

@@ -290,3 +290,16 @@ def ports(draw: st.DrawFn) -> Port:
 def test_port_roundtrip_property(port: Port) -> None:
     assert roundtrip(port) == port
     assert len(port.claims()) == len(port.fixed_ips) + 1
+
+
+def test_validate_refs_looks_each_object_up_once() -> None:
+    objs = world()
+    calls: list[tuple[str, str]] = []
+
+    def lookup(table: str, oid: str) -> NbObject | None:
+        calls.append((table, oid))
+        return objs.get((table, oid))
+
+    get("port", "port1").validate_refs(lookup)
+    assert sorted(calls) == [("network", "net1"), ("qospolicy", "qos1"), ("securitygroup", "sg1"),
+                             ("securitygroup", "sg2"), ("subnet", "sub4"), ("subnet", "sub6")]

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 import pytest
 
 from dragonflow.model import Chassis, Network, Port, Subnet
-from tests.unit.test_model_samples import expect_invalid, get, lookup_in, mutated, world
-
-
-def bad(table: str, oid: str, path: str, value: Any, *reason: str) -> None:
-    """Setting JSON ``path`` of the sample object to ``value`` is rejected at ``path``."""
-    obj = get(table, oid)
-    expect_invalid(lambda: type(obj).from_dict(mutated(obj, path, value)), table, path, *reason)
-
-
-def bad_replace(table: str, oid: str, field: str, *reason: str, **changes: Any) -> None:
-    obj = get(table, oid)
-    expect_invalid(lambda: obj.replace(**changes), table, field, *reason)
-
-
-def refs_fail(obj: Any, field: str, *reason: str, drop: tuple[str, str] | None = None,
-              extra: tuple[Any, ...] = ()) -> None:
-    objs = world()
-    if drop:
-        del objs[drop]
-    for o in extra:
-        objs[(o.TABLE, o.id)] = o
-    expect_invalid(lambda: obj.validate_refs(lookup_in(objs)), obj.TABLE, field, *reason)
+from tests.unit.test_model_samples import (
+    bad,
+    bad_replace,
+    expect_invalid,
+    get,
+    lookup_in,
+    mutated,
+    refs_fail,
+    world,
+)
 
 
 # --- chassis --------------------------------------------------------------------------------
@@ -155,7 +142,8 @@ def test_subnet_dhcp_ip_and_dns() -> None:
 
 
 def test_subnet_host_routes() -> None:
-    bad("subnet", "sub4", "host_routes[0].destination", "2001:db8::/64", "IPv6 route in an IPv4")
+    bad_replace("subnet", "sub4", "host_routes[0].destination", "IPv6 route in an IPv4",
+                host_routes=({"destination": "2001:db8::/64", "nexthop": "2001:db8::1"},))
     bad("subnet", "sub4", "host_routes[0].nexthop", "2001:db8::1", "is IPv6 but the destination")
     bad("subnet", "sub4", "host_routes[0].destination", "192.168.1.1/16", "host bits")
 
@@ -187,7 +175,9 @@ def test_port_mac() -> None:
 
 def test_port_duplicate_fixed_ip() -> None:
     bad("port", "port1", "fixed_ips[1].ip_address", "10.0.0.5", "duplicate IP 10.0.0.5")
-    bad("port", "port1", "fixed_ips[0].ip_address", "2001:DB8:0::5", "duplicate IP 2001:db8::5")
+    bad_replace("port", "port1", "fixed_ips[1].ip_address", "duplicate IP 2001:db8::5",
+                fixed_ips=({"subnet_id": "sub6", "ip_address": "2001:db8::5"},
+                           {"subnet_id": "sub6", "ip_address": "2001:DB8:0::5"}))
 
 
 def test_port_security_disabled_needs_no_groups_or_pairs() -> None:
@@ -206,7 +196,9 @@ def test_port_list_fields() -> None:
     bad("port", "port1", "allowed_address_pairs[0].mac", "03:00:00:00:00:01", "multicast")
     bad("port", "port1", "allowed_address_pairs[1]", {"ip_address": "10.0.0.100/32",
                                                       "mac": "fa:16:3e:00:00:99"}, "duplicate")
-    bad("port", "port1", "extra_dhcp_opts[1].opt_name", "tftp-server", "duplicate option")
+    bad_replace("port", "port1", "extra_dhcp_opts[1].opt_name", "duplicate option 'x' for IPv6",
+                extra_dhcp_opts=({"opt_name": "x", "opt_value": "1", "ip_version": 6},
+                                 {"opt_name": "x", "opt_value": "2", "ip_version": 6}))
     bad("port", "port1", "extra_dhcp_opts[0].opt_value", 5, "must be a string")
     bad("port", "port1", "binding.chassis_id", "", "must not be empty")
     bad("port", "port1", "device_id", "a/b", "'/'")

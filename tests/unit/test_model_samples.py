@@ -133,6 +133,27 @@ def mutated(obj: NbObject, path: str, value: Any = None, *, delete: bool = False
     return data
 
 
+def bad(table: str, oid: str, path: str, value: Any, *reason: str) -> None:
+    """Setting JSON ``path`` of the sample object to ``value`` is rejected at ``path``."""
+    obj = get(table, oid)
+    expect_invalid(lambda: type(obj).from_dict(mutated(obj, path, value)), table, path, *reason)
+
+
+def bad_replace(table: str, oid: str, field: str, *reason: str, **changes: Any) -> None:
+    obj = get(table, oid)
+    expect_invalid(lambda: obj.replace(**changes), table, field, *reason)
+
+
+def refs_fail(obj: Any, field: str, *reason: str, drop: tuple[str, str] | None = None,
+              extra: tuple[Any, ...] = ()) -> None:
+    objs = world()
+    if drop:
+        del objs[drop]
+    for o in extra:
+        objs[(o.TABLE, o.id)] = o
+    expect_invalid(lambda: obj.validate_refs(lookup_in(objs)), obj.TABLE, field, *reason)
+
+
 def test_sample_world_is_valid() -> None:
     objs = world()
     for obj in objs.values():

@@ -170,7 +170,7 @@ class RedisDriver:
         self._watches: list[_RedisWatch] = []
         self._lock = threading.Lock()
 
-    def _new_client(self, single: bool = False) -> redis.Redis:
+    def _new_client(self) -> redis.Redis:
         # No automatic retries: a timed-out commit may have been applied; the caller decides.
         return redis.Redis(
             host=self._host,
@@ -178,7 +178,6 @@ class RedisDriver:
             socket_timeout=self._timeout,
             socket_connect_timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),
-            single_connection_client=single,
         )
 
     def _fail(self, what: str, e: redis.RedisError) -> DriverError:
@@ -285,7 +284,11 @@ class RedisDriver:
 
 
 class _Gap(Exception):
-    """History needed by a watch is gone."""
+    """History needed by a watch is gone; ``revision``: the server's, if already known."""
+
+    def __init__(self, reason: str, revision: int | None = None) -> None:
+        super().__init__(reason)
+        self.revision = revision
 
 
 class _RedisWatch:
@@ -338,10 +341,10 @@ class _RedisWatch:
             while not self._stop.is_set():
                 try:
                     if self._conn is None:
-                        self._conn = self._drv._new_client(single=True)
-                        self._resume_check(self._conn)
-                        backoff = 0.0
+                        # its own pool: sequential use keeps exactly one connection
+                        self._conn = self._drv._new_client()
                     self._read(self._conn)
+                    backoff = 0.0
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
                     LOG.info("redis watch %r: connection lost (%s); retrying", self._prefix, e)
                     self._drop_conn()
@@ -374,27 +377,7 @@ class _RedisWatch:
                 return int(self._conn.get(self._k.seq) or 0)
         except (redis.RedisError, OSError):
             pass
-        return int(gap.args[1]) if len(gap.args) > 1 else self._seq
-
-    def _resume_check(self, conn: redis.Redis) -> None:
-        """On (re)connect: same database life, and the next entry we need still exists."""
-        with conn.pipeline(transaction=True) as pipe:
-            pipe.set(self._k.epoch, uuid.uuid4().hex, nx=True)
-            pipe.get(self._k.epoch)
-            pipe.get(self._k.seq)
-            _, epoch, seq_raw = pipe.execute()
-        seq = int(seq_raw or 0)
-        if self._epoch is None:
-            self._epoch = epoch
-        if epoch != self._epoch:
-            raise _Gap("the database was replaced (server restarted empty?)", seq)
-        if seq < self._seq:
-            raise _Gap(f"server revision {seq} is behind {self._seq} (history lost)", seq)
-        if seq > self._seq or self._idx < self._n - 1:
-            nxt: Any = conn.xrange(self._k.stream, min=f"({self._last_id()}", count=1)
-            if not nxt:
-                raise _Gap(f"stream has nothing after {self._last_id()} (trimmed)", seq)
-            self._check_contiguous(nxt[0][0])
+        return gap.revision if gap.revision is not None else self._seq
 
     def _check_contiguous(self, entry_id: bytes) -> tuple[int, int]:
         s, _, i = entry_id.partition(b"-")
@@ -405,8 +388,28 @@ class _RedisWatch:
         return got
 
     def _read(self, conn: redis.Redis) -> None:
-        resp: Any = conn.xread({self._k.stream: self._last_id()}, count=_BATCH, block=_BLOCK_MS)
+        """One round trip: the epoch and revision, then XREAD BLOCK from the last entry.
+
+        Checking the epoch and revision on every read (not only after a reconnect the client
+        may hide) proves the entries come from the history we were following.
+        """
+        pipe = conn.pipeline(transaction=False)
+        pipe.set(self._k.epoch, uuid.uuid4().hex, nx=True)
+        pipe.get(self._k.epoch)
+        pipe.get(self._k.seq)
+        pipe.xread({self._k.stream: self._last_id()}, count=_BATCH, block=_BLOCK_MS)
+        resp: Any
+        _, epoch, seq_raw, resp = pipe.execute()
+        seq = int(seq_raw or 0)
+        if self._epoch is None:
+            self._epoch = epoch
+        if epoch != self._epoch:
+            raise _Gap("the database was replaced (server restarted empty?)", seq)
+        if seq < self._seq:
+            raise _Gap(f"server revision {seq} is behind {self._seq} (history lost)", seq)
         if not resp:
+            if seq > self._seq or self._idx < self._n - 1:  # entries existed before XREAD
+                raise _Gap(f"stream has nothing after {self._last_id()} (trimmed)", seq)
             return
         for entry_id, fields in resp[0][1]:
             if self._stop.is_set():

@@ -1,0 +1,58 @@
+"""df-controller: the local controller of one compute node.
+
+Reads [df] and [controller] options (see ``df-controller --help`` and
+etc/dragonflow.ini.sample), registers the chassis, prepares the integration bridge through
+OVSDB, follows the NB change stream and programs Open vSwitch. Runs until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from dragonflow import conf as df_conf
+from dragonflow.apps.registry import load_apps
+from dragonflow.controller.controller import ControllerConfig, LocalController
+from dragonflow.db.connect import open_nb
+
+
+def config_from(conf: object) -> ControllerConfig:
+    c = conf.controller  # type: ignore[attr-defined]
+    return ControllerConfig(
+        chassis_id=c.chassis_id, tunnel_ip=c.tunnel_ip, tunnel_types=tuple(c.tunnel_types),
+        integration_bridge=c.integration_bridge, datapath_type=c.datapath_type,
+        ovsdb_connection=c.ovsdb_connection, ovs_rundir=c.ovs_rundir,
+        heartbeat_interval=c.heartbeat_interval, external_host_ip=c.external_host_ip,
+        bridge_mappings=dict(c.bridge_mappings))
+
+
+def main(argv: list[str] | None = None) -> int:
+    conf = df_conf.new_conf()
+    df_conf.load(conf, sys.argv[1:] if argv is None else argv, "df-controller", __doc__ or "")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    nb = open_nb(conf.df.nb_db_url, root=conf.df.nb_db_root)
+    apps = list(conf.controller.apps)
+    ctl = LocalController(config_from(conf), nb, apps=lambda: load_apps(apps))
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("df-controller").info("signal %s: stopping", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ctl.start()
+    logging.getLogger("df-controller").info(
+        "chassis %s up: bridge %s, NB %s", ctl.cfg.chassis_id, ctl.cfg.integration_bridge,
+        conf.df.nb_db_url)
+    done.wait()
+    ctl.stop()
+    nb.driver.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""A multi-node test bed on one machine: network namespaces, real OVS, real packets.
+
+Shape (see the project's TESTBED notes)::
+
+    netns <p>net   Linux bridge 'und' (underlay, MTU 1600); one veth 'u-<node>' per node
+    netns <p><hv>  its own ovsdb-server + ovs-vswitchd (netdev datapath); br-phy owns the
+                   underlay veth 'und0' and carries the node's underlay IP (native tunneling
+                   needs the IP on an OVS internal port); br-int is made by the controller
+                   (or by ``node.ensure_br_int()`` in tests without one)
+    netns <p><vm>  a "VM": 'eth0' (tx offload off) <-> 'tap<vm>' on its node's br-int
+
+``<p>`` is a unique prefix per run ('df' + 4 hex digits), so parallel or leftover runs never
+clash. Every daemon is started by this module with a pid file in the run directory and is
+killed by that pid only; teardown then kills what is left in our own namespaces, deletes them
+and removes the run directory. Teardown is idempotent.
+
+Used by ``df demo`` (simulated compute nodes) and by the tests (the ``testbed`` fixture in
+tests/fixtures/testbed.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from dragonflow.ovs.ovsdb import Ovsdb
+
+SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+BINARIES = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovs-appctl",
+            "ip", "ethtool", "ping")
+UNDERLAY_MTU = 1600
+BR_INT = "br-int"
+BR_PHY = "br-phy"
+DEFAULT_TUNNELS = ("vxlan", "geneve")
+
+
+class TestbedError(Exception):
+    """A test-bed command failed; the message carries the command and its stderr."""
+
+    __test__ = False
+
+
+def sh(cmd: Sequence[str], *, env: dict[str, str] | None = None, check: bool = True,
+       timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture text output; raise TestbedError with stderr on failure."""
+    try:
+        proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise TestbedError(f"timed out after {timeout}s: {' '.join(cmd)}") from e
+    if check and proc.returncode != 0:
+        raise TestbedError(f"rc={proc.returncode}: {' '.join(cmd)}\n{proc.stderr.strip()}")
+    return proc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is as good as dead
+
+
+def kill_pid(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns when it is gone."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.02)
+    raise TestbedError(f"pid {pid} survived SIGKILL")
+
+
+def _pid_from_file(pidfile: Path, must_contain: str) -> int | None:
+    """The pid in ``pidfile`` if that process is alive and its command line names our run."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid if must_contain in cmdline and _alive(pid) else None
+
+
+def new_prefix() -> str:
+    return "df" + secrets.token_hex(2)
+
+
+@dataclass
+class Node:
+    """One hypervisor: its own OVSDB + ovs-vswitchd inside netns ``<prefix><name>``."""
+
+    bed: Testbed = field(repr=False)
+    name: str
+    index: int
+    netns: str
+    underlay_ip: str
+    underlay_cidr: str
+    rundir: Path
+
+    @property
+    def db_sock(self) -> Path:
+        return self.rundir / "db.sock"
+
+    @property
+    def db_target(self) -> str:
+        return f"unix:{self.db_sock}"
+
+    @property
+    def controller_target(self) -> str:
+        """The passive OpenFlow target of br-int that a local controller dials."""
+        return f"punix:{self.rundir / BR_INT}.df"
+
+    def env(self) -> dict[str, str]:
+        """Environment that points every ovs-* tool at this node."""
+        d = str(self.rundir)
+        return {**os.environ, "OVS_RUNDIR": d, "OVS_DBDIR": d, "OVS_LOGDIR": d,
+                "OVS_SYSCONFDIR": d}
+
+    def vsctl(self, *args: str) -> str:
+        return sh(["ovs-vsctl", "--timeout=20", *args], env=self.env()).stdout.strip()
+
+    def ofctl(self, *args: str) -> str:
+        """ovs-ofctl; speaks OpenFlow 1.3 unless the caller passes -O/--protocols."""
+        proto = [] if any(a == "-O" or a.startswith("--protocols") for a in args) \
+            else ["-O", "OpenFlow13"]
+        return sh(["ovs-ofctl", *proto, *args], env=self.env()).stdout.strip()
+
+    def appctl(self, *args: str) -> str:
+        return sh(["ovs-appctl", *args], env=self.env()).stdout.strip()
+
+    def ofport(self, iface: str) -> int:
+        return int(self.vsctl("get", "Interface", iface, "ofport"))
+
+    def ensure_br_int(self, tunnel_types: Sequence[str] = DEFAULT_TUNNELS,
+                      datapath_id: str | None = None) -> dict[str, int]:
+        """What the controller does at start: br-int with tunnels; returns their ofports."""
+        with Ovsdb(self.db_target) as db:
+            return db.ensure_integration_bridge(
+                BR_INT, "netdev", tunnel_types, self.controller_target,
+                datapath_id if datapath_id is not None else f"{self.index:016x}")
+
+    def netns_exec(self, cmd: Sequence[str], check: bool = True,
+                   timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return sh(["ip", "netns", "exec", self.netns, *cmd], env=self.env(), check=check,
+                  timeout=timeout)
+
+
+@dataclass
+class Vm:
+    """A namespace with one NIC 'eth0' plugged into br-int of ``node`` as ``port``."""
+
+    name: str
+    node: Node
+    netns: str
+    port: str
+    mac: str
+    ip: str
+    iface_id: str
+    ipv6: str | None = None
+
+    def exec(self, cmd: str | Sequence[str], check: bool = False,
+             timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the VM (a string goes through ``sh -c``)."""
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        return sh(["ip", "netns", "exec", self.netns, *argv], check=check, timeout=timeout)
+
+    def ping(self, ip: str, count: int = 1, timeout: float = 2.0) -> bool:
+        """True if at least one of ``count`` echo requests got a reply within ``timeout``."""
+        fam = "-6" if ":" in ip else "-4"
+        wait = max(1, int(timeout + 0.999))
+        proc = self.exec(["ping", fam, "-n", "-q", "-c", str(count), "-i", "0.2",
+                          "-w", str(wait), ip], timeout=wait + 10)
+        return proc.returncode == 0
+
+    def ofport(self) -> int:
+        return self.node.ofport(self.port)
+
+
+@dataclass
+class Testbed:
+    """Nodes and VMs of one test run; ``teardown()`` removes every trace of it."""
+
+    __test__: ClassVar[bool] = False  # not a test class, whatever pytest thinks of the name
+
+    prefix: str
+    base_dir: Path | None = None
+    nodes: dict[str, Node] = field(default_factory=dict)
+    vms: dict[str, Vm] = field(default_factory=dict)
+    rundir: Path = field(init=False)
+    _net_ready: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.prefix or len(self.prefix) > 8:
+            raise ValueError(f"prefix must be 1..8 chars, got {self.prefix!r}")
+        self.rundir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-", dir=self.base_dir))
+
+    @property
+    def net_ns(self) -> str:
+        return f"{self.prefix}net"
+
+    def _claim(self, name: str, max_len: int) -> str:
+        if not name or len(name) > max_len or not name.replace("-", "").isalnum():
+            raise ValueError(f"name {name!r}: 1..{max_len} chars of [a-z0-9-]")
+        if name in self.nodes or name in self.vms or name == "net":
+            raise ValueError(f"name {name!r} already used in this test bed")
+        return f"{self.prefix}{name}"
+
+    def _ensure_net(self) -> None:
+        if self._net_ready:
+            return
+        ns = self.net_ns
+        sh(["ip", "netns", "add", ns])
+        sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        sh(["ip", "-n", ns, "link", "add", "und", "mtu", str(UNDERLAY_MTU), "type", "bridge"])
+        sh(["ip", "-n", ns, "link", "set", "und", "up"])
+        self._net_ready = True
+
+    # -- nodes -------------------------------------------------------------------------
+    def add_node(self, name: str, underlay_ip: str) -> Node:
+        """A hypervisor with OVSDB, ovs-vswitchd and br-phy carrying ``underlay_ip`` (/24
+        unless a prefix length is given). br-int is NOT created here."""
+        netns = self._claim(name, 12)
+        iface = ipaddress.ip_interface(underlay_ip if "/" in underlay_ip else underlay_ip + "/24")
+        node = Node(self, name, len(self.nodes) + 1, netns, str(iface.ip), str(iface),
+                    self.rundir / name)
+        self.nodes[name] = node
+        self._ensure_net()
+        node.rundir.mkdir()
+        sh(["ip", "netns", "add", netns])
+        sh(["ip", "-n", netns, "link", "set", "lo", "up"])
+        mtu = str(UNDERLAY_MTU)
+        sh(["ip", "link", "add", "und0", "netns", netns, "mtu", mtu, "type", "veth",
+            "peer", "name", f"u-{name}", "netns", self.net_ns, "mtu", mtu])
+        sh(["ip", "-n", self.net_ns, "link", "set", f"u-{name}", "master", "und", "up"])
+        sh(["ip", "-n", netns, "link", "set", "und0", "up"])
+        sh(["ovsdb-tool", "create", str(node.rundir / "conf.db"), str(SCHEMA)])
+        self._start_ovsdb_server(node)
+        node.vsctl("--no-wait", "init", "--", "set", "Open_vSwitch", ".",
+                   f"external_ids:system-id={name}")
+        self._start_vswitchd(node)
+        node.vsctl("add-br", BR_PHY, "--", "set", "Bridge", BR_PHY, "datapath_type=netdev",
+                   f"other_config:hwaddr=02:ff:00:00:00:{node.index:02x}",
+                   "--", "add-port", BR_PHY, "und0")
+        self._address_br_phy(node)
+        return node
+
+    def _start_ovsdb_server(self, node: Node) -> None:
+        d = node.rundir
+        node.netns_exec(["ovsdb-server", str(d / "conf.db"), f"--remote=punix:{node.db_sock}",
+                         f"--pidfile={d / 'ovsdb-server.pid'}",
+                         f"--log-file={d / 'ovsdb-server.log'}",
+                         f"--unixctl={d / 'ovsdb-server.ctl'}", "--detach", "--no-chdir"])
+
+    def restart_ovsdb_server(self, node: Node) -> None:
+        """Kill ovsdb-server (by pid) and start it again on the same database file; every
+        client is disconnected and has to reconnect."""
+        pid = _pid_from_file(node.rundir / "ovsdb-server.pid", str(node.rundir))
+        if pid is None:
+            raise TestbedError(f"ovsdb-server of {node.name} is not running")
+        kill_pid(pid)
+        self._start_ovsdb_server(node)
+
+    def _start_vswitchd(self, node: Node) -> None:
+        d = node.rundir
+        node.netns_exec(["ovs-vswitchd", node.db_target, f"--pidfile={d / 'ovs-vswitchd.pid'}",
+                         f"--log-file={d / 'ovs-vswitchd.log'}", "--detach", "--no-chdir"])
+
+    def _address_br_phy(self, node: Node) -> None:
+        sh(["ip", "-n", node.netns, "link", "set", BR_PHY, "mtu", str(UNDERLAY_MTU), "up"])
+        sh(["ip", "-n", node.netns, "addr", "replace", node.underlay_cidr, "dev", BR_PHY])
+
+    def restart_vswitchd(self, node: Node) -> None:
+        """Kill ovs-vswitchd (by pid) and start it again; br-phy gets its address back.
+
+        All OpenFlow flows are gone afterwards, as on a real node."""
+        pid = _pid_from_file(node.rundir / "ovs-vswitchd.pid", str(node.rundir))
+        if pid is None:
+            raise TestbedError(f"ovs-vswitchd of {node.name} is not running")
+        kill_pid(pid)
+        self._start_vswitchd(node)
+        node.vsctl("--timeout=20", "wait-until", "Interface", BR_PHY, "ofport>0")
+        self._address_br_phy(node)
+
+    # -- VMs ---------------------------------------------------------------------------
+    def add_vm(self, node: Node, name: str, mac: str, ip_cidr: str, iface_id: str,
+               mtu: int = 1450, ipv6: str | None = None, gateway: str | None = None,
+               gateway6: str | None = None) -> Vm:
+        """A VM namespace whose 'eth0' is plugged into br-int of ``node`` (which must exist)
+        as port 'tap<name>' with external_ids:iface-id=<iface_id>, attached-mac=<mac>."""
+        netns = self._claim(name, 12)
+        port = f"tap{name}"
+        if sh(["ovs-vsctl", "br-exists", BR_INT], env=node.env(), check=False).returncode:
+            raise TestbedError(f"{BR_INT} does not exist on {node.name}: start the controller "
+                               "or call node.ensure_br_int() first")
+        vm = Vm(name, node, netns, port, mac, ip_cidr.split("/")[0], iface_id,
+                ipv6.split("/")[0] if ipv6 else None)
+        self.vms[name] = vm
+        sh(["ip", "netns", "add", netns])
+        sh(["ip", "-n", netns, "link", "set", "lo", "up"])
+        sh(["ip", "link", "add", "eth0", "netns", netns, "mtu", str(mtu), "type", "veth",
+            "peer", "name", port, "netns", node.netns, "mtu", str(mtu)])
+        sh(["ip", "-n", netns, "link", "set", "eth0", "address", mac, "up"])
+        vm.exec(["ethtool", "-K", "eth0", "tx", "off"], check=True)
+        sh(["ip", "-n", netns, "addr", "add", ip_cidr, "dev", "eth0"])
+        if ipv6:
+            sh(["ip", "-n", netns, "-6", "addr", "add", ipv6, "dev", "eth0", "nodad"])
+        if gateway:
+            sh(["ip", "-n", netns, "route", "add", "default", "via", gateway])
+        if gateway6:
+            sh(["ip", "-n", netns, "-6", "route", "add", "default", "via", gateway6])
+        sh(["ip", "-n", node.netns, "link", "set", port, "up"])
+        node.vsctl("add-port", BR_INT, port, "--", "set", "Interface", port,
+                   f"external_ids:iface-id={iface_id}", f"external_ids:attached-mac={mac}",
+                   "external_ids:iface-status=active")
+        return vm
+
+    def remove_vm(self, vm: Vm) -> None:
+        """Unplug the VM's port from br-int and delete its namespace."""
+        vm.node.vsctl("--if-exists", "del-port", BR_INT, vm.port)
+        self._kill_netns(vm.netns)
+        self.vms.pop(vm.name, None)
+
+    # -- teardown ----------------------------------------------------------------------
+    def _kill_netns(self, netns: str) -> None:
+        pids = sh(["ip", "netns", "pids", netns], check=False).stdout.split()
+        for pid in pids:  # processes inside OUR namespace were started by this run
+            kill_pid(int(pid), grace=1.0)
+        sh(["ip", "netns", "del", netns], check=False)
+
+    def own_namespaces(self) -> list[str]:
+        out = sh(["ip", "netns", "list"]).stdout.splitlines()
+        names = [line.split()[0] for line in out if line.strip()]
+        return [n for n in names if n.startswith(self.prefix)]
+
+    def teardown(self) -> None:
+        """Kill our daemons by pid, then whatever runs in our namespaces, delete the
+        namespaces and the run directory. Safe to call again; raises if anything survived."""
+        errors: list[str] = []
+        for node in self.nodes.values():
+            for daemon in ("ovs-vswitchd", "ovsdb-server"):
+                pid = _pid_from_file(node.rundir / f"{daemon}.pid", str(node.rundir))
+                if pid is not None:
+                    try:
+                        kill_pid(pid)
+                    except TestbedError as e:
+                        errors.append(str(e))
+        for ns in self.own_namespaces():
+            try:
+                self._kill_netns(ns)
+            except TestbedError as e:
+                errors.append(str(e))
+        shutil.rmtree(self.rundir, ignore_errors=True)
+        left = self.own_namespaces()
+        if left:
+            errors.append(f"namespaces left behind: {left}")
+        if errors:
+            raise TestbedError("teardown incomplete: " + "; ".join(errors))
+
+
+def missing_prerequisites() -> list[str]:
+    missing = [b for b in BINARIES if shutil.which(b) is None]
+    if not SCHEMA.exists():
+        missing.append(str(SCHEMA))
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces)")
+    return missing
