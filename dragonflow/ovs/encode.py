@@ -145,6 +145,9 @@ ACTION_CODECS: dict[type, ActionCodec] = {
         lambda a: ofpp.NXActionResubmitTable(in_port=_port16(a.in_port), table_id=a.table),
         lambda a, b, o, e: [(o + 10, "H", f"_port16({e}.in_port)"),
                             (o + 12, "B", f"{e}.table")]),
+    fl.Move: ActionCodec(
+        lambda a: ofpp.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits),
+        lambda a, b, o, e: []),  # all of it is shape
 }
 
 

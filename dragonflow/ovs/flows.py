@@ -339,9 +339,41 @@ class Resubmit:
         return f"resubmit({port},{self.table})"
 
 
-Action = Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Nicira reg move: copy ``n_bits`` from field ``src`` to field ``dst`` (bit 0 of both).
+    All three are part of the flow's shape (they fix the wire bytes)."""
+
+    src: str
+    dst: str
+    n_bits: int
+
+    def __post_init__(self) -> None:
+        for name in (self.src, self.dst):
+            if name not in FIELDS:
+                raise ValueError(f"move: unknown field {name!r}")
+        if not 0 < self.n_bits <= 8 * min(FIELDS[self.src].nbytes, FIELDS[self.dst].nbytes):
+            raise ValueError(f"move: {self.n_bits} bits do not fit {self.src}->{self.dst}")
+
+    def __str__(self) -> str:
+        src, dst = FIELDS[self.src].ofctl, FIELDS[self.dst].ofctl
+        return f"move:{_nxm_name(src)}[0..{self.n_bits - 1}]->{_nxm_name(dst)}[0..{self.n_bits - 1}]"
+
+
+_NXM_NAMES = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
+              "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
+              "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
+              "ip_src": "NXM_OF_IP_SRC", "ip_dst": "NXM_OF_IP_DST",
+              "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST"}
+
+
+def _nxm_name(ofctl_name: str) -> str:
+    return _NXM_NAMES.get(ofctl_name, ofctl_name.upper())
+
+
+Action = Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit | Move
 ACTION_TYPES: tuple[type, ...] = (Output, Controller, SetField, PushVlan, PopVlan, Group,
-                                  Resubmit)
+                                  Resubmit, Move)
 
 
 # ---- the flow -----------------------------------------------------------------------------
@@ -424,6 +456,8 @@ def action_shape(action: Action) -> object:
     """What fixes an action's wire layout: its type (and the field of a set_field)."""
     if type(action) is SetField:
         return action.field
+    if type(action) is Move:
+        return action
     return type(action)
 
 

@@ -104,7 +104,7 @@ def dp_actions(trace: str) -> str:
 
 def outputs(trace: str) -> list[str]:
     """Every OpenFlow output the packet reached, in order (from the trace body)."""
-    return re.findall(r"\boutput:(\d+|IN_PORT)", trace)
+    return [a or b for a, b in re.findall(r"^\s+(?:output:(\d+)|(IN_PORT))$", trace, re.M)]
 
 
 def test_same_network_local_delivery(rig: Rig) -> None:
