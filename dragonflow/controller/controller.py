@@ -163,6 +163,12 @@ class LocalController:
                 touched |= self.topo.set_ofport(ch.iface_id, ch.ofport)
                 if self._sub is not None:
                     self._sub.add_ids({ch.iface_id})
+                if self.topo.get(Port, ch.iface_id) is None:
+                    # plugged before its topic is followed: read it once, the stream does
+                    # the rest (add_ids above was registered before this read)
+                    port = self.nb.get(Port, ch.iface_id)
+                    if port is not None:
+                        touched |= self.topo.apply("port", port.id, port) or set()
         return touched
 
     def _local_port_ids(self) -> set[str]:

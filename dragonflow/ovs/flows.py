@@ -356,19 +356,8 @@ class Move:
             raise ValueError(f"move: {self.n_bits} bits do not fit {self.src}->{self.dst}")
 
     def __str__(self) -> str:
-        src, dst = FIELDS[self.src].ofctl, FIELDS[self.dst].ofctl
-        return f"move:{_nxm_name(src)}[0..{self.n_bits - 1}]->{_nxm_name(dst)}[0..{self.n_bits - 1}]"
-
-
-_NXM_NAMES = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST",
-              "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
-              "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
-              "ip_src": "NXM_OF_IP_SRC", "ip_dst": "NXM_OF_IP_DST",
-              "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST"}
-
-
-def _nxm_name(ofctl_name: str) -> str:
-    return _NXM_NAMES.get(ofctl_name, ofctl_name.upper())
+        bits = f"[0..{self.n_bits - 1}]"
+        return f"move:{FIELDS[self.src].ofctl}{bits}->{FIELDS[self.dst].ofctl}{bits}"
 
 
 Action = Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit | Move
@@ -442,6 +431,8 @@ class OfFlow:
             parts.append(f"idle_timeout={self.idle_timeout}")
         if self.hard_timeout:
             parts.append(f"hard_timeout={self.hard_timeout}")
+        if self.idle_timeout or self.hard_timeout:
+            parts.append("send_flow_rem")  # the encoder asks OVS to report expiry
         parts += [match_text(e) for e in self.match]
         acts = [str(a) for a in self.actions]
         if self.write_metadata is not None:

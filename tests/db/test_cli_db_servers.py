@@ -220,10 +220,8 @@ def test_watch_resync_after_compaction(cli: Cli, watchers: list[Watcher]) -> Non
     w = Watcher(cli, "--from-revision", "1", "--count", "1")
     watchers.append(w)
     # the RESYNC line comes first; then one change written after the watcher resynced
-    deadline = time.monotonic() + TIMEOUT
     assert w.proc.stdout is not None
     first = w.proc.stdout.readline()
-    assert time.monotonic() < deadline
     assert first.startswith("RESYNC ") and " objects" in first
     cli.ok("add", cli.file(SUBNET | {"id": "s2", "cidr": "10.1.0.0/24", "gateway_ip": None}))
     rest = w.lines()

@@ -322,11 +322,11 @@ def test_restart_then_more_writes_than_before_is_still_detected(
     db, writer = make(drivers, url), make(drivers, url)
     gate = threading.Event()
     sink = Sink(gate)
+    for i in range(3):
+        writer.commit([], [Put("/k", str(i).encode())])
     db.get_prefix("/")
-    w = db.watch("/", 1, sink.on_event, sink.on_compacted)
+    w = db.watch("/", 1, sink.on_event, sink.on_compacted)  # its first read gets all three
     try:
-        for i in range(3):
-            writer.commit([], [Put("/k", str(i).encode())])
         assert sink.entered.wait(10)  # blocked in the callback of revision 1
         own_server.restart()
         for i in range(10):

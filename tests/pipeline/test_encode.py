@@ -29,6 +29,7 @@ from dragonflow.ovs.flows import (
     Action,
     Controller,
     Group,
+    Move,
     OfFlow,
     Output,
     PopVlan,
@@ -61,6 +62,8 @@ def oracle_action(a: Action) -> Any:
     if isinstance(a, Resubmit):
         port = 0xFFF8 if a.in_port is None else a.in_port & 0xFFFF
         return ofpp.NXActionResubmitTable(in_port=port, table_id=a.table)
+    if isinstance(a, Move):
+        return ofpp.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits)
     raise AssertionError(a)
 
 
@@ -180,7 +183,8 @@ def test_every_set_field(name: str) -> None:
 @pytest.mark.parametrize("action", [
     Output(5), Output(OFPP_IN_PORT), Output(OFPP_LOCAL), Controller(), Controller(128),
     PushVlan(), PushVlan(0x88A8), PopVlan(), Group(42), Resubmit(9), Resubmit(9, 3),
-    Resubmit(0, OFPP_IN_PORT), Resubmit(200, OFPP_LOCAL),
+    Resubmit(0, OFPP_IN_PORT), Resubmit(200, OFPP_LOCAL), Move("eth_src", "eth_dst", 48),
+    Move("reg0", "reg7", 16), Move("tunnel_id", "metadata", 64), Move("arp_sha", "arp_tha", 48),
 ], ids=repr)
 def test_every_action(action: Action) -> None:
     assert_same_bytes(OfFlow(4, 100, match(in_port=3), (action,)))
@@ -235,8 +239,11 @@ def actions() -> st.SearchStrategy[Action]:
                       st.sampled_from([OFPP_IN_PORT, OFPP_LOCAL, OFPP_CONTROLLER]))
     set_fields = st.sampled_from(sorted(FIELDS)).flatmap(
         lambda name: _value(name).map(lambda v: SetField(name, v)))
+    moves = st.tuples(st.sampled_from(sorted(FIELDS)), st.sampled_from(sorted(FIELDS))).flatmap(
+        lambda sd: st.integers(1, 8 * min(FIELDS[sd[0]].nbytes, FIELDS[sd[1]].nbytes)).map(
+            lambda n: Move(sd[0], sd[1], n)))
     return st.one_of(
-        ports.map(Output), st.integers(0, 0xFFFF).map(Controller), set_fields,
+        ports.map(Output), moves, st.integers(0, 0xFFFF).map(Controller), set_fields,
         st.sampled_from([0x8100, 0x88A8]).map(PushVlan), st.just(PopVlan()),
         st.integers(0, 0xFFFFFF00).map(Group),
         st.builds(Resubmit, st.integers(0, 254), st.one_of(st.none(), ports)))

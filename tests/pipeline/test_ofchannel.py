@@ -21,6 +21,7 @@ import pytest
 from dragonflow.ovs import encode
 from dragonflow.ovs.flows import (
     Controller,
+    Move,
     OfFlow,
     Output,
     PopVlan,
@@ -130,6 +131,9 @@ def extra_flows() -> list[OfFlow]:
         OfFlow(4, 0, match(), (Controller(128),), cookie=2**64 - 1),
         OfFlow(4, 1, match(pkt_mark=(0x10, 0xF0), eth_type=0x0806, arp_op=2,
                            arp_sha="fa:16:3e:00:00:09"), (Resubmit(5, 0xFFFFFFFE),)),
+        OfFlow(5, 2, match(eth_type=0x0806, arp_op=1),
+               (Move("eth_src", "eth_dst", 48), Move("arp_sha", "arp_tha", 48),
+                Move("reg0", "reg1", 16), Output(0xFFFFFFF8))),
     ]
 
 
@@ -177,7 +181,7 @@ def test_modify_strict_and_delete_strict(ovs_bridge: OvsBridgeEnv, conn: Conn) -
 
 @pytest.mark.parametrize("bad, error", [
     (OfFlow(20, 1, match(reg0=1), goto=10), "OFPBIC_BAD_TABLE_ID"),
-    (OfFlow(21, 1, match(reg0=2), (Output(0),)), "OFPBAC_BAD_OUT_PORT"),
+    (OfFlow(21, 1, match(reg0=2), (Output(0xFFFFFFFF),)), "OFPBAC_BAD_OUT_PORT"),  # ANY
     (OfFlow(22, 1, match(reg0=3), (SetField("vlan_vid", 0x1005),)), "OFPBAC_MATCH_INCONSISTENT"),
 ])
 @pytest.mark.parametrize("replace_all", [False, True])

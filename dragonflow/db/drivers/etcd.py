@@ -64,8 +64,7 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),  # etcd refuses pings more often than every 5 s
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.use_local_subchannel_pool", 1),  # one connection per driver, not per process
 )
@@ -373,7 +372,9 @@ class EtcdDriver:
         self._channel, self._kv, self._watch_stub = self._run(self._open(), "connect")
 
     async def _open(self) -> tuple[Any, Any, Any]:
-        channel = grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
+        # (gRPC's "min reconnect backoff" is in fact the least time a connect attempt gets)
+        connect = ("grpc.min_reconnect_backoff_ms", max(int(self.timeout * 1000), 100))
+        channel = grpc.aio.insecure_channel(self._target, options=(*_CHANNEL_OPTIONS, connect))
         return channel, rpc.KVStub(channel), rpc.WatchStub(channel)
 
     # --- plumbing -----------------------------------------------------------------------

@@ -1,0 +1,313 @@
+"""NB benchmark: NbApi write rate vs the raw client, and change-stream latency.
+
+Run from the repository root: ``.venv/bin/python bench/nb_bench.py`` (``--help`` for sizes).
+It starts its own etcd (data dir on tmpfs when /dev/shm is usable, as the test fixture does)
+and redis (no persistence), and prints, per driver (memory, etcd, redis):
+
+* NB writes/s of a mixed workload through NbApi: create networks, one subnet each, ports
+  (one fixed IP, spread over the networks), then update every port once;
+* the raw client doing the same number of single-key puts of the same encoded objects in the
+  same run (aetcd ``put`` loop, redis-py ``SET``, a dict insert under a lock) and the ratio;
+* change-stream latency p50/p99 for 1, 10 and 100 Subscriptions: from the moment
+  ``NbApi.update`` returned (the commit is acknowledged) to each subscriber's ``on_change``.
+  Writes are paced closed-loop (the next write waits until every subscriber got the previous
+  one), so the figure is delivery latency, not queueing. Negative samples are possible when a
+  subscriber is woken before the writer's thread returns from the commit.
+
+Goals (from the issue): NB within 1.5x of the raw client; memory >= 50k writes/s.
+``--profile DRIVER`` runs the NB workload of that driver under pyinstrument (if installed)
+and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dragonflow.db.connect import open_driver  # noqa: E402
+from dragonflow.db.drivers.memory import MemoryDriver  # noqa: E402
+from dragonflow.db.nbapi import NbApi, encode  # noqa: E402
+from dragonflow.db.stream import Change, Subscription  # noqa: E402
+from dragonflow.model import FixedIp, NbObject, Network, Port, Subnet  # noqa: E402
+from tests.fixtures.etcd_server import EtcdServer  # noqa: E402
+from tests.fixtures.redis_server import RedisServer  # noqa: E402
+
+PORTS_PER_NET = 100
+SUB_COUNTS = (1, 10, 100)
+
+
+# --- workload --------------------------------------------------------------------------------
+def workload(ports: int) -> tuple[list[Network], list[Subnet], list[Port]]:
+    nets_n = max(1, -(-ports // PORTS_PER_NET))
+    nets = [Network(id=f"net{i}", topic=f"p{i % 7}", name=f"net-{i}", network_type="vxlan",
+                    segmentation_id=1000 + i) for i in range(nets_n)]
+    subs = [Subnet(id=f"sub{i}", topic=n.topic, network_id=n.id, cidr=f"10.{i // 256}."
+                   f"{i % 256}.0/24", gateway_ip=f"10.{i // 256}.{i % 256}.1")
+            for i, n in enumerate(nets)]
+    out = []
+    for j in range(ports):
+        i = j % nets_n
+        ip = ipaddress.ip_network(subs[i].cidr)[10 + j // nets_n]
+        out.append(Port(id=f"port{j}", topic=nets[i].topic, name=f"vm-{j}",
+                        network_id=nets[i].id, mac=f"fa:16:3e:{j >> 16 & 255:02x}:"
+                        f"{j >> 8 & 255:02x}:{j & 255:02x}",
+                        fixed_ips=(FixedIp(subnet_id=subs[i].id, ip_address=str(ip)),),
+                        device_owner="compute:nova", device_id=f"vm{j}"))
+    return nets, subs, out
+
+
+def run_nb_writes(nb: NbApi, ports: int) -> tuple[int, float, list[bytes]]:
+    """(writes, seconds, encoded objects) of the mixed workload."""
+    nets, subs, port_objs = workload(ports)
+    payloads: list[bytes] = []
+    t0 = time.perf_counter()
+    for obj in [*nets, *subs]:
+        nb.create(obj)
+    stored = [nb.create(p) for p in port_objs]
+    for p in stored:
+        nb.update(p.replace(status="ACTIVE"))
+    elapsed = time.perf_counter() - t0
+    payloads = [encode(o) for o in [*nets, *subs, *stored, *stored]]
+    return len(payloads), elapsed, payloads
+
+
+# --- raw clients -----------------------------------------------------------------------------
+def raw_memory(payloads: list[bytes]) -> float:
+    store: dict[str, bytes] = {}
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+    for i, v in enumerate(payloads):
+        with lock:
+            store[f"/raw/{i}"] = v
+    return time.perf_counter() - t0
+
+
+def raw_etcd(port: int, payloads: list[bytes]) -> float:
+    import aetcd
+
+    async def go() -> float:
+        async with aetcd.Client(host="127.0.0.1", port=port, timeout=3) as client:
+            await client.put(b"/raw/warmup", b"x")
+            t0 = time.perf_counter()
+            for i, v in enumerate(payloads):
+                await client.put(f"/raw/{i}".encode(), v)
+            return time.perf_counter() - t0
+
+    return asyncio.run(go())
+
+
+def raw_redis(port: int, payloads: list[bytes]) -> float:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=3)
+    try:
+        client.ping()
+        t0 = time.perf_counter()
+        for i, v in enumerate(payloads):
+            client.set(f"raw:{i}", v)
+        return time.perf_counter() - t0
+    finally:
+        client.close()
+
+
+# --- change-stream latency -------------------------------------------------------------------
+@dataclass
+class _Deliveries:
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    times: dict[int, list[float]] = field(default_factory=dict)  # version -> delivery times
+
+    def on_change(self, ch: Change) -> None:
+        now = time.perf_counter()
+        if ch.obj is None:
+            return
+        with self.cond:
+            self.times.setdefault(ch.obj.version, []).append(now)
+            self.cond.notify_all()
+
+    def wait(self, version: int, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.times.get(version, ())) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"version {version}: {len(self.times.get(version, ()))}"
+                                       f" of {count} subscribers got it")
+                self.cond.wait(left)
+
+
+def _no_resync(objs: list[NbObject], rev: int) -> None:
+    raise RuntimeError(f"unexpected resync at revision {rev} during the latency run")
+
+
+def latency(nb: NbApi, subscribers: int, writes: int) -> list[float]:
+    """Delivery latencies in ms: ``writes`` updates of one port, each to every subscriber."""
+    port = nb.get_or_raise(Port, "port0")
+    got = _Deliveries()
+    start = nb.revision() + 1
+    subs = [Subscription(nb, got.on_change, _no_resync, from_revision=start)
+            for _ in range(subscribers)]
+    samples: list[float] = []
+    try:
+        for _ in range(writes):
+            port = nb.update(port.replace(name=f"v{port.version}"))
+            acked = time.perf_counter()
+            got.wait(port.version, subscribers)
+            with got.cond:
+                samples += [(t - acked) * 1000 for t in got.times[port.version]]
+    finally:
+        for s in subs:
+            s.close()
+    return samples
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- one driver ------------------------------------------------------------------------------
+@dataclass
+class Result:
+    driver: str
+    writes: int
+    nb_rate: float
+    raw_rate: float
+    lat: dict[int, tuple[float, float, int]]  # subscribers -> (p50, p99, samples)
+
+
+def bench_driver(name: str, nb: NbApi, ports: int, raw: Callable[[list[bytes]], float],
+                 lat_writes: dict[int, int]) -> Result:
+    writes, nb_s, payloads = run_nb_writes(nb, ports)
+    raw_s = raw(payloads)
+    lat = {}
+    for n in SUB_COUNTS:
+        samples = latency(nb, n, lat_writes[n])
+        lat[n] = (statistics.median(samples), pct(samples, 0.99), len(samples))
+    return Result(name, writes, writes / nb_s, len(payloads) / raw_s, lat)
+
+
+@contextmanager
+def servers(names: set[str]) -> Iterator[tuple[EtcdServer | None, RedisServer | None]]:
+    etcd = EtcdServer().start() if "etcd" in names else None
+    try:
+        red = RedisServer().start() if "redis" in names else None
+        try:
+            yield etcd, red
+        finally:
+            if red is not None:
+                red.stop()
+    finally:
+        if etcd is not None:
+            etcd.stop()
+
+
+def open_nb(name: str, etcd: EtcdServer | None, red: RedisServer | None) -> NbApi:
+    root = f"/bench{uuid.uuid4().hex[:8]}/"
+    if name == "memory":
+        return NbApi(MemoryDriver(), root=root)
+    if name == "etcd":
+        assert etcd is not None
+        return NbApi(open_driver(etcd.url), root=root)
+    assert red is not None
+    return NbApi(open_driver(f"{red.url}/bench"), root=root)
+
+
+def raw_for(name: str, etcd: EtcdServer | None, red: RedisServer | None
+            ) -> Callable[[list[bytes]], float]:
+    if name == "memory":
+        return raw_memory
+    if name == "etcd":
+        assert etcd is not None
+        return lambda p: raw_etcd(etcd.port, p)
+    assert red is not None
+    return lambda p: raw_redis(red.port, p)
+
+
+def report(results: list[Result]) -> str:
+    lines = ["driver  NB writes  NB w/s   raw puts/s  raw/NB  "
+             + "  ".join(f"lat{n:<3} p50/p99 ms" for n in SUB_COUNTS)]
+    for r in results:
+        lat = "  ".join(f"{r.lat[n][0]:6.2f}/{r.lat[n][1]:6.2f}  " for n in SUB_COUNTS)
+        lines.append(f"{r.driver:<7} {r.writes:>9} {r.nb_rate:>8.0f} {r.raw_rate:>11.0f} "
+                     f"{r.raw_rate / r.nb_rate:>6.1f}x  {lat}")
+    lines.append("")
+    for r in results:
+        ok = r.raw_rate / r.nb_rate <= 1.5
+        lines.append(f"goal {r.driver}: NB within 1.5x of raw: {'met' if ok else 'NOT met'} "
+                     f"({r.raw_rate / r.nb_rate:.1f}x)")
+        if r.driver == "memory":
+            lines.append(f"goal memory: >= 50k NB writes/s: "
+                         f"{'met' if r.nb_rate >= 50_000 else 'NOT met'} ({r.nb_rate:.0f}/s)")
+    return "\n".join(lines)
+
+
+def profile(name: str, ports: int) -> None:
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        sys.exit("--profile needs pyinstrument: .venv/bin/pip install pyinstrument")
+    with servers({name} - {"memory"}) as (etcd, red):
+        nb = open_nb(name, etcd, red)
+        try:
+            profiler = Profiler(interval=0.0005)
+            profiler.start()
+            writes, secs, _ = run_nb_writes(nb, ports)
+            profiler.stop()
+        finally:
+            nb.driver.close()
+    print(f"{name}: {writes} NB writes in {secs:.2f} s ({writes / secs:.0f}/s, profiled)")
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--drivers", default="memory,etcd,redis",
+                   help="comma-separated subset of memory,etcd,redis")
+    p.add_argument("--memory-ports", type=int, default=10_000,
+                   help="ports of the memory workload (writes ~= 2x ports)")
+    p.add_argument("--server-ports", type=int, default=1_000,
+                   help="ports of the etcd and redis workloads")
+    p.add_argument("--latency-writes", type=int, default=200,
+                   help="writes per latency run with 1 and 10 subscribers (a quarter of it "
+                        "with 100)")
+    p.add_argument("--profile", choices=("memory", "etcd", "redis"),
+                   help="only profile this driver's NB workload with pyinstrument")
+    args = p.parse_args(argv)
+    if args.profile:
+        ports = args.memory_ports if args.profile == "memory" else args.server_ports
+        profile(args.profile, ports)
+        return 0
+    names = [n.strip() for n in args.drivers.split(",") if n.strip()]
+    lat_writes = {1: args.latency_writes, 10: args.latency_writes,
+                  100: max(10, args.latency_writes // 4)}
+    results = []
+    t0 = time.monotonic()
+    with servers(set(names)) as (etcd, red):
+        for name in names:
+            nb = open_nb(name, etcd, red)
+            try:
+                ports = args.memory_ports if name == "memory" else args.server_ports
+                results.append(bench_driver(name, nb, ports, raw_for(name, etcd, red),
+                                            lat_writes))
+            finally:
+                nb.driver.close()
+            print(f"[{name} done after {time.monotonic() - t0:.1f} s]", file=sys.stderr)
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
