@@ -8,11 +8,10 @@ and redis (no persistence), and prints, per driver (memory, etcd, redis):
   (one fixed IP, spread over the networks), then update every port once;
 * the raw client doing the same number of single-key puts of the same encoded objects in the
   same run (aetcd ``put`` loop, redis-py ``SET``, a dict insert under a lock) and the ratio;
-* change-stream latency p50/p99 for 1, 10 and 100 Subscriptions: from the moment
-  ``NbApi.update`` returned (the commit is acknowledged) to each subscriber's ``on_change``.
-  Writes are paced closed-loop (the next write waits until every subscriber got the previous
-  one), so the figure is delivery latency, not queueing. Negative samples are possible when a
-  subscriber is woken before the writer's thread returns from the commit.
+* change-stream latency p50/p99 for 1, 10 and 100 Subscriptions: from the moment the
+  driver commit was sent to each subscriber's ``on_change`` (so it includes the commit's own
+  round trip). Writes are paced closed-loop (the next write waits until every subscriber got
+  the previous one), so the figure is delivery latency, not queueing.
 
 Goals (from the issue): NB within 1.5x of the raw client; memory >= 50k writes/s.
 ``--profile DRIVER`` runs the NB workload of that driver under pyinstrument (if installed)
@@ -29,7 +28,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dragonflow.db.connect import open_driver  # noqa: E402
+from dragonflow.db.driver import KV, Check, Driver, Event, Op, Watch  # noqa: E402
 from dragonflow.db.drivers.memory import MemoryDriver  # noqa: E402
 from dragonflow.db.nbapi import NbApi, encode  # noqa: E402
 from dragonflow.db.stream import Change, Subscription  # noqa: E402
@@ -53,17 +55,17 @@ def workload(ports: int) -> tuple[list[Network], list[Subnet], list[Port]]:
     nets_n = max(1, -(-ports // PORTS_PER_NET))
     nets = [Network(id=f"net{i}", topic=f"p{i % 7}", name=f"net-{i}", network_type="vxlan",
                     segmentation_id=1000 + i) for i in range(nets_n)]
-    subs = [Subnet(id=f"sub{i}", topic=n.topic, network_id=n.id, cidr=f"10.{i // 256}."
-                   f"{i % 256}.0/24", gateway_ip=f"10.{i // 256}.{i % 256}.1")
-            for i, n in enumerate(nets)]
+    cidrs = [ipaddress.ip_network(f"10.{i // 256}.{i % 256}.0/24") for i in range(nets_n)]
+    subs = [Subnet(id=f"sub{i}", topic=n.topic, network_id=n.id, cidr=cidrs[i],
+                   gateway_ip=cidrs[i][1]) for i, n in enumerate(nets)]
     out = []
     for j in range(ports):
         i = j % nets_n
-        ip = ipaddress.ip_network(subs[i].cidr)[10 + j // nets_n]
+        ip = cidrs[i][10 + j // nets_n]
         out.append(Port(id=f"port{j}", topic=nets[i].topic, name=f"vm-{j}",
                         network_id=nets[i].id, mac=f"fa:16:3e:{j >> 16 & 255:02x}:"
                         f"{j >> 8 & 255:02x}:{j & 255:02x}",
-                        fixed_ips=(FixedIp(subnet_id=subs[i].id, ip_address=str(ip)),),
+                        fixed_ips=(FixedIp(subnet_id=subs[i].id, ip_address=ip),),
                         device_owner="compute:nova", device_id=f"vm{j}"))
     return nets, subs, out
 
@@ -123,26 +125,66 @@ def raw_redis(port: int, payloads: list[bytes]) -> float:
 
 
 # --- change-stream latency -------------------------------------------------------------------
+class MeteredDriver:
+    """Delegates to a driver; counts calls by method and remembers when each commit was sent,
+    by its revision."""
+
+    def __init__(self, inner: Driver) -> None:
+        self.inner = inner
+        self.sent: dict[int, float] = {}
+        self.calls: Counter[str] = Counter()
+
+    def commit(self, checks: Sequence[Check], ops: Sequence[Op]) -> int:
+        self.calls["commit"] += 1
+        t = time.perf_counter()
+        rev = self.inner.commit(checks, ops)
+        self.sent[rev] = t
+        return rev
+
+    def get(self, key: str) -> KV | None:
+        self.calls["get"] += 1
+        return self.inner.get(key)
+
+    def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        self.calls["get_prefix"] += 1
+        return self.inner.get_prefix(prefix)
+
+    def increment(self, key: str) -> int:
+        self.calls["increment"] += 1
+        return self.inner.increment(key)
+
+    def current_revision(self) -> int:
+        return self.inner.current_revision()
+
+    def watch(self, prefix: str, start_revision: int, on_event: Callable[[Event], None],
+              on_compacted: Callable[[int], None]) -> Watch:
+        return self.inner.watch(prefix, start_revision, on_event, on_compacted)
+
+    def compact(self, revision: int) -> None:
+        self.inner.compact(revision)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 @dataclass
 class _Deliveries:
     cond: threading.Condition = field(default_factory=threading.Condition)
-    times: dict[int, list[float]] = field(default_factory=dict)  # version -> delivery times
+    times: dict[int, list[float]] = field(default_factory=dict)  # revision -> delivery times
 
     def on_change(self, ch: Change) -> None:
         now = time.perf_counter()
-        if ch.obj is None:
-            return
         with self.cond:
-            self.times.setdefault(ch.obj.version, []).append(now)
+            self.times.setdefault(ch.revision, []).append(now)
             self.cond.notify_all()
 
-    def wait(self, version: int, count: int, timeout: float = 30.0) -> None:
+    def wait(self, revision: int, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         with self.cond:
-            while len(self.times.get(version, ())) < count:
+            while len(self.times.get(revision, ())) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"version {version}: {len(self.times.get(version, ()))}"
+                    raise TimeoutError(f"revision {revision}: {len(self.times.get(revision, ()))}"
                                        f" of {count} subscribers got it")
                 self.cond.wait(left)
 
@@ -152,23 +194,26 @@ def _no_resync(objs: list[NbObject], rev: int) -> None:
 
 
 def latency(nb: NbApi, subscribers: int, writes: int) -> list[float]:
-    """Delivery latencies in ms: ``writes`` updates of one port, each to every subscriber."""
-    port = nb.get_or_raise(Port, "port0")
+    """Delivery latencies in ms: ``writes`` updates of one port, each to every subscriber,
+    measured from the moment the commit was sent."""
+    timed = MeteredDriver(nb.driver)
+    tnb = NbApi(timed, root=nb.root)
+    port = tnb.get_or_raise(Port, "port0")
     got = _Deliveries()
-    start = nb.revision() + 1
-    subs = [Subscription(nb, got.on_change, _no_resync, from_revision=start)
+    start = tnb.revision() + 1
+    subs = [Subscription(tnb, got.on_change, _no_resync, from_revision=start)
             for _ in range(subscribers)]
     samples: list[float] = []
     try:
         for _ in range(writes):
-            port = nb.update(port.replace(name=f"v{port.version}"))
-            acked = time.perf_counter()
-            got.wait(port.version, subscribers)
+            port = tnb.update(port.replace(name=f"v{port.version}"))
+            rev = max(timed.sent)
+            got.wait(rev, subscribers)
             with got.cond:
-                samples += [(t - acked) * 1000 for t in got.times[port.version]]
+                samples += [(t - timed.sent[rev]) * 1000 for t in got.times[rev]]
     finally:
-        for s in subs:
-            s.close()
+        with ThreadPoolExecutor(max_workers=32) as pool:  # a cancel may wait for a read
+            list(pool.map(Subscription.close, subs))
     return samples
 
 
@@ -185,17 +230,20 @@ class Result:
     nb_rate: float
     raw_rate: float
     lat: dict[int, tuple[float, float, int]]  # subscribers -> (p50, p99, samples)
+    calls: dict[str, float]  # driver calls per NB write, by method
 
 
 def bench_driver(name: str, nb: NbApi, ports: int, raw: Callable[[list[bytes]], float],
                  lat_writes: dict[int, int]) -> Result:
-    writes, nb_s, payloads = run_nb_writes(nb, ports)
+    metered = MeteredDriver(nb.driver)
+    writes, nb_s, payloads = run_nb_writes(NbApi(metered, root=nb.root), ports)
     raw_s = raw(payloads)
     lat = {}
     for n in SUB_COUNTS:
         samples = latency(nb, n, lat_writes[n])
         lat[n] = (statistics.median(samples), pct(samples, 0.99), len(samples))
-    return Result(name, writes, writes / nb_s, len(payloads) / raw_s, lat)
+    calls = {k: v / writes for k, v in sorted(metered.calls.items())}
+    return Result(name, writes, writes / nb_s, len(payloads) / raw_s, lat, calls)
 
 
 @contextmanager
@@ -242,6 +290,11 @@ def report(results: list[Result]) -> str:
         lat = "  ".join(f"{r.lat[n][0]:6.2f}/{r.lat[n][1]:6.2f}  " for n in SUB_COUNTS)
         lines.append(f"{r.driver:<7} {r.writes:>9} {r.nb_rate:>8.0f} {r.raw_rate:>11.0f} "
                      f"{r.raw_rate / r.nb_rate:>6.1f}x  {lat}")
+    lines.append("")
+    for r in results:
+        per = ", ".join(f"{k} {v:.2f}" for k, v in r.calls.items())
+        lines.append(f"{r.driver}: driver calls per NB write: {per} "
+                     f"(total {sum(r.calls.values()):.1f}; the raw client makes 1)")
     lines.append("")
     for r in results:
         ok = r.raw_rate / r.nb_rate <= 1.5

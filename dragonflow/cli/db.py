@@ -17,7 +17,7 @@ import os
 import queue
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlparse
 
 from oslo_config import cfg
@@ -145,9 +145,8 @@ class _ScratchDriver(MemoryDriver):
         return _SCRATCH_KEY_BASE + super().increment(key)
 
 
-def _write_all(nb: NbApi, objs: list[NbObject], mode: str) -> list[NbObject]:
-    write: Callable[[NbObject], NbObject] = nb.create if mode == "add" else nb.update
-    return [write(o) for o in objs]
+def _writer(nb: NbApi, mode: str) -> Callable[[NbObject], NbObject]:
+    return nb.create if mode == "add" else nb.update
 
 
 def trial_run(nb: NbApi, objs: list[NbObject], mode: str) -> None:
@@ -157,7 +156,9 @@ def trial_run(nb: NbApi, objs: list[NbObject], mode: str) -> None:
     try:
         if kvs:
             scratch.commit([], [Put(kv.key, kv.value) for kv in kvs])
-        _write_all(NbApi(scratch, root=nb.root), objs, mode)
+        write = _writer(NbApi(scratch, root=nb.root), mode)
+        for o in objs:
+            write(o)
     finally:
         scratch.close()
 
@@ -168,8 +169,8 @@ def write_batch(nb: NbApi, objs: list[NbObject], mode: str) -> list[NbObject]:
     objs = dependency_order(objs)
     trial_run(nb, objs, mode)
     done: list[NbObject] = []
+    write = _writer(nb, mode)
     try:
-        write: Callable[[NbObject], NbObject] = nb.create if mode == "add" else nb.update
         for o in objs:
             done.append(write(o))
     except (ValidationError, errors.NbError, DriverError) as e:
@@ -197,14 +198,8 @@ def _rollback(nb: NbApi, done: list[NbObject], mode: str, cause: Exception) -> N
 
 
 # --- commands ------------------------------------------------------------------------------
-def _snapshot(nb: NbApi) -> tuple[list[NbObject], int]:
-    # cast: NbApi's method named `list` shadows the builtin in its own annotations (mypy)
-    objs, rev = nb.snapshot()
-    return cast(list[NbObject], objs), rev
-
-
 def cmd_tables(nb: NbApi, args: argparse.Namespace) -> int:
-    objs, rev = _snapshot(nb)
+    objs, rev = nb.snapshot()
     counts = dict.fromkeys(_format.ordered_tables(TABLES), 0)
     for o in objs:
         counts[o.TABLE] = counts.get(o.TABLE, 0) + 1
@@ -217,7 +212,7 @@ def cmd_tables(nb: NbApi, args: argparse.Namespace) -> int:
 
 def cmd_ls(nb: NbApi, args: argparse.Namespace) -> int:
     table = table_of(args.table)
-    objs = cast(list[NbObject], nb.list(table, topic=args.topic))
+    objs = nb.list(table, topic=args.topic)
     if args.json:
         _out(_as_json([_with_table(o) for o in objs]))
     else:
@@ -231,7 +226,7 @@ def cmd_get(nb: NbApi, args: argparse.Namespace) -> int:
 
 
 def dump_document(nb: NbApi) -> dict[str, Any]:
-    objs, rev = _snapshot(nb)
+    objs, rev = nb.snapshot()
     grouped: dict[str, list[dict[str, Any]]] = {t: [] for t in _format.ordered_tables(TABLES)}
     for o in objs:
         grouped.setdefault(o.TABLE, []).append(o.to_dict())

@@ -386,6 +386,7 @@ class OfFlow:
     idle_timeout: int = 0
     hard_timeout: int = 0
     _hash: int = field(default=0, init=False, repr=False, compare=False)
+    # interned id of flow_shape(self): the encoder's template key
     shape: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -444,7 +445,8 @@ class OfFlow:
 
 
 def action_shape(action: Action) -> object:
-    """What fixes an action's wire layout: its type (and the field of a set_field)."""
+    """What fixes an action's wire layout: its type, the field of a set_field, all of a
+    move (its fields and width are encoded as constants)."""
     if type(action) is SetField:
         return action.field
     if type(action) is Move:

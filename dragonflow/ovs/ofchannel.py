@@ -4,9 +4,10 @@ The controller *dials* the switch: OVS has a passive controller target
 ``punix:<ovs rundir>/<bridge>.df`` (or ``ptcp:``) and :class:`OfChannel` connects to
 ``unix:<path>`` (or ``tcp:host:port``). Passive targets are "service" connections to OVS:
 configuring one does not flush flows, and they get no asynchronous messages unless the
-connection asks -- :meth:`OfChannel.connect` sends OFPT_SET_CONFIG with a non-zero
-``miss_send_len`` (without it OVS sends no PACKET_IN at all on a service connection) and
-OFPT_SET_ASYNC enabling packet-in for every reason, flow-removed and port-status.
+connection asks. Verified with OVS 3.1: with neither OFPT_SET_ASYNC nor OFPT_SET_CONFIG
+(``miss_send_len`` > 0) such a connection gets no PACKET_IN, FLOW_REMOVED or PORT_STATUS;
+either one alone enables packet-in. :meth:`OfChannel.connect` sends both (all packet-in
+reasons, all flow-removed reasons, all port-status reasons).
 
 Plain blocking sockets and one reader thread; os-ken is used only to parse PACKET_IN,
 FLOW_REMOVED, FEATURES_REPLY and to build PACKET_OUT. Hot messages (barrier replies,
@@ -268,6 +269,8 @@ class OfChannel:
             try:
                 sock.settimeout(max(deadline - time.monotonic(), 0.05))
                 sock.connect(self._address)
+                if self._family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return sock
             except OSError as exc:
                 sock.close()
@@ -393,6 +396,8 @@ class OfChannel:
         All bundle messages are checked (a barrier) before the commit: if OVS rejected any
         of them the bundle is discarded, the tables are untouched, and :class:`OfError`
         names the flow whose xid the first error carries."""
+        if not ops and not replace_all:
+            return
         with self._install_lock:
             bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
             count = len(ops) + (1 if replace_all else 0)
@@ -452,12 +457,14 @@ class OfChannel:
                     self._dispatch(bytes(buf[off:off + length]))
                     off += length
                 del buf[:off]
-                chunk = sock.recv(1 << 18)
-                if not chunk:
+                try:
+                    chunk = sock.recv(1 << 18)
+                except OSError as exc:
+                    failure = None if self._closing else exc
                     break
+                if not chunk:
+                    break  # the switch closed the connection
                 buf += chunk
-        except OSError as exc:
-            failure = None if self._closing else exc
         except BaseException as exc:  # a callback or a parser failed: close loudly
             LOG.exception("OpenFlow channel %s: closing after error", self.target)
             failure = exc
@@ -554,7 +561,7 @@ def _decode_error(msg: bytes, xid: int) -> ErrorMsg:
 
 
 def _match_dict(m: Any) -> dict[str, Any]:
-    return {name: value for name, value in m._fields2}
+    return dict(m.items())
 
 
 def _packet_in(msg: Any) -> PacketIn:

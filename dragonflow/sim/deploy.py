@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dragonflow.controller.controller import ControllerConfig, LocalController
 from dragonflow.db.nbapi import NbApi
-from dragonflow.model import Binding, FixedIp, Network, Port, Subnet
+from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Subnet
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
 
@@ -81,6 +81,23 @@ class Deployment:
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         (node.rundir / "df-controller.pid").write_text(str(proc.pid))
         self.processes[node.name] = ControllerProcess(node, proc, log)
+        self._wait_started(self.processes[node.name])
+
+    def _wait_started(self, cp: ControllerProcess, timeout: float = 30.0) -> None:
+        """Until the process has prepared br-int and registered its chassis."""
+        deadline = time.monotonic() + timeout
+        since = time.time()
+        while time.monotonic() < deadline:
+            if cp.proc.poll() is not None:
+                raise RuntimeError(f"df-controller of {cp.node.name} exited "
+                                   f"({cp.proc.returncode}):\n{cp.log.read_text()[-3000:]}")
+            chassis = self.nb.get(Chassis, cp.node.name)
+            if chassis is not None and chassis.heartbeat >= since - 1 and subprocess.run(
+                    ["ovs-vsctl", "br-exists", BR_INT], env=cp.node.env()).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"df-controller of {cp.node.name} not up after {timeout}s:\n"
+                           f"{cp.log.read_text()[-3000:]}")
 
     def kill_controller(self, node: Node, sig: int = signal.SIGKILL) -> None:
         if self.in_process:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 
@@ -224,6 +225,8 @@ def test_packet_in_carries_table_and_pipeline_fields(ovs_bridge: OvsBridgeEnv,
                (SetField("reg6", 0x66), SetField("metadata", 0x1234)), goto=5),
         OfFlow(5, 10, match(reg6=0x66), (Controller(),), cookie=0xC0FFEE),
     ]))
+    trace = ovs_bridge.trace(f"in_port={port},dl_src={FRAME_SRC},dl_type=0x88b5")
+    assert " 5. reg6=0x66, priority 10, cookie 0xc0ffee" in trace and "controller(" in trace
     data = frame(FRAME_SRC, 1)
     send_frame(ovs_bridge, "vm1p", data)
     pin = wait_packet_in(conn, data)
@@ -270,3 +273,32 @@ def test_echo_probes_are_answered(ovs_bridge: OvsBridgeEnv, conn: Conn) -> None:
     assert conn.channel.echo_requests >= 2  # a 2nd probe only comes if the 1st was answered
     assert conn.channel.connected and not conn.disconnected.is_set()
     conn.channel.barrier()
+
+
+def test_tcp_target(ovs_bridge: OvsBridgeEnv) -> None:
+    """``tcp:host:port`` for OVS ``ptcp:`` targets (dialled from inside the test bed netns,
+    where ovs-vswitchd's 127.0.0.1 is)."""
+    ovs_bridge.vsctl("set-controller", ovs_bridge.bridge,
+                     f"punix:{ovs_bridge.controller_path}", "ptcp:6653:127.0.0.1")
+    repo = Path(__file__).resolve().parents[2]
+    script = ("import sys\n"
+              f"sys.path.insert(0, {str(repo)!r})\n"
+              "from dragonflow.ovs.ofchannel import OfChannel\n"
+              "from tests.fixtures.ovs_bridge import realistic_flows\n"
+              "ch = OfChannel('tcp:127.0.0.1:6653')\n"
+              "ch.connect()\n"
+              "ch.install([('add', f) for f in realistic_flows(500)])\n"
+              "print(ch.datapath_id)\n"
+              "ch.close()\n")
+    out = ovs_bridge.netns_exec(sys.executable, "-c", script)
+    dpid = int(ovs_bridge.vsctl("get", "bridge", ovs_bridge.bridge, "datapath_id").strip()
+               .strip('"'), 16)
+    assert int(out.strip()) == dpid
+    assert ovs_bridge.flow_count() == 500
+
+
+@pytest.mark.parametrize("target", ["unix:", "tcp:host", "tcp:host:port", "ssl:1.2.3.4:6653",
+                                    "/path"])
+def test_bad_targets_are_rejected(target: str) -> None:
+    with pytest.raises(ValueError, match="bad OpenFlow target"):
+        OfChannel(target)

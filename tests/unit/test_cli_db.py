@@ -428,4 +428,4 @@ def test_update_from_stdin_list(full: Db, stdin_json: Callable[[Any], None]) -> 
     stdin_json([o | {"name": "renamed"} for o in listed])
     assert full.ok("update", "-").splitlines() == ["updated securitygroup sg-a version 2",
                                                    "updated securitygroup sg-b version 2"]
-    assert {full.nb.get_or_raise("securitygroup", i).name for i in ("sg-a", "sg-b")} == {"renamed"}
+    assert {o.name for o in full.nb.list("securitygroup")} == {"renamed"}

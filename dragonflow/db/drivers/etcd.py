@@ -332,6 +332,7 @@ class EtcdWatch:
             try:
                 if isinstance(item, _Compacted):
                     self._stopped.set()
+                    self._driver._forget(self)
                     self._on_compacted(item.revision)
                     return
                 assert isinstance(item, Event)
@@ -342,6 +343,7 @@ class EtcdWatch:
                 self.error = e
                 self._stopped.set()
                 self._driver._stop_watch_task(self)
+                self._driver._forget(self)
                 return
 
     def cancel(self) -> None:

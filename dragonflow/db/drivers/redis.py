@@ -170,12 +170,12 @@ class RedisDriver:
         self._watches: list[_RedisWatch] = []
         self._lock = threading.Lock()
 
-    def _new_client(self) -> redis.Redis:
+    def _new_client(self, min_read_timeout: float = 0.0) -> redis.Redis:
         # No automatic retries: a timed-out commit may have been applied; the caller decides.
         return redis.Redis(
             host=self._host,
             port=self._port,
-            socket_timeout=self._timeout,
+            socket_timeout=max(self._timeout, min_read_timeout),
             socket_connect_timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),
         )
@@ -243,6 +243,8 @@ class RedisDriver:
             ok, n = self._commit_script(
                 keys=[k.values, k.revs, k.index, k.seq, k.stream, k.epoch], args=args
             )
+        except redis.TimeoutError as e:
+            raise self._fail("commit (timed out: it may or may not have been applied)", e) from e
         except redis.RedisError as e:
             raise self._fail("commit", e) from e
         if not ok:
@@ -342,7 +344,7 @@ class _RedisWatch:
                 try:
                     if self._conn is None:
                         # its own pool: sequential use keeps exactly one connection
-                        self._conn = self._drv._new_client()
+                        self._conn = self._drv._new_client(_BLOCK_MS / 1000 + 1.0)
                     self._read(self._conn)
                     backoff = 0.0
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
