@@ -25,7 +25,7 @@ df_opts = [
 ]
 
 controller_opts = [
-    cfg.StrOpt("chassis_id", default=socket.gethostname(),
+    cfg.StrOpt("chassis_id", default=socket.gethostname(), sample_default="<host name>",
                help="This compute node's chassis id (the host name Neutron binds ports to)."),
     cfg.StrOpt("tunnel_ip", default="127.0.0.1",
                help="Underlay IP address of this node's tunnel endpoint."),

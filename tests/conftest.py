@@ -2,5 +2,6 @@
 and the multi-node test bed (fresh per test, torn down in its finalizer)."""
 
 from tests.fixtures.etcd_server import etcd_server  # noqa: F401
+from tests.fixtures.ovs_bridge import ovs_bridge_fixture  # noqa: F401
 from tests.fixtures.redis_server import redis_server  # noqa: F401
 from tests.fixtures.testbed import testbed_fixture  # noqa: F401

@@ -212,7 +212,7 @@ def cmd_tables(nb: NbApi, args: argparse.Namespace) -> int:
 
 def cmd_ls(nb: NbApi, args: argparse.Namespace) -> int:
     table = table_of(args.table)
-    objs = nb.list(table, topic=args.topic)
+    objs: list[NbObject] = nb.list(table, topic=args.topic)
     if args.json:
         _out(_as_json([_with_table(o) for o in objs]))
     else:

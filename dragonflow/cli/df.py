@@ -117,7 +117,9 @@ def demo(args: argparse.Namespace) -> int:
     kept = False
     try:
         say("== Dragonflow demo: the virtual network is flows, on every compute node ==")
-        say(f"NB database: {args.db} ({'embedded, controllers in this process' if in_process else 'one df-controller process per node'})")
+        how = ("embedded, controllers in this process" if in_process
+               else "one df-controller process per node")
+        say(f"NB database: {args.db} ({how})")
         t0 = time.monotonic()
         nodes = {}
         for name, ip in NODES:
@@ -127,8 +129,8 @@ def demo(args: argparse.Namespace) -> int:
         for name, ntype, vni, cidr in NETWORKS:
             dep.network(name, ntype, vni, cidr)
         vms = {}
-        for vm, node, net, mac, ip in VMS:
-            vms[vm] = dep.vm(nodes[node], vm, net, mac, ip)
+        for vm, hv_name, net, mac, ip in VMS:
+            vms[vm] = dep.vm(nodes[hv_name], vm, net, mac, ip)
         up = dep.wait_active([f"{vm}-port" for vm, *_ in VMS], timeout=60)
         say(f"\nTopology (set up in {time.monotonic() - t0:.1f} s; port ACTIVE = flows "
             "confirmed by an OpenFlow barrier on its node):")
@@ -142,8 +144,8 @@ def demo(args: argparse.Namespace) -> int:
         good, bad = ping_matrix(vms, {vm: net for vm, _, net, _, _ in VMS})
         say(f"\n{good} pairs behaved as designed, {bad} did not.")
         say("\nFlows per node:")
-        for name, node in nodes.items():
-            say(f"  {name}: {dep.flow_count(node)} flows in {BR_INT}")
+        for name, hv in nodes.items():
+            say(f"  {name}: {dep.flow_count(hv)} flows in {BR_INT}")
         n1 = nodes["hv1"]
         env = f"OVS_RUNDIR={n1.rundir}"
         say("\nLook inside (while it runs, e.g. with --keep):")

@@ -153,7 +153,8 @@ class LocalController:
     def _iface_to_topology(self, ch: IfaceChange) -> set[DepKey]:
         old = self._ifaces.get(ch.name)
         touched: set[DepKey] = set()
-        if old is not None and old.iface_id and (ch.kind == "removed" or old.iface_id != ch.iface_id):
+        gone = old is not None and (ch.kind == "removed" or old.iface_id != ch.iface_id)
+        if old is not None and old.iface_id and gone:
             touched |= self.topo.set_ofport(old.iface_id, None)
         if ch.kind == "removed":
             self._ifaces.pop(ch.name, None)

@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from dragonflow.db import errors
-from dragonflow.db.driver import KV, Check, Delete, Driver, Exists, Op, PrefixEmpty, Put
+from dragonflow.db.driver import KV, Check, Delete, Driver, Exists, Op, PrefixEmpty, Put, TxnFailed
 from dragonflow.db.driver import Revision as RevCheck
-from dragonflow.db.driver import TxnFailed
 from dragonflow.model import REFERENCED_BY, TABLES, NbObject, ValidationError
 
 T = TypeVar("T", bound=NbObject)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
-MatchValue = Union[int, str, tuple[int, int], tuple[str, str]]
+MatchValue = int | str | tuple[int, int] | tuple[str, str]
 MatchSpec = Mapping[str, Any]
 
 
@@ -77,8 +77,8 @@ class ToController:
     pass
 
 
-Action = Union[Goto, Resubmit, SetReg, SetField, Move, OutputInPort, Output, OutputTunnel,
-               ToController]
+Action = (Goto | Resubmit | SetReg | SetField | Move | OutputInPort | Output | OutputTunnel
+          | ToController)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,8 +125,9 @@ class Deployment:
     def network(self, name: str, network_type: str, vni: int, cidr: str) -> Network:
         net = self.nb.create(Network(id=name, topic=self.topic, name=name,
                                      network_type=network_type, segmentation_id=vni))
-        self.nb.create(Subnet(id=f"{name}-subnet", topic=self.topic, network_id=name,
-                              cidr=cidr, gateway_ip=None, enable_dhcp=False))
+        self.nb.create(Subnet.from_dict({"id": f"{name}-subnet", "topic": self.topic,
+                                         "network_id": name, "cidr": cidr,
+                                         "enable_dhcp": False}))
         return net
 
     def vm(self, node: Node, name: str, network: str, mac: str, ip: str, prefixlen: int = 24
@@ -135,7 +136,7 @@ class Deployment:
         self.created[f"{name}-port"] = time.monotonic()
         self.nb.create(Port(
             id=f"{name}-port", topic=self.topic, name=name, network_id=network, mac=mac,
-            fixed_ips=(FixedIp(subnet_id=f"{network}-subnet", ip_address=ip),),
+            fixed_ips=(FixedIp.from_dict({"subnet_id": f"{network}-subnet", "ip_address": ip}),),
             binding=Binding(kind="chassis", chassis_id=node.name),
             device_owner="compute:demo", device_id=name))
         return self.bed.add_vm(node, name, mac, f"{ip}/{prefixlen}", f"{name}-port")

@@ -119,7 +119,7 @@ def test_bad_input_changes_nothing(cli: Cli) -> None:
     cli.fails("add", cli.file(NET | {"id": "n2", "network_type": "flat"}),
               says=["network 'n2'", "field 'segmentation_id'"])
     cli.fails("add", cli.file({**NET, "table": "nope"}), says=["unknown table 'nope'"])
-    port = PORT | {"security_groups": [], "qos_policy_id": None}
+    port: dict[str, Any] = PORT | {"security_groups": [], "qos_policy_id": None}
     cli.fails("add", cli.file([port, port | {"id": "p2", "mac": "fa:16:3e:00:00:02",
                                              "network_id": "n9"}]),
               says=["port 'p2'", "field 'network_id'", "network 'n9' does not exist"])

@@ -16,7 +16,7 @@ import pytest
 from dragonflow.db import errors
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
-from dragonflow.model import FixedIp, Network, NbObject, Port, Subnet, ValidationError
+from dragonflow.model import FixedIp, NbObject, Network, Port, Subnet, ValidationError
 from tests.db.conftest import Backend
 
 

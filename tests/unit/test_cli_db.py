@@ -21,7 +21,7 @@ from dragonflow.db import errors
 from dragonflow.db.driver import Check, Op
 from dragonflow.db.drivers.memory import MemoryDriver
 from dragonflow.db.nbapi import NbApi
-from dragonflow.model import Network
+from dragonflow.model import NbObject, Network
 
 Result = tuple[int, str, str]
 
@@ -428,4 +428,20 @@ def test_update_from_stdin_list(full: Db, stdin_json: Callable[[Any], None]) -> 
     stdin_json([o | {"name": "renamed"} for o in listed])
     assert full.ok("update", "-").splitlines() == ["updated securitygroup sg-a version 2",
                                                    "updated securitygroup sg-b version 2"]
-    assert {o.name for o in full.nb.list("securitygroup")} == {"renamed"}
+    groups: list[NbObject] = full.nb.list("securitygroup")
+    assert {o.name for o in groups} == {"renamed"}
+
+
+def test_update_race_reports_what_was_written() -> None:
+    def bump(nb: NbApi) -> None:
+        nb.update(nb.get_or_raise(Network, "n2").replace(name="theirs"))
+
+    drv = RacingDriver(4, bump)  # commits 1, 2: creates; 3: first update; 4: race, then ours
+    nb = NbApi(drv)
+    cli.write_batch(nb, cli.parse_objects(json.dumps([NET, NET | {"id": "n2"}]), "t"), "add")
+    stored = [{"table": "network", **nb.get_or_raise(Network, i).to_dict()} for i in ("n1", "n2")]
+    objs = cli.parse_objects(json.dumps([o | {"mtu": 1300} for o in stored]), "t")
+    with pytest.raises(cli.CliError, match="already updated: network 'n1'"):
+        cli.write_batch(nb, objs, "update")
+    assert nb.get_or_raise(Network, "n1").mtu == 1300
+    assert nb.get_or_raise(Network, "n2").name == "theirs"
