@@ -46,7 +46,7 @@ controller_opts = [
                     "(punix:<rundir>/<bridge>.df) is created here."),
     cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.5,
                  help="Seconds between chassis heartbeats written to the NB database."),
-    cfg.ListOpt("apps", default=["physical", "arp", "l2"],
+    cfg.ListOpt("apps", default=["physical", "arp", "nd", "l2", "icmp", "l3"],
                 help="Apps compiled into the pipeline (stevedore namespace dragonflow.apps)."),
     cfg.StrOpt("l3_mode", default="proactive", choices=["proactive", "reactive"],
                help="Distributed router: install all routes up front (proactive) or on the "

@@ -5,7 +5,7 @@ the node. Unknown addresses fall through (stage miss) to L2 flooding.
 
 from __future__ import annotations
 
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
 from dragonflow.controller.topology import Topology, View
 from dragonflow.pipeline.flow import Flow, Move, OutputInPort, SetField
 
@@ -25,10 +25,12 @@ class ArpResponderApp:
     name = "arp"
 
     def owners(self, topo: Topology) -> set[str]:
-        return local_network_ports(topo)
+        return local_network_ports(topo) | local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:
-        _, port_id = split_owner(owner)
+        table, port_id = split_owner(owner)
+        if table == "router":
+            return self._router(view, port_id, owner)
         port = view.port(port_id)
         net = view.network(port.network_id) if port else None
         if port is None or net is None or not view.is_local_network(net.id):
@@ -41,4 +43,23 @@ class ArpResponderApp:
             match = {"network": net.unique_key, "eth_type": ARP, "arp_op": 1, "arp_tpa": ip}
             flows.append(Flow.make("arp_responder", 100, match,
                                    arp_reply_actions(port.mac, ip), owner))
+        return flows
+
+    def _router(self, view: View, router_id: str, owner: str) -> list[Flow]:
+        """Router interface addresses answer ARP on their own network."""
+        router = view.router(router_id)
+        if router is None or not view.is_local_router(router_id):
+            return []
+        flows = []
+        for rp in router.ports:
+            net = view.network(rp.network_id)
+            if net is None or not view.is_local_network(net.id):
+                continue
+            for cidr in rp.cidrs:
+                if cidr.version != 4:
+                    continue
+                ip = str(cidr.ip)
+                match = {"network": net.unique_key, "eth_type": ARP, "arp_op": 1, "arp_tpa": ip}
+                flows.append(Flow.make("arp_responder", 100, match,
+                                       arp_reply_actions(rp.mac, ip), owner))
         return flows

@@ -29,3 +29,14 @@ def split_owner(owner: str) -> tuple[str, str]:
 def local_network_ports(topo: Topology) -> set[str]:
     """Owners "port/<id>" of every port (local or remote) in a network with a local port."""
     return {f"port/{pid}" for net in topo.local_networks for pid in topo.net_ports.get(net, ())}
+
+
+def scoped_network_ports(topo: Topology) -> set[str]:
+    """Owners "port/<id>" of every port in a local network or a network a local router
+    reaches (routed traffic is delivered to those ports from this chassis)."""
+    nets = topo.local_networks | topo.routed_networks
+    return {f"port/{pid}" for net in nets for pid in topo.net_ports.get(net, ())}
+
+
+def local_router_owners(topo: Topology) -> set[str]:
+    return {f"router/{r}" for r in topo.local_routers}

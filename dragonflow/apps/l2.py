@@ -9,7 +9,7 @@ of the network, whose egress flow tunnels it there; the far side floods it local
 
 from __future__ import annotations
 
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
 from dragonflow.controller.topology import Topology, View
 from dragonflow.pipeline.flow import Flow, Goto, Resubmit, SetReg
 from dragonflow.pipeline.stages import FLAG_FROM_TUNNEL
@@ -21,13 +21,30 @@ class L2App:
     name = "l2"
 
     def owners(self, topo: Topology) -> set[str]:
-        return local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
+        return (local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
+                | local_router_owners(topo))
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
         if table == "port":
             return self._port(view, obj_id, owner)
+        if table == "router":
+            return self._router(view, obj_id, owner)
         return self._flood(view, obj_id, owner)
+
+    def _router(self, view: View, router_id: str, owner: str) -> list[Flow]:
+        """A frame to a router interface's MAC continues in the distributed router."""
+        router = view.router(router_id)
+        if router is None or not view.is_local_router(router_id):
+            return []
+        flows = []
+        for rp in router.ports:
+            net = view.network(rp.network_id)
+            if net is None or not view.is_local_network(net.id):
+                continue
+            flows.append(Flow.make("l2_lookup", 100, {"network": net.unique_key, "eth_dst": rp.mac},
+                                   (SetReg("router", router.unique_key), Goto("l3_input")), owner))
+        return flows
 
     def _port(self, view: View, port_id: str, owner: str) -> list[Flow]:
         port = view.port(port_id)

@@ -8,7 +8,7 @@ egress:   out_port of a local port -> its ofport; out_port of a remote port -> e
 
 from __future__ import annotations
 
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import scoped_network_ports, split_owner
 from dragonflow.controller.topology import Topology, View
 from dragonflow.pipeline.flow import Flow, Goto, Output, OutputTunnel, SetReg
 from dragonflow.pipeline.stages import FLAG_FROM_TUNNEL
@@ -20,7 +20,7 @@ class PhysicalApp:
     name = "physical"
 
     def owners(self, topo: Topology) -> set[str]:
-        return local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
+        return scoped_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
@@ -28,7 +28,8 @@ class PhysicalApp:
             return self._tunnel_in(view, obj_id, owner)
         port = view.port(obj_id)
         net = view.network(port.network_id) if port else None
-        if port is None or net is None or not view.is_local_network(net.id):
+        if port is None or net is None or not (
+                view.is_local_network(net.id) or view.is_routed_network(net.id)):
             return []
         ofport = view.ofport(port.id)
         if ofport is not None:

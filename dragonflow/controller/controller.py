@@ -23,13 +23,15 @@ from typing import Any
 from dragonflow.apps.base import App
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
+from dragonflow.controller.packet_in import PacketInHandler
 from dragonflow.controller.reconciler import Reconciler
 from dragonflow.controller.topology import ChassisFacts, DepKey, Topology
 from dragonflow.db import errors as db_errors
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import Binding, Chassis, Port
-from dragonflow.ovs.ofchannel import OfChannel
+from dragonflow.ovs.flows import OFPP_CONTROLLER, Output
+from dragonflow.ovs.ofchannel import OfChannel, PacketIn
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
 from dragonflow.pipeline.lower import Lowering
 
@@ -64,6 +66,7 @@ class LocalController:
         self.engine = Engine(apps(), self.topo)
         self.reconciler = Reconciler()
         self.lowering = Lowering(self.topo.facts.tunnel_ofports)
+        self.packet_in = PacketInHandler(self.topo)
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._ifaces: dict[str, IfaceChange] = {}  # interface name -> last state
         self._active: set[str] = set()  # port ids reported ACTIVE by this controller
@@ -185,6 +188,7 @@ class LocalController:
             try:
                 ch = OfChannel(f"unix:{self.cfg.of_socket}")
                 ch.on_disconnect = lambda exc: self._q.put(("of_down", exc))
+                ch.on_packet_in = lambda pin: self._q.put(("packet_in", pin))
                 ch.connect()
             except Exception as e:  # OVS not up yet, restarting...: retry
                 LOG.debug("%s: OpenFlow connect failed: %s", self.cfg.chassis_id, e)
@@ -220,6 +224,7 @@ class LocalController:
     def _handle(self, events: list[tuple[str, Any]]) -> bool:
         touched: set[DepKey] = set()
         full_compile = False
+        packet_ins: list[PacketIn] = []
         for kind, payload in events:
             if kind == "stop":
                 return False
@@ -240,13 +245,26 @@ class LocalController:
                 self._of_up = False
             elif kind == "heartbeat":
                 self._beat()
+            elif kind == "packet_in":
+                packet_ins.append(payload)
         self._ensure_topics()
         if full_compile:
             self.engine.full()
         elif touched:
             self.engine.changed(touched)
         self._sync_switch()
+        for pin in packet_ins:  # answered with the flows of this very iteration installed
+            self._answer(pin)
         return True
+
+    def _answer(self, pin: PacketIn) -> None:
+        if self._of is None:
+            return
+        for ofport, frame in self.packet_in.handle(pin):
+            try:
+                self._of.packet_out(OFPP_CONTROLLER, frame, [Output(ofport)])
+            except Exception as e:  # the channel went away: the sender will retry
+                LOG.warning("%s: packet-out failed: %s", self.cfg.chassis_id, e)
 
     def _apply_change(self, ch: Change) -> set[DepKey]:
         return self.topo.apply(ch.table, ch.id, ch.obj) or set()

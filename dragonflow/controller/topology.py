@@ -12,6 +12,8 @@ Dependency keys:
     ("ofport", port_id)       where a local port is plugged (None = not local)
     ("tunnel", type)          the ofport of this chassis' tunnel port of that type
     ("local_networks",)       the set of networks with a port on this chassis
+    ("l3_scope",)             the routers with an interface on a local network, and every
+                              network those routers reach (routed networks)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dragonflow.model import Chassis, NbObject, Network, Port
+from dragonflow.model import Chassis, NbObject, Network, Port, Router
 
 DepKey = tuple[str, ...]
 T = TypeVar("T", bound=NbObject)
@@ -42,6 +44,8 @@ class Topology:
         self.objs: dict[str, dict[str, NbObject]] = defaultdict(dict)
         self.net_ports: dict[str, set[str]] = defaultdict(set)
         self._local_networks: frozenset[str] = frozenset()
+        self._local_routers: frozenset[str] = frozenset()
+        self._routed_networks: frozenset[str] = frozenset()
 
     # --- writes (controller loop only) ---------------------------------------------------
     def apply(self, table: str, obj_id: str, obj: NbObject | None) -> set[DepKey] | None:
@@ -62,6 +66,8 @@ class Topology:
             if isinstance(obj, Port):
                 self.net_ports[obj.network_id].add(obj_id)
                 touched.add(("net_ports", obj.network_id))
+        if isinstance(obj, Router) or isinstance(cur, Router):
+            return touched | self._refresh_local_networks(force_l3=True)
         return touched | self._refresh_local_networks()
 
     def replace_all(self, objs: Iterable[NbObject]) -> None:
@@ -71,7 +77,7 @@ class Topology:
             self.objs[o.TABLE][o.id] = o
             if isinstance(o, Port):
                 self.net_ports[o.network_id].add(o.id)
-        self._refresh_local_networks()
+        self._refresh_local_networks(force_l3=True)
 
     def set_ofport(self, port_id: str, ofport: int | None) -> set[DepKey]:
         if self.facts.ofports.get(port_id) == ofport:
@@ -88,19 +94,38 @@ class Topology:
         self.facts.tunnel_ofports = dict(ofports)
         return changed
 
-    def _refresh_local_networks(self) -> set[DepKey]:
+    def _refresh_local_networks(self, force_l3: bool = False) -> set[DepKey]:
         nets = frozenset(
             p.network_id for pid in self.facts.ofports
             if isinstance(p := self.objs["port"].get(pid), Port))
-        if nets == self._local_networks:
-            return set()
-        self._local_networks = nets
-        return {("local_networks",)}
+        touched: set[DepKey] = set()
+        if nets != self._local_networks:
+            self._local_networks = nets
+            touched.add(("local_networks",))
+        if touched or force_l3:
+            routers = frozenset(
+                r.id for r in self.all(Router) if any(rp.network_id in nets for rp in r.ports))
+            routed = frozenset(rp.network_id for rid in routers
+                               for rp in self.objs["router"][rid].ports)  # type: ignore[attr-defined]
+            if (routers, routed) != (self._local_routers, self._routed_networks):
+                self._local_routers, self._routed_networks = routers, routed
+                touched.add(("l3_scope",))
+        return touched
 
     # --- reads -----------------------------------------------------------------------
     @property
     def local_networks(self) -> frozenset[str]:
         return self._local_networks
+
+    @property
+    def local_routers(self) -> frozenset[str]:
+        """Routers with an interface on a network that has a port on this chassis."""
+        return self._local_routers
+
+    @property
+    def routed_networks(self) -> frozenset[str]:
+        """Every network a local router has an interface on."""
+        return self._routed_networks
 
     def get(self, cls: type[T], obj_id: str) -> T | None:
         obj = self.objs[cls.TABLE].get(obj_id)
@@ -155,3 +180,14 @@ class View:
     def is_local_network(self, net_id: str) -> bool:
         self.deps.add(("local_networks",))
         return net_id in self._t.local_networks
+
+    def is_routed_network(self, net_id: str) -> bool:
+        self.deps.add(("l3_scope",))
+        return net_id in self._t.routed_networks
+
+    def is_local_router(self, router_id: str) -> bool:
+        self.deps.add(("l3_scope",))
+        return router_id in self._t.local_routers
+
+    def router(self, router_id: str) -> Router | None:
+        return self.get(Router, router_id)

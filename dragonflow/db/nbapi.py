@@ -19,6 +19,7 @@ precise), at most ``_RETRIES`` times. A failed write changes nothing.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -37,7 +38,9 @@ def encode(obj: NbObject) -> bytes:
     return json.dumps(obj.to_dict(), separators=(",", ":"), sort_keys=True).encode()
 
 
+@functools.lru_cache(maxsize=8192)
 def decode(table: str, raw: bytes) -> NbObject:
+    """Objects are immutable, so equal bytes may share one decoded (validated) object."""
     return TABLES[table].from_dict(json.loads(raw))
 
 
@@ -54,12 +57,16 @@ class _Reads:
     def __init__(self, nb: NbApi) -> None:
         self.nb = nb
         self.seen: dict[str, int] = {}  # key -> mod_revision (0 = absent)
+        self.objs: dict[str, NbObject | None] = {}
 
     def lookup(self, table: str, obj_id: str) -> NbObject | None:
         key = self.nb.obj_key(table, obj_id)
+        if key in self.objs:
+            return self.objs[key]
         kv = self.nb.driver.get(key)
         self.seen[key] = kv.mod_revision if kv else 0
-        return decode(table, kv.value) if kv else None
+        self.objs[key] = decode(table, kv.value) if kv else None
+        return self.objs[key]
 
     def checks(self) -> list[Check]:
         return [RevCheck(k, r) if r else Exists(k) for k, r in self.seen.items() if r]
@@ -71,6 +78,7 @@ class NbApi:
             raise ValueError(f"NbApi root must start and end with '/': {root!r}")
         self.driver = driver
         self.root = root
+        self._probe_ukeys = False  # set once a counter handed out a key that was taken
 
     # --- keys ------------------------------------------------------------------------
     @property
@@ -160,14 +168,16 @@ class NbApi:
         raise errors.ConcurrentUpdate("nb", "", "*", f"gave up after {_RETRIES} races: {last}")
 
     def _alloc_unique_key(self, ns: str) -> int:
-        n = self.driver.increment(f"{self.root}ctr/ukey/{ns}")
-        return (n - 1) % UNIQUE_KEY_SPACE + 1
+        """The next key of the counter. After a collision (e.g. objects restored from a dump
+        behind the counter's back) keys are checked against their claims until a free one."""
+        while True:
+            n = self.driver.increment(f"{self.root}ctr/ukey/{ns}")
+            key = (n - 1) % UNIQUE_KEY_SPACE + 1
+            if not self._probe_ukeys or self.driver.get(
+                    self._claim_key(f"ukey/{ns}/{key}")) is None:
+                return key
 
     def _create_once(self, obj: T) -> T:
-        name = obj.TABLE
-        key = self.obj_key(name, obj.id)
-        if self.driver.get(key) is not None:
-            raise errors.AlreadyExists(name, obj.id)
         obj = obj.replace(version=max(obj.version, 1)).assign_unique_keys(self._alloc_unique_key)
         return self._write(obj, old=None, old_rev=0)
 
@@ -217,20 +227,36 @@ class NbApi:
         ops: list[Op] = [Put(self.obj_key(name, obj.id), encode(obj))]
         idx, claims = self._owned_entries(obj)
         old_idx, old_claims = self._owned_entries(old) if old else (set(), {})
-        for ckey, field in claims.items():
-            held = self.driver.get(ckey)
-            if held is None:
-                checks.append(RevCheck(ckey, 0))
-                ops.append(Put(ckey, owner))
-            elif held.value != owner:
-                what = ckey[len(self._claim_key("")) :]
-                raise ValidationError(
-                    name, obj.id, field, f"{what} is already used by {held.value.decode()}")
+        new_claims = {k: f for k, f in claims.items() if k not in old_claims}
+        for ckey in new_claims:  # must be free: checked by the commit, diagnosed if not
+            checks.append(RevCheck(ckey, 0))
+            ops.append(Put(ckey, owner))
         ops += [Put(k, b"") for k in sorted(idx - old_idx)]
         ops += [Delete(k) for k in sorted(old_idx - idx)]
         ops += [Delete(k) for k in sorted(set(old_claims) - set(claims))]
-        self.driver.commit(checks, ops)
+        try:
+            self.driver.commit(checks, ops)
+        except TxnFailed:
+            self._diagnose(obj, old, new_claims, owner)
+            raise
         return obj
+
+    def _diagnose(self, obj: NbObject, old: NbObject | None, new_claims: dict[str, str],
+                  owner: bytes) -> None:
+        """A commit failed: raise the precise error if the input is at fault; return (and
+        let the caller retry) if it only lost a race."""
+        if old is None and self.driver.get(self.obj_key(obj.TABLE, obj.id)) is not None:
+            raise errors.AlreadyExists(obj.TABLE, obj.id)
+        for ckey, field in new_claims.items():
+            held = self.driver.get(ckey)
+            if held is None or held.value == owner:
+                continue
+            if field == "unique_key":  # the counter is behind the claims: probe from now on
+                self._probe_ukeys = True
+                continue
+            what = ckey[len(self._claim_key("")) :]
+            raise ValidationError(obj.TABLE, obj.id, field,
+                                  f"{what} is already used by {held.value.decode()}")
 
     def _delete_once(self, name: str, obj_id: str, expect_version: int | None) -> None:
         key = self.obj_key(name, obj_id)

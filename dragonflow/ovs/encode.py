@@ -146,8 +146,10 @@ ACTION_CODECS: dict[type, ActionCodec] = {
         lambda a, b, o, e: [(o + 10, "H", f"_port16({e}.in_port)"),
                             (o + 12, "B", f"{e}.table")]),
     fl.Move: ActionCodec(
-        lambda a: ofpp.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits),
+        lambda a: ofpp.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits,
+                                       src_ofs=a.src_ofs, dst_ofs=a.dst_ofs),
         lambda a, b, o, e: []),  # all of it is shape
+    fl.DecTtl: ActionCodec(lambda a: ofpp.OFPActionDecNwTtl(), lambda a, b, o, e: []),
 }
 
 

@@ -341,28 +341,43 @@ class Resubmit:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """Nicira reg move: copy ``n_bits`` from field ``src`` to field ``dst`` (bit 0 of both).
-    All three are part of the flow's shape (they fix the wire bytes)."""
+    """Nicira reg move: copy ``n_bits`` from ``src`` (from bit ``src_ofs``) to ``dst`` (from
+    bit ``dst_ofs``). All of it is part of the flow's shape (it fixes the wire bytes)."""
 
     src: str
     dst: str
     n_bits: int
+    src_ofs: int = 0
+    dst_ofs: int = 0
 
     def __post_init__(self) -> None:
         for name in (self.src, self.dst):
             if name not in FIELDS:
                 raise ValueError(f"move: unknown field {name!r}")
-        if not 0 < self.n_bits <= 8 * min(FIELDS[self.src].nbytes, FIELDS[self.dst].nbytes):
-            raise ValueError(f"move: {self.n_bits} bits do not fit {self.src}->{self.dst}")
+        if (self.n_bits <= 0 or self.src_ofs < 0 or self.dst_ofs < 0
+                or self.src_ofs + self.n_bits > 8 * FIELDS[self.src].nbytes
+                or self.dst_ofs + self.n_bits > 8 * FIELDS[self.dst].nbytes):
+            raise ValueError(f"move: {self.n_bits} bits at {self.src_ofs}/{self.dst_ofs} do "
+                             f"not fit {self.src}->{self.dst}")
 
     def __str__(self) -> str:
-        bits = f"[0..{self.n_bits - 1}]"
-        return f"move:{FIELDS[self.src].ofctl}{bits}->{FIELDS[self.dst].ofctl}{bits}"
+        s = f"[{self.src_ofs}..{self.src_ofs + self.n_bits - 1}]"
+        d = f"[{self.dst_ofs}..{self.dst_ofs + self.n_bits - 1}]"
+        return f"move:{FIELDS[self.src].ofctl}{s}->{FIELDS[self.dst].ofctl}{d}"
 
 
-Action = Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit | Move
+@dataclass(frozen=True, slots=True)
+class DecTtl:
+    """Decrement the IPv4 TTL / IPv6 hop limit; at 0 or 1 OVS sends the packet to the
+    controller (reason invalid TTL) instead, and drops it."""
+
+    def __str__(self) -> str:
+        return "dec_ttl"
+
+
+Action = Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit | Move | DecTtl
 ACTION_TYPES: tuple[type, ...] = (Output, Controller, SetField, PushVlan, PopVlan, Group,
-                                  Resubmit, Move)
+                                  Resubmit, Move, DecTtl)
 
 
 # ---- the flow -----------------------------------------------------------------------------

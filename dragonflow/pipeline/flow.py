@@ -44,11 +44,19 @@ class SetField:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """Copy ``n_bits`` of header field ``src`` into ``dst`` (NX reg move)."""
+    """Copy ``n_bits`` of field ``src`` (from bit ``src_ofs``) into ``dst`` (from bit
+    ``dst_ofs``): header fields, or the stage-local SCRATCH registers (stages.py)."""
 
     src: str
     dst: str
     n_bits: int
+    src_ofs: int = 0
+    dst_ofs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DecTtl:
+    """Decrement TTL / hop limit; an expiring packet goes to the controller instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +85,8 @@ class ToController:
     pass
 
 
-Action = (Goto | Resubmit | SetReg | SetField | Move | OutputInPort | Output | OutputTunnel
-          | ToController)
+Action = (Goto | Resubmit | SetReg | SetField | Move | DecTtl | OutputInPort | Output
+          | OutputTunnel | ToController)
 
 
 @dataclass(frozen=True, slots=True)

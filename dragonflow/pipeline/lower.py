@@ -12,7 +12,14 @@ from collections.abc import Iterable
 
 from dragonflow.ovs import flows as of
 from dragonflow.pipeline import flow as lf
-from dragonflow.pipeline.stages import HEADER_FIELDS, PIPELINE, REGISTERS, Pipeline, PipelineError
+from dragonflow.pipeline.stages import (
+    HEADER_FIELDS,
+    PIPELINE,
+    REGISTERS,
+    SCRATCH,
+    Pipeline,
+    PipelineError,
+)
 
 ALL_ONES_64 = 2**64 - 1
 PHYSICAL_MATCH = {"in_ofport": "in_port", "tunnel_id": "tunnel_id"}
@@ -80,7 +87,12 @@ class Lowering:
                     raise bad(f"SetField of non-header field {a.field!r}")
                 actions.append(of.SetField(a.field, a.value))
             elif isinstance(a, lf.Move):
-                actions.append(of.Move(a.src, a.dst, a.n_bits))
+                for fname in (a.src, a.dst):
+                    if fname not in HEADER_FIELDS and fname not in SCRATCH:
+                        raise bad(f"move of {fname!r}: only header fields and scratch regs")
+                actions.append(of.Move(a.src, a.dst, a.n_bits, a.src_ofs, a.dst_ofs))
+            elif isinstance(a, lf.DecTtl):
+                actions.append(of.DecTtl())
             elif isinstance(a, lf.OutputInPort):
                 actions.append(of.Output(of.OFPP_IN_PORT))
             elif isinstance(a, lf.ToController):

@@ -7,10 +7,15 @@ the module is imported, so a bad declaration fails at start-up, not in the datap
 flow is checked against its stage when it is lowered (see pipeline/physical.py).
 
 Registers (logical field -> OXM field):
-    network    metadata  the network's unique key (set by classify)
+    network    metadata  the network's unique key (set by classify; rewritten by routing)
     in_port    reg6      the source logical port's unique key (0 for tunnel/unknown)
-    out_port   reg7      the destination logical port's unique key (set by l2_lookup)
+    out_port   reg7      the destination logical port's unique key (set by l2/l3 lookup)
+    router     reg5      the router whose interface MAC the packet was sent to (l2_lookup)
     flags      reg10     bit 0: arrived from a tunnel (never sent back into one)
+
+The path of a packet:  classify -> arp_responder -> nd_responder -> l2_lookup
+    -> (to a router interface MAC) l3_input -> l3_lookup -> egress
+    -> (anything else)                                      egress
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ REGISTERS: dict[str, str] = {
     "network": "metadata",
     "in_port": "reg6",
     "out_port": "reg7",
+    "router": "reg5",
     "flags": "reg10",
 }
 FLAG_FROM_TUNNEL = 0x1
+# Registers any stage may use as temporaries WITHIN one flow's actions (e.g. to swap two
+# addresses); their value means nothing to the next stage.
+SCRATCH = ("reg0", "reg1", "reg2", "reg3", "reg8", "reg9")
 
 # Packet header fields every stage may match (OXM names, passed through unchanged).
 HEADER_FIELDS = frozenset({
@@ -55,9 +64,15 @@ STAGES: tuple[Stage, ...] = (
           sets=_s("network", "in_port", "flags"),
           goto=("arp_responder", "l2_lookup"), miss="drop"),
     Stage("arp_responder", owner="arp", matches=_s("network", "in_port"),
+          goto=("nd_responder",), miss="goto:nd_responder"),
+    Stage("nd_responder", owner="nd", matches=_s("network", "in_port"),
           goto=("l2_lookup",), miss="goto:l2_lookup"),
-    Stage("l2_lookup", owner="l2", matches=_s("network", "flags"), sets=_s("out_port"),
-          goto=("egress",), resubmit=("egress",), miss="drop"),
+    Stage("l2_lookup", owner="l2", matches=_s("network", "flags"), sets=_s("out_port", "router"),
+          goto=("l3_input", "egress"), resubmit=("egress",), miss="drop"),
+    Stage("l3_input", owner="icmp", matches=_s("network", "router"),
+          goto=("l3_lookup",), miss="goto:l3_lookup"),
+    Stage("l3_lookup", owner="l3", matches=_s("network", "router"),
+          sets=_s("network", "out_port"), goto=("egress",), miss="drop"),
     Stage("egress", owner="physical", physical=True, matches=_s("out_port", "flags", "network"),
           miss="drop"),
 )
@@ -91,7 +106,7 @@ class Pipeline:
             unknown = (s.matches | s.sets) - set(REGISTERS)
             if unknown:
                 raise PipelineError(f"stage {s.name}: unknown logical fields {sorted(unknown)}")
-        used_regs = list(REGISTERS.values())
+        used_regs = list(REGISTERS.values()) + list(SCRATCH)
         if len(set(used_regs)) != len(used_regs):
             raise PipelineError("two logical fields share a register")
 

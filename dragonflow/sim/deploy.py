@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dragonflow.controller.controller import ControllerConfig, LocalController
 from dragonflow.db.nbapi import NbApi
-from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Subnet
+from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Router, Subnet
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
 
@@ -130,16 +130,41 @@ class Deployment:
                                          "enable_dhcp": False}))
         return net
 
-    def vm(self, node: Node, name: str, network: str, mac: str, ip: str, prefixlen: int = 24
-           ) -> Vm:
+    def subnet(self, network: str, name: str, cidr: str, gateway_ip: str | None = None
+               ) -> Subnet:
+        """An extra subnet (e.g. IPv6 next to IPv4) on an existing network."""
+        return self.nb.create(Subnet.from_dict({
+            "id": name, "topic": self.topic, "network_id": network, "cidr": cidr,
+            "gateway_ip": gateway_ip, "enable_dhcp": False}))
+
+    def vm(self, node: Node, name: str, network: str, mac: str, ip: str, prefixlen: int = 24,
+           *, gateway: str | None = None, ipv6: str | None = None,
+           ipv6_subnet: str | None = None, gateway6: str | None = None) -> Vm:
         """Create the NB port bound to ``node`` and plug a namespaced VM with it."""
         self.created[f"{name}-port"] = time.monotonic()
+        ips = [{"subnet_id": f"{network}-subnet", "ip_address": ip}]
+        if ipv6:
+            ips.append({"subnet_id": ipv6_subnet or f"{network}-subnet6",
+                        "ip_address": ipv6.split("/")[0]})
         self.nb.create(Port(
             id=f"{name}-port", topic=self.topic, name=name, network_id=network, mac=mac,
-            fixed_ips=(FixedIp.from_dict({"subnet_id": f"{network}-subnet", "ip_address": ip}),),
+            fixed_ips=tuple(FixedIp.from_dict(x) for x in ips),
             binding=Binding(kind="chassis", chassis_id=node.name),
             device_owner="compute:demo", device_id=name))
-        return self.bed.add_vm(node, name, mac, f"{ip}/{prefixlen}", f"{name}-port")
+        return self.bed.add_vm(node, name, mac, f"{ip}/{prefixlen}", f"{name}-port",
+                               ipv6=ipv6, gateway=gateway, gateway6=gateway6)
+
+    def router(self, name: str, interfaces: list[tuple[str, list[str]]],
+               routes: list[tuple[str, str]] | None = None) -> Router:
+        """A router with one interface per (network, [address/prefix, ...])."""
+        ports = []
+        for i, (network, cidrs) in enumerate(interfaces):
+            subnets = [s.id for s in self.nb.by_index(Subnet, "network_id", network)]
+            ports.append({"id": f"{name}-if{i}", "mac": f"fa:16:3e:aa:{len(name):02x}:{i:02x}",
+                          "network_id": network, "cidrs": cidrs, "subnet_ids": subnets})
+        return self.nb.create(Router.from_dict({
+            "id": name, "topic": self.topic, "name": name, "ports": ports,
+            "routes": [{"destination": d, "nexthop": n} for d, n in routes or ()]}))
 
     def wait_active(self, port_ids: list[str], timeout: float = 30.0) -> dict[str, float]:
         """Wait until every port is ACTIVE in the NB; returns, per port, the seconds from its

@@ -275,3 +275,13 @@ def test_compaction_forces_resync_that_converges(backend: Backend) -> None:
         assert mirror.objs == state(nb)
     finally:
         sub.close()
+
+
+def test_unique_key_counter_behind_restored_objects(backend: Backend) -> None:
+    """Objects restored with their keys (e.g. from a dump) while the counter starts at 0:
+    new objects must get free keys, never a key a live object holds."""
+    nb = nb_for(backend)
+    restored = [nb.create(net(i).replace(unique_key=i)) for i in (1, 2, 3)]
+    fresh = nb.create(net(9))
+    assert fresh.unique_key not in {n.unique_key for n in restored}
+    assert sorted(n.unique_key for n in nb.list(Network)) == [1, 2, 3, fresh.unique_key]

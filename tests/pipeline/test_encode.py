@@ -28,6 +28,7 @@ from dragonflow.ovs.flows import (
     PREREQUISITES,
     Action,
     Controller,
+    DecTtl,
     Group,
     Move,
     OfFlow,
@@ -63,7 +64,10 @@ def oracle_action(a: Action) -> Any:
         port = 0xFFF8 if a.in_port is None else a.in_port & 0xFFFF
         return ofpp.NXActionResubmitTable(in_port=port, table_id=a.table)
     if isinstance(a, Move):
-        return ofpp.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits)
+        return ofpp.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits,
+                                    src_ofs=a.src_ofs, dst_ofs=a.dst_ofs)
+    if isinstance(a, DecTtl):
+        return ofpp.OFPActionDecNwTtl()
     raise AssertionError(a)
 
 
@@ -185,6 +189,8 @@ def test_every_set_field(name: str) -> None:
     PushVlan(), PushVlan(0x88A8), PopVlan(), Group(42), Resubmit(9), Resubmit(9, 3),
     Resubmit(0, OFPP_IN_PORT), Resubmit(200, OFPP_LOCAL), Move("eth_src", "eth_dst", 48),
     Move("reg0", "reg7", 16), Move("tunnel_id", "metadata", 64), Move("arp_sha", "arp_tha", 48),
+    Move("eth_src", "reg9", 16, src_ofs=32), Move("ipv6_src", "reg2", 32, src_ofs=64),
+    Move("reg8", "eth_dst", 32, dst_ofs=0), DecTtl(),
 ], ids=repr)
 def test_every_action(action: Action) -> None:
     assert_same_bytes(OfFlow(4, 100, match(in_port=3), (action,)))
