@@ -290,12 +290,18 @@ class LocalController:
             self.generation += 1
             self.synced.notify_all()
 
-    def wait_synced(self, timeout: float = 10.0) -> bool:
-        """Block until the loop has reached the switch after everything queued so far."""
+    def wait_synced(self, timeout: float = 10.0, nb_revision: int | None = None) -> bool:
+        """Block until the loop has reached the switch after everything queued so far --
+        and, with ``nb_revision``, after the NB stream delivered that revision."""
+        deadline = time.monotonic() + timeout
+        if nb_revision is not None:
+            while self._sub is None or self._sub.last_revision < nb_revision:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.002)
         with self.synced:
             target = self.generation + 1
         self._q.put(("noop", None))
-        deadline = time.monotonic() + timeout
         with self.synced:
             while self.generation < target:
                 left = deadline - time.monotonic()

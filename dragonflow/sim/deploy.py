@@ -183,6 +183,14 @@ class Deployment:
             time.sleep(0.005)
         return seen
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """In-process controllers: wait until every one has applied the NB as of now and
+        reconciled its switch. (Processes cannot be asked; tests of those poll instead.)"""
+        rev = self.nb.revision()
+        for name, ctl in self.controllers.items():
+            if not ctl.wait_synced(timeout, nb_revision=rev):
+                raise TimeoutError(f"controller of {name} did not settle in {timeout}s")
+
     def flow_count(self, node: Node) -> int:
         out = node.ofctl("dump-flows", BR_INT)
         return sum(1 for line in out.splitlines() if "priority=" in line)

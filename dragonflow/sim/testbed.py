@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -185,7 +186,10 @@ class Vm:
         wait = max(1, int(timeout + 0.999))
         proc = self.exec(["ping", fam, "-n", "-q", "-c", str(count), "-i", "0.2",
                           "-w", str(wait), ip], timeout=wait + 10)
-        return proc.returncode == 0
+        # ping exits 1 when fewer than count replies arrived before the deadline, so read
+        # the summary: any reply counts (and a negative check fails on a single reply)
+        m = re.search(r"(\d+) (?:packets )?received", proc.stdout)
+        return bool(m and int(m.group(1)) > 0)
 
     def ofport(self) -> int:
         return self.node.ofport(self.port)
