@@ -51,6 +51,9 @@ controller_opts = [
     cfg.StrOpt("l3_mode", default="proactive", choices=["proactive", "reactive"],
                help="Distributed router: install all routes up front (proactive) or on the "
                     "first packet of each flow (reactive)."),
+    cfg.IntOpt("reactive_idle_timeout", default=30, min=1,
+               help="Reactive L3: seconds an installed host route may stay idle before OVS "
+                    "removes it."),
 ]
 
 

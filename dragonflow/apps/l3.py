@@ -12,6 +12,11 @@ A frame sent to a router interface MAC (l2_lookup) enters l3_lookup with the rou
 * anything else goes to the controller, which answers ICMP(v6) net unreachable from the
   ingress interface; an expiring TTL (dec_ttl) also reaches the controller, which answers
   ICMP time exceeded -- both rate-limited (see controller/packet_in.py).
+
+Reactive mode (``[controller] l3_mode = reactive``): no host flows up front; a packet for an
+attached subnet goes to the controller, which records the destination ("learned"), so this
+app compiles its host flow with an idle timeout, and re-injects the packet. When OVS expires
+the flow, the controller forgets the destination again.
 """
 
 from __future__ import annotations
@@ -67,15 +72,21 @@ class L3App:
         for rp in router.ports:
             if rp.network_id != net_id:
                 continue
+            reactive = view.facts.l3_mode == "reactive"
+            learned = view.learned(router_id) if reactive else frozenset()
+            idle = view.facts.reactive_idle_timeout if reactive else 0
             for port in view.ports_of_network(net_id):
                 for fip in port.fixed_ips:
                     if not any(fip.ip_address in c.network for c in rp.cidrs):
+                        continue
+                    if reactive and str(fip.ip_address) not in learned:
                         continue
                     v = fip.ip_address.version
                     match = {"router": router.unique_key, "eth_type": ETH[v],
                              DST[v]: str(fip.ip_address)}
                     flows.append(Flow.make("l3_lookup", PRIO_HOST, match,
-                                           route_to_port(rp.mac, port, net.unique_key), owner))
+                                           route_to_port(rp.mac, port, net.unique_key), owner,
+                                           idle_timeout=idle))
         return flows
 
     def _router(self, view: View, router_id: str, owner: str) -> list[Flow]:
@@ -91,8 +102,12 @@ class L3App:
             for cidr in rp.cidrs:
                 v = cidr.version
                 match = {"router": rkey, "eth_type": ETH[v], DST[v]: str(cidr.network)}
-                flows.append(Flow.make("l3_lookup", prefix_priority(cidr.network), match, (),
-                                       owner))  # attached, no such host: drop
+                # attached subnet without a host flow: drop (proactive: no such host), or
+                # ask the controller (reactive: not learned yet)
+                miss: tuple[Action, ...] = ((ToController(),)
+                                            if view.facts.l3_mode == "reactive" else ())
+                flows.append(Flow.make("l3_lookup", prefix_priority(cidr.network), match,
+                                       miss, owner))
         for route in router.routes:
             hop = self._next_hop(view, router, route.nexthop)
             v = route.destination.version

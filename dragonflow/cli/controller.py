@@ -25,7 +25,8 @@ def config_from(conf: object) -> ControllerConfig:
         integration_bridge=c.integration_bridge, datapath_type=c.datapath_type,
         ovsdb_connection=c.ovsdb_connection, ovs_rundir=c.ovs_rundir,
         heartbeat_interval=c.heartbeat_interval, external_host_ip=c.external_host_ip,
-        bridge_mappings=dict(c.bridge_mappings))
+        bridge_mappings=dict(c.bridge_mappings), l3_mode=c.l3_mode,
+        reactive_idle_timeout=c.reactive_idle_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

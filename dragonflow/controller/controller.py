@@ -23,15 +23,15 @@ from typing import Any
 from dragonflow.apps.base import App
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
-from dragonflow.controller.packet_in import PacketInHandler
+from dragonflow.controller.packet_in import Answer, PacketInHandler
 from dragonflow.controller.reconciler import Reconciler
 from dragonflow.controller.topology import ChassisFacts, DepKey, Topology
 from dragonflow.db import errors as db_errors
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import Binding, Chassis, Port
-from dragonflow.ovs.flows import OFPP_CONTROLLER, Output
-from dragonflow.ovs.ofchannel import OfChannel, PacketIn
+from dragonflow.ovs.flows import OFPP_CONTROLLER, OFPP_TABLE, Output
+from dragonflow.ovs.ofchannel import OfChannel
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
 from dragonflow.pipeline.lower import Lowering
 
@@ -51,6 +51,8 @@ class ControllerConfig:
     external_host_ip: str | None = None
     bridge_mappings: dict[str, str] = field(default_factory=dict)
     datapath_id: str | None = None
+    l3_mode: str = "proactive"
+    reactive_idle_timeout: int = 30
 
     @property
     def of_socket(self) -> str:
@@ -62,7 +64,9 @@ class LocalController:
                  apps: Callable[[], list[App]] = default_apps) -> None:
         self.cfg = cfg
         self.nb = nb
-        self.topo = Topology(ChassisFacts(cfg.chassis_id, cfg.tunnel_ip, cfg.tunnel_types))
+        self.topo = Topology(ChassisFacts(cfg.chassis_id, cfg.tunnel_ip, cfg.tunnel_types,
+                                          l3_mode=cfg.l3_mode,
+                                          reactive_idle_timeout=cfg.reactive_idle_timeout))
         self.engine = Engine(apps(), self.topo)
         self.reconciler = Reconciler()
         self.lowering = Lowering(self.topo.facts.tunnel_ofports)
@@ -189,6 +193,7 @@ class LocalController:
                 ch = OfChannel(f"unix:{self.cfg.of_socket}")
                 ch.on_disconnect = lambda exc: self._q.put(("of_down", exc))
                 ch.on_packet_in = lambda pin: self._q.put(("packet_in", pin))
+                ch.on_flow_removed = lambda msg: self._q.put(("flow_removed", msg))
                 ch.connect()
             except Exception as e:  # OVS not up yet, restarting...: retry
                 LOG.debug("%s: OpenFlow connect failed: %s", self.cfg.chassis_id, e)
@@ -224,7 +229,7 @@ class LocalController:
     def _handle(self, events: list[tuple[str, Any]]) -> bool:
         touched: set[DepKey] = set()
         full_compile = False
-        packet_ins: list[PacketIn] = []
+        answers: list[Answer] = []
         for kind, payload in events:
             if kind == "stop":
                 return False
@@ -246,25 +251,30 @@ class LocalController:
             elif kind == "heartbeat":
                 self._beat()
             elif kind == "packet_in":
-                packet_ins.append(payload)
+                answers.append(self.packet_in.handle(payload))
+                touched |= answers[-1].touched
+            elif kind == "flow_removed":
+                touched |= self.packet_in.flow_removed(payload)
         self._ensure_topics()
         if full_compile:
             self.engine.full()
         elif touched:
             self.engine.changed(touched)
         self._sync_switch()
-        for pin in packet_ins:  # answered with the flows of this very iteration installed
-            self._answer(pin)
+        for answer in answers:  # sent with the flows of this very iteration installed
+            self._send(answer)
         return True
 
-    def _answer(self, pin: PacketIn) -> None:
+    def _send(self, answer: Answer) -> None:
         if self._of is None:
             return
-        for ofport, frame in self.packet_in.handle(pin):
-            try:
+        try:
+            for ofport, frame in answer.frames:
                 self._of.packet_out(OFPP_CONTROLLER, frame, [Output(ofport)])
-            except Exception as e:  # the channel went away: the sender will retry
-                LOG.warning("%s: packet-out failed: %s", self.cfg.chassis_id, e)
+            for in_port, frame in answer.reinject:  # through the whole pipeline again
+                self._of.packet_out(in_port, frame, [Output(OFPP_TABLE)])
+        except Exception as e:  # the channel went away: the sender will retry
+            LOG.warning("%s: packet-out failed: %s", self.cfg.chassis_id, e)
 
     def _apply_change(self, ch: Change) -> set[DepKey]:
         return self.topo.apply(ch.table, ch.id, ch.obj) or set()

@@ -14,6 +14,7 @@ Dependency keys:
     ("local_networks",)       the set of networks with a port on this chassis
     ("l3_scope",)             the routers with an interface on a local network, and every
                               network those routers reach (routed networks)
+    ("learned", router_id)    reactive L3: the destinations this router has seen
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class ChassisFacts:
     tunnel_types: tuple[str, ...]
     ofports: dict[str, int] = field(default_factory=dict)        # NB port id -> ofport
     tunnel_ofports: dict[str, int] = field(default_factory=dict)  # tunnel type -> ofport
+    l3_mode: str = "proactive"  # or "reactive": host routes installed on first packet
+    reactive_idle_timeout: int = 30
+    # reactive L3: router id -> destination addresses seen (until their flow idles out)
+    learned: dict[str, set[str]] = field(default_factory=dict)
 
 
 class Topology:
@@ -87,6 +92,21 @@ class Topology:
         else:
             self.facts.ofports[port_id] = ofport
         return {("ofport", port_id)} | self._refresh_local_networks()
+
+    def learn(self, router_id: str, ip: str) -> set[DepKey]:
+        """Reactive L3: a packet for ``ip`` reached ``router_id``'s controller path."""
+        seen = self.facts.learned.setdefault(router_id, set())
+        if ip in seen:
+            return set()
+        seen.add(ip)
+        return {("learned", router_id)}
+
+    def forget(self, router_id: str, ip: str) -> set[DepKey]:
+        seen = self.facts.learned.get(router_id, set())
+        if ip not in seen:
+            return set()
+        seen.discard(ip)
+        return {("learned", router_id)}
 
     def set_tunnel_ofports(self, ofports: dict[str, int]) -> set[DepKey]:
         changed: set[DepKey] = {("tunnel", t) for t in set(ofports) | set(self.facts.tunnel_ofports)
@@ -191,3 +211,7 @@ class View:
 
     def router(self, router_id: str) -> Router | None:
         return self.get(Router, router_id)
+
+    def learned(self, router_id: str) -> frozenset[str]:
+        self.deps.add(("learned", router_id))
+        return frozenset(self._t.facts.learned.get(router_id, ()))

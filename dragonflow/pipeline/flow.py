@@ -96,11 +96,14 @@ class Flow:
     match: tuple[tuple[str, MatchValue], ...]
     actions: tuple[Action, ...]
     owner: str  # "<table>/<id>" of the model object (or chassis fact) that produced it
+    idle_timeout: int = 0  # seconds; OVS expires an idle flow (reactive L3)
 
     @staticmethod
     def make(stage: str, priority: int, match: MatchSpec,
-             actions: tuple[Action, ...] | list[Action], owner: str) -> Flow:
-        return Flow(stage, priority, tuple(sorted(match.items())), tuple(actions), owner)
+             actions: tuple[Action, ...] | list[Action], owner: str,
+             idle_timeout: int = 0) -> Flow:
+        return Flow(stage, priority, tuple(sorted(match.items())), tuple(actions), owner,
+                    idle_timeout)
 
     def __str__(self) -> str:
         m = ",".join(f"{k}={v}" for k, v in self.match)

@@ -115,4 +115,5 @@ class Lowering:
         except ValueError as e:
             raise bad(str(e)) from None
         return of.OfFlow(table=self.p.table[stage.name], priority=f.priority, match=m,
-                         actions=tuple(actions), goto=goto, write_metadata=write_metadata)
+                         actions=tuple(actions), goto=goto, write_metadata=write_metadata,
+                         idle_timeout=f.idle_timeout)

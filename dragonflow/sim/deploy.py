@@ -21,12 +21,13 @@ from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Router, S
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
 
-def node_config(node: Node, tunnel_types: tuple[str, ...]) -> ControllerConfig:
+def node_config(node: Node, tunnel_types: tuple[str, ...], l3_mode: str = "proactive"
+                ) -> ControllerConfig:
     return ControllerConfig(
         chassis_id=node.name, tunnel_ip=node.underlay_ip, tunnel_types=tunnel_types,
         integration_bridge=BR_INT, datapath_type="netdev", ovsdb_connection=node.db_target,
         ovs_rundir=str(node.rundir), heartbeat_interval=5.0,
-        datapath_id=f"{node.index + 1:016x}")
+        datapath_id=f"{node.index + 1:016x}", l3_mode=l3_mode)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Deployment:
     in_process: bool = True
     tunnel_types: tuple[str, ...] = ("vxlan", "geneve", "gre")
     topic: str = "demo"
+    l3_mode: str = "proactive"
     controllers: dict[str, LocalController] = field(default_factory=dict)
     processes: dict[str, ControllerProcess] = field(default_factory=dict)
     created: dict[str, float] = field(default_factory=dict)  # port id -> monotonic time
@@ -59,7 +61,7 @@ class Deployment:
         return node
 
     def start_controller(self, node: Node) -> None:
-        cfg = node_config(node, self.tunnel_types)
+        cfg = node_config(node, self.tunnel_types, self.l3_mode)
         if self.in_process:
             ctl = LocalController(cfg, self.nb)
             ctl.start()
@@ -73,7 +75,8 @@ class Deployment:
             f"chassis_id = {cfg.chassis_id}\ntunnel_ip = {cfg.tunnel_ip}\n"
             f"tunnel_types = {','.join(cfg.tunnel_types)}\n"
             f"datapath_type = netdev\novsdb_connection = {cfg.ovsdb_connection}\n"
-            f"ovs_rundir = {cfg.ovs_rundir}\nheartbeat_interval = {cfg.heartbeat_interval}\n")
+            f"ovs_rundir = {cfg.ovs_rundir}\nheartbeat_interval = {cfg.heartbeat_interval}\n"
+            f"l3_mode = {cfg.l3_mode}\n")
         log = node.rundir / "df-controller.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(

@@ -1,7 +1,7 @@
 """Fullstack distributed router: 3 nodes, one router with 3 IPv4 and 2 IPv6 subnets, VMs on
-every node, real pings / traceroutes between namespaced VMs. Controllers run in this process
-on the embedded NB (the same code as df-controller; the L2 fullstack covers the process +
-etcd/redis path)."""
+every node, real pings / traceroutes between namespaced VMs -- every test in proactive AND
+reactive L3 mode. Controllers run in this process on the embedded NB (the same code as
+df-controller; the L2 fullstack covers the process + etcd/redis path)."""
 
 from __future__ import annotations
 
@@ -56,12 +56,13 @@ class L3Bed:
                 self.v6[vm] = v6
         dep.router("r1", interfaces)
         dep.wait_active([f"{v}-port" for v in VMS], timeout=60)
+        dep.settle()  # every node has the flows of every other node's ports too
 
 
-@pytest.fixture
-def l3(testbed: Testbed) -> Iterator[L3Bed]:
+@pytest.fixture(params=["proactive", "reactive"])
+def l3(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[L3Bed]:
     nb = open_nb(f"memory://l3-{uuid.uuid4().hex[:8]}", root="/l3/")
-    dep = Deployment(testbed, nb, "memory://", in_process=True)
+    dep = Deployment(testbed, nb, "memory://", in_process=True, l3_mode=request.param)
     try:
         for name, ip in NODES:
             dep.add_node(name, ip)
@@ -164,3 +165,23 @@ def test_two_routers_with_overlapping_subnets_in_two_projects_stay_isolated(l3: 
     # 10.2.0.12 is d in project 1 only: project 2's router must not reach it ...
     assert not x.ping(l3.vms["d"].ip, count=2, timeout=1.5)
     assert l3.vms["a"].ping(l3.vms["d"].ip, count=2)  # ... while project 1's does
+
+
+def test_host_routes_are_proactive_or_learned_on_first_packet(l3: L3Bed) -> None:
+    """proactive: the host route to e exists before any traffic; reactive: it appears (with
+    an idle timeout) only once a packet for e went through the controller."""
+    hv1 = l3.dep.bed.nodes["hv1"]
+    e_ip = l3.vms["e"].ip
+
+    def host_flows() -> list[str]:
+        return [f for f in hv1.ofctl("dump-flows", "br-int").splitlines()
+                if f"nw_dst={e_ip} " in f or f"nw_dst={e_ip}," in f]
+
+    if l3.dep.l3_mode == "proactive":
+        flows = host_flows()
+        assert len(flows) == 1 and "idle_timeout" not in flows[0]
+        return
+    assert host_flows() == []
+    assert l3.vms["a"].ping(e_ip, count=2)  # a is on hv1
+    flows = host_flows()
+    assert len(flows) == 1 and "idle_timeout=30" in flows[0], flows
