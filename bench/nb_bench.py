@@ -149,9 +149,9 @@ class MeteredDriver:
         self.calls["get_prefix"] += 1
         return self.inner.get_prefix(prefix)
 
-    def increment(self, key: str) -> int:
+    def increment(self, key: str, amount: int = 1) -> int:
         self.calls["increment"] += 1
-        return self.inner.increment(key)
+        return self.inner.increment(key, amount)
 
     def current_revision(self) -> int:
         return self.inner.current_revision()

@@ -141,8 +141,8 @@ def dependency_order(objs: list[NbObject]) -> list[NbObject]:
 class _ScratchDriver(MemoryDriver):
     """A private in-memory copy of the database for a trial run of a batch of writes."""
 
-    def increment(self, key: str) -> int:
-        return _SCRATCH_KEY_BASE + super().increment(key)
+    def increment(self, key: str, amount: int = 1) -> int:
+        return _SCRATCH_KEY_BASE + super().increment(key, amount)
 
 
 def _writer(nb: NbApi, mode: str) -> Callable[[NbObject], NbObject]:

@@ -122,9 +122,10 @@ class Driver(Protocol):
         Raises TxnFailed (nothing written) if a check fails. ``ops`` is never empty."""
         ...
 
-    def increment(self, key: str) -> int:
-        """Atomically add one to the integer counter at ``key`` (absent = 0); return it.
-        Never returns the same number twice for a key."""
+    def increment(self, key: str, amount: int = 1) -> int:
+        """Atomically add ``amount`` (>= 1) to the integer counter at ``key`` (absent = 0)
+        and return the new value: the caller owns the block (value-amount, value]. No two
+        calls ever get overlapping blocks."""
         ...
 
     def current_revision(self) -> int: ...

@@ -14,6 +14,11 @@ of every object it was validated against (so a reference cannot vanish or change
 absent claims, and on delete the emptiness of every index that refers to it. When a check
 fails the write re-reads and re-validates (so the error it finally raises, if any, is
 precise), at most ``_RETRIES`` times. A failed write changes nothing.
+
+The write path reads through a small cache of what this NbApi last read or wrote: a stale
+entry cannot cause a wrong write (the commit's revision checks fail and the write is redone
+from fresh reads), and an error decided on cached data is re-decided on fresh data before it
+is raised. Public reads (get, list, ...) always go to the database.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -32,6 +39,7 @@ from dragonflow.model import REFERENCED_BY, TABLES, NbObject, ValidationError
 T = TypeVar("T", bound=NbObject)
 _RETRIES = 8
 UNIQUE_KEY_SPACE = 2**32 - 1  # keys are 1 .. 2**32-1; 0 means "not allocated"
+KEY_BLOCK = 32  # unique-key counter values reserved per round trip
 
 
 def encode(obj: NbObject) -> bytes:
@@ -54,8 +62,9 @@ def table_of(table: str | type[NbObject]) -> str:
 class _Reads:
     """The objects one write was validated against, with the revisions to guard."""
 
-    def __init__(self, nb: NbApi) -> None:
+    def __init__(self, nb: NbApi, fresh: bool) -> None:
         self.nb = nb
+        self.fresh = fresh
         self.seen: dict[str, int] = {}  # key -> mod_revision (0 = absent)
         self.objs: dict[str, NbObject | None] = {}
 
@@ -63,13 +72,36 @@ class _Reads:
         key = self.nb.obj_key(table, obj_id)
         if key in self.objs:
             return self.objs[key]
-        kv = self.nb.driver.get(key)
+        kv = self.nb._read(key, self.fresh)
         self.seen[key] = kv.mod_revision if kv else 0
         self.objs[key] = decode(table, kv.value) if kv else None
         return self.objs[key]
 
     def checks(self) -> list[Check]:
         return [RevCheck(k, r) if r else Exists(k) for k, r in self.seen.items() if r]
+
+
+class _Cache:
+    """LRU of key -> KV (None: known absent), shared by the threads using one NbApi."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._d: OrderedDict[str, KV | None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[bool, KV | None]:
+        with self._lock:
+            if key not in self._d:
+                return False, None
+            self._d.move_to_end(key)
+            return True, self._d[key]
+
+    def put(self, key: str, kv: KV | None) -> None:
+        with self._lock:
+            self._d[key] = kv
+            self._d.move_to_end(key)
+            if len(self._d) > self._size:
+                self._d.popitem(last=False)
 
 
 class NbApi:
@@ -79,6 +111,27 @@ class NbApi:
         self.driver = driver
         self.root = root
         self._probe_ukeys = False  # set once a counter handed out a key that was taken
+        self._cache = _Cache()
+        self._key_blocks: dict[str, list[int]] = {}  # namespace -> unused keys, reserved
+        self._key_lock = threading.Lock()
+
+    def _read(self, key: str, fresh: bool) -> KV | None:
+        """Write-path read: from the cache unless ``fresh``."""
+        if not fresh:
+            hit, kv = self._cache.get(key)
+            if hit:
+                return kv
+        kv = self.driver.get(key)
+        self._cache.put(key, kv)
+        return kv
+
+    def _commit(self, checks: list[Check], ops: list[Op]) -> int:
+        rev = self.driver.commit(checks, ops)
+        for op in ops:
+            if op.key.startswith(self.obj_prefix):
+                self._cache.put(op.key, KV(op.key, op.value, rev) if isinstance(op, Put)
+                                else None)
+        return rev
 
     # --- keys ------------------------------------------------------------------------
     @property
@@ -141,7 +194,7 @@ class NbApi:
 
     # --- writes ----------------------------------------------------------------------
     def create(self, obj: T) -> T:
-        return self._retry(lambda: self._create_once(obj))
+        return self._retry(lambda fresh: self._create_once(obj, fresh))
 
     def update(self, obj: T, *, force_version: int | None = None) -> T:
         """Write ``obj`` over the stored object.
@@ -151,39 +204,55 @@ class NbApi:
         ``force_version`` (an external source of truth such as Neutron's revision_number) the
         new version is exactly that and must be greater than the stored one.
         """
-        return self._retry(lambda: self._update_once(obj, force_version))
+        return self._retry(lambda fresh: self._update_once(obj, force_version, fresh))
 
     def delete(self, table: type[NbObject] | str, obj_id: str, *, expect_version: int | None = None
                ) -> None:
         name = table_of(table)
-        self._retry(lambda: self._delete_once(name, obj_id, expect_version))
+        self._retry(lambda fresh: self._delete_once(name, obj_id, expect_version, fresh))
 
-    def _retry(self, attempt: Callable[[], Any]) -> Any:
+    def _retry(self, attempt: Callable[[bool], Any]) -> Any:
+        """Run ``attempt(fresh)``: first on cached reads, again on fresh reads if a check
+        failed (lost race or stale cache) or if it decided an error on cached data."""
         last: TxnFailed | None = None
+        fresh = False
         for _ in range(_RETRIES):
             try:
-                return attempt()
+                return attempt(fresh)
             except TxnFailed as e:  # lost a race: re-read, re-validate, try again
                 last = e
+            except (errors.NbError, ValidationError):
+                if fresh:
+                    raise
+            fresh = True
         raise errors.ConcurrentUpdate("nb", "", "*", f"gave up after {_RETRIES} races: {last}")
 
     def _alloc_unique_key(self, ns: str) -> int:
         """The next key of the counter. After a collision (e.g. objects restored from a dump
         behind the counter's back) keys are checked against their claims until a free one."""
         while True:
-            n = self.driver.increment(f"{self.root}ctr/ukey/{ns}")
-            key = (n - 1) % UNIQUE_KEY_SPACE + 1
+            key = (self._next_counter_value(ns) - 1) % UNIQUE_KEY_SPACE + 1
             if not self._probe_ukeys or self.driver.get(
                     self._claim_key(f"ukey/{ns}/{key}")) is None:
                 return key
 
-    def _create_once(self, obj: T) -> T:
-        obj = obj.replace(version=max(obj.version, 1)).assign_unique_keys(self._alloc_unique_key)
-        return self._write(obj, old=None, old_rev=0)
+    def _next_counter_value(self, ns: str) -> int:
+        """Counter values are reserved from the DB in blocks of ``KEY_BLOCK`` per NbApi, so
+        most creates cost no counter round trip (unused values of a block are skipped)."""
+        with self._key_lock:
+            block = self._key_blocks.get(ns)
+            if not block:
+                top = self.driver.increment(f"{self.root}ctr/ukey/{ns}", KEY_BLOCK)
+                block = self._key_blocks[ns] = list(range(top, top - KEY_BLOCK, -1))
+            return block.pop()
 
-    def _update_once(self, obj: T, force_version: int | None) -> T:
+    def _create_once(self, obj: T, fresh: bool) -> T:
+        obj = obj.replace(version=max(obj.version, 1)).assign_unique_keys(self._alloc_unique_key)
+        return self._write(obj, old=None, old_rev=0, fresh=fresh)
+
+    def _update_once(self, obj: T, force_version: int | None, fresh: bool) -> T:
         name = obj.TABLE
-        kv = self.driver.get(self.obj_key(name, obj.id))
+        kv = self._read(self.obj_key(name, obj.id), fresh)
         if kv is None:
             raise errors.NotFound(name, obj.id)
         old = decode(name, kv.value)
@@ -199,7 +268,7 @@ class NbApi:
             new_version = force_version
         obj = obj.replace(version=new_version).carry_unique_keys(old)  # type: ignore[arg-type]
         obj = obj.assign_unique_keys(self._alloc_unique_key)
-        return self._write(obj, old=old, old_rev=kv.mod_revision)
+        return self._write(obj, old=old, old_rev=kv.mod_revision, fresh=fresh)
 
     def _owned_entries(self, obj: NbObject) -> tuple[set[str], dict[str, str]]:
         """(index keys, {claim key: field}) that ``obj`` holds."""
@@ -213,9 +282,9 @@ class NbApi:
             claims[self._claim_key(f"ukey/{ns}/{ukey}")] = "unique_key"
         return idx, claims
 
-    def _write(self, obj: T, old: NbObject | None, old_rev: int) -> T:
+    def _write(self, obj: T, old: NbObject | None, old_rev: int, fresh: bool) -> T:
         name = obj.TABLE
-        reads = _Reads(self)
+        reads = _Reads(self, fresh)
         obj.validate_refs(reads.lookup)
         for ref_table, ref_id, field in obj.references():
             if ref_table == name and ref_id == obj.id:
@@ -235,7 +304,7 @@ class NbApi:
         ops += [Delete(k) for k in sorted(old_idx - idx)]
         ops += [Delete(k) for k in sorted(set(old_claims) - set(claims))]
         try:
-            self.driver.commit(checks, ops)
+            self._commit(checks, ops)
         except TxnFailed:
             self._diagnose(obj, old, new_claims, owner)
             raise
@@ -258,9 +327,10 @@ class NbApi:
             raise ValidationError(obj.TABLE, obj.id, field,
                                   f"{what} is already used by {held.value.decode()}")
 
-    def _delete_once(self, name: str, obj_id: str, expect_version: int | None) -> None:
+    def _delete_once(self, name: str, obj_id: str, expect_version: int | None, fresh: bool
+                     ) -> None:
         key = self.obj_key(name, obj_id)
-        kv = self.driver.get(key)
+        kv = self._read(key, fresh)
         if kv is None:
             raise errors.NotFound(name, obj_id)
         old = decode(name, kv.value)
@@ -268,18 +338,22 @@ class NbApi:
             raise errors.StaleVersion(
                 name, obj_id, f"delete based on version {expect_version}, stored is {old.version}")
         checks: list[Check] = [RevCheck(key, kv.mod_revision)]
-        users: list[str] = []
-        for ref_table, index in REFERENCED_BY.get(name, ()):
-            prefix = f"{self.root}idx/{ref_table}/{index}/{obj_id}/"
-            found, _ = self.driver.get_prefix(prefix)
-            users += [f"{ref_table} {k.key.rsplit('/', 1)[1]!r}" for k in found]
-            checks.append(PrefixEmpty(prefix))
-        if users:
-            raise errors.InUse(name, obj_id, users)
+        prefixes = [(ref_table, f"{self.root}idx/{ref_table}/{index}/{obj_id}/")
+                    for ref_table, index in REFERENCED_BY.get(name, ())]
+        checks += [PrefixEmpty(prefix) for _, prefix in prefixes]
         idx, claims = self._owned_entries(old)
         ops: list[Op] = [Delete(key), *(Delete(k) for k in sorted(idx)),
                          *(Delete(k) for k in sorted(claims))]
-        self.driver.commit(checks, ops)
+        try:
+            self._commit(checks, ops)
+        except TxnFailed:  # still referenced? say by whom; else it was a race: retry
+            users: list[str] = []
+            for ref_table, prefix in prefixes:
+                found, _ = self.driver.get_prefix(prefix)
+                users += [f"{ref_table} {k.key.rsplit('/', 1)[1]!r}" for k in found]
+            if users:
+                raise errors.InUse(name, obj_id, users) from None
+            raise
 
 
 def objects_by_key(objs: Iterable[NbObject]) -> dict[tuple[str, str], NbObject]:

@@ -285,3 +285,23 @@ def test_unique_key_counter_behind_restored_objects(backend: Backend) -> None:
     fresh = nb.create(net(9))
     assert fresh.unique_key not in {n.unique_key for n in restored}
     assert sorted(n.unique_key for n in nb.list(Network)) == [1, 2, 3, fresh.unique_key]
+
+
+def test_a_writer_with_a_stale_cache_neither_writes_wrong_nor_reports_wrong(
+        backend: Backend) -> None:
+    """Two NbApi instances: B's write-path cache goes stale behind A's back."""
+    a, b = nb_for(backend), nb_for(backend)
+    a.create(net(1))
+    s = a.create(subnet(1, "net1"))
+    b.create(port(1, "net1", s))  # B has now cached net1 and sub1
+    a.update(a.get_or_raise(Network, "net1").replace(name="renamed by A"))
+    n = b.get_or_raise(Network, "net1")  # fresh read: version 2
+    assert b.update(n.replace(name="B")).version == 3  # B's cached copy (v1) is not used
+    a.delete(Port, "port1")
+    a.delete(Subnet, "sub1")
+    with pytest.raises(ValidationError) as ei:  # B's cache still has sub1: re-decided fresh
+        b.create(port(2, "net1", s))
+    assert "sub1" in str(ei.value)
+    assert [p.id for p in a.list(Port)] == []
+    a.create(subnet(1, "net1"))
+    assert b.create(port(3, "net1", s)).id == "port3"  # B's cached "absent" is not trusted

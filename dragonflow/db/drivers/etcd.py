@@ -452,10 +452,12 @@ class EtcdDriver:
             raise TxnFailed(f"etcd {self.url}: check failed: {_explain(checks, resp)}")
         return int(resp.header.revision)
 
-    def increment(self, key: str) -> int:
-        return self._run(self._increment(key), "increment")
+    def increment(self, key: str, amount: int = 1) -> int:
+        if amount < 1:
+            raise ValueError(f"increment amount must be >= 1, got {amount}")
+        return self._run(self._increment(key, amount), "increment")
 
-    async def _increment(self, key: str) -> int:
+    async def _increment(self, key: str, amount: int) -> int:
         bkey = key.encode()
         mod, value = 0, 0  # guess: absent
         for _ in range(10_000):
@@ -463,12 +465,12 @@ class EtcdDriver:
                 compare=[rpc.Compare(key=bkey, target=rpc.Compare.MOD,
                                      result=rpc.Compare.EQUAL, mod_revision=mod)],
                 success=[rpc.RequestOp(request_put=rpc.PutRequest(
-                    key=bkey, value=str(value + 1).encode()))],
+                    key=bkey, value=str(value + amount).encode()))],
                 failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=bkey))],
             )  # fmt: skip
             resp = await self._rpc("increment", self._kv.Txn, req)
             if resp.succeeded:
-                return value + 1
+                return value + amount
             kvs = resp.responses[0].response_range.kvs
             mod = kvs[0].mod_revision if kvs else 0
             raw = kvs[0].value if kvs else b"0"

@@ -168,9 +168,11 @@ class MemoryDriver:
             self._cond.notify_all()
             return rev
 
-    def increment(self, key: str) -> int:
+    def increment(self, key: str, amount: int = 1) -> int:
+        if amount < 1:
+            raise ValueError(f"increment amount must be >= 1, got {amount}")
         with self._cond:
-            value = self._counters.get(key, 0) + 1
+            value = self._counters.get(key, 0) + amount
             self._counters[key] = value
             return value
 

@@ -251,9 +251,11 @@ class RedisDriver:
             raise TxnFailed(f"check failed: {checks[int(n) - 1]}")
         return int(n)
 
-    def increment(self, key: str) -> int:
+    def increment(self, key: str, amount: int = 1) -> int:
+        if amount < 1:
+            raise ValueError(f"increment amount must be >= 1, got {amount}")
         try:
-            return int(self._client.hincrby(self._k.counters, key, 1))
+            return int(self._client.hincrby(self._k.counters, key, amount))
         except redis.RedisError as e:
             raise self._fail(f"increment {key!r}", e) from e
 
