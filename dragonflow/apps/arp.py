@@ -28,38 +28,19 @@ class ArpResponderApp:
         return local_network_ports(topo) | local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:
-        table, port_id = split_owner(owner)
+        """One responder flow per IPv4 address of the port, or of the router's interfaces
+        on local networks (each answered on its own network, from its own MAC)."""
+        table, obj_id = split_owner(owner)
+        targets: list[tuple[int, str, str]] = []  # (network key, mac, ip)
         if table == "router":
-            return self._router(view, port_id, owner)
-        port = view.port(port_id)
-        net = view.network(port.network_id) if port else None
-        if port is None or net is None or not view.is_local_network(net.id):
-            return []
-        flows = []
-        for fip in port.fixed_ips:
-            if fip.ip_address.version != 4:
-                continue
-            ip = str(fip.ip_address)
-            match = {"network": net.unique_key, "eth_type": ARP, "arp_op": 1, "arp_tpa": ip}
-            flows.append(Flow.make("arp_responder", 100, match,
-                                   arp_reply_actions(port.mac, ip), owner))
-        return flows
-
-    def _router(self, view: View, router_id: str, owner: str) -> list[Flow]:
-        """Router interface addresses answer ARP on their own network."""
-        router = view.router(router_id)
-        if router is None or not view.is_local_router(router_id):
-            return []
-        flows = []
-        for rp in router.ports:
-            net = view.network(rp.network_id)
-            if net is None or not view.is_local_network(net.id):
-                continue
-            for cidr in rp.cidrs:
-                if cidr.version != 4:
-                    continue
-                ip = str(cidr.ip)
-                match = {"network": net.unique_key, "eth_type": ARP, "arp_op": 1, "arp_tpa": ip}
-                flows.append(Flow.make("arp_responder", 100, match,
-                                       arp_reply_actions(rp.mac, ip), owner))
-        return flows
+            interfaces = view.local_interfaces(obj_id)
+            targets = [(net.unique_key, rp.mac, str(c.ip))
+                       for rp, net in interfaces for c in rp.cidrs if c.version == 4]
+        elif found := view.local_port(obj_id):
+            port, net = found
+            targets = [(net.unique_key, port.mac, str(f.ip_address))
+                       for f in port.fixed_ips if f.ip_address.version == 4]
+        return [Flow.make("arp_responder", 100,
+                          {"network": key, "eth_type": ARP, "arp_op": 1, "arp_tpa": ip},
+                          arp_reply_actions(mac, ip), owner)
+                for key, mac, ip in targets]

@@ -35,22 +35,15 @@ class L2App:
     def _router(self, view: View, router_id: str, owner: str) -> list[Flow]:
         """A frame to a router interface's MAC continues in the distributed router."""
         router = view.router(router_id)
-        if router is None or not view.is_local_router(router_id):
-            return []
-        flows = []
-        for rp in router.ports:
-            net = view.network(rp.network_id)
-            if net is None or not view.is_local_network(net.id):
-                continue
-            flows.append(Flow.make("l2_lookup", 100, {"network": net.unique_key, "eth_dst": rp.mac},
-                                   (SetReg("router", router.unique_key), Goto("l3_input")), owner))
-        return flows
+        return [Flow.make("l2_lookup", 100, {"network": net.unique_key, "eth_dst": rp.mac},
+                          (SetReg("router", router.unique_key), Goto("l3_input")), owner)
+                for rp, net in view.local_interfaces(router_id) if router is not None]
 
     def _port(self, view: View, port_id: str, owner: str) -> list[Flow]:
-        port = view.port(port_id)
-        net = view.network(port.network_id) if port else None
-        if port is None or net is None or not view.is_local_network(net.id):
+        found = view.local_port(port_id)
+        if found is None:
             return []
+        port, net = found
         return [Flow.make("l2_lookup", 100, {"network": net.unique_key, "eth_dst": port.mac},
                           (SetReg("out_port", port.unique_key), Goto("egress")), owner)]
 

@@ -22,21 +22,14 @@ class NdResponderApp:
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
         targets: list[tuple[int, str]] = []  # (network key, address)
-        if table == "port":
-            port = view.port(obj_id)
-            net = view.network(port.network_id) if port else None
-            if port is None or net is None or not view.is_local_network(net.id):
-                return []
+        if table == "router":
+            interfaces = view.local_interfaces(obj_id)
+            targets = [(net.unique_key, str(c.ip))
+                       for rp, net in interfaces for c in rp.cidrs if c.version == 6]
+        elif found := view.local_port(obj_id):
+            port, net = found
             targets = [(net.unique_key, str(f.ip_address)) for f in port.fixed_ips
                        if f.ip_address.version == 6]
-        else:
-            router = view.router(obj_id)
-            if router is None or not view.is_local_router(obj_id):
-                return []
-            for rp in router.ports:
-                rnet = view.network(rp.network_id)
-                if rnet is not None and view.is_local_network(rnet.id):
-                    targets += [(rnet.unique_key, str(c.ip)) for c in rp.cidrs if c.version == 6]
         return [Flow.make("nd_responder", 100,
                           dict(NS, network=key, ipv6_nd_target=ip), (ToController(),), owner)
                 for key, ip in targets]

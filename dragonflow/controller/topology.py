@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dragonflow.model import Chassis, NbObject, Network, Port, Router
+from dragonflow.model import Chassis, NbObject, Network, Port, Router, RouterPort
 
 DepKey = tuple[str, ...]
 T = TypeVar("T", bound=NbObject)
@@ -211,6 +211,27 @@ class View:
 
     def router(self, router_id: str) -> Router | None:
         return self.get(Router, router_id)
+
+    def local_port(self, port_id: str) -> tuple[Port, Network] | None:
+        """The port and its network, if that network has a port on this chassis."""
+        port = self.port(port_id)
+        net = self.network(port.network_id) if port else None
+        if port is None or net is None or not self.is_local_network(net.id):
+            return None
+        return port, net
+
+    def local_interfaces(self, router_id: str) -> list[tuple[RouterPort, Network]]:
+        """A local router's interfaces on networks with a port on this chassis (none for an
+        unknown or non-local router)."""
+        router = self.router(router_id)
+        if router is None or not self.is_local_router(router_id):
+            return []
+        out = []
+        for rp in router.ports:
+            net = self.network(rp.network_id)
+            if net is not None and self.is_local_network(net.id):
+                out.append((rp, net))
+        return out
 
     def learned(self, router_id: str) -> frozenset[str]:
         self.deps.add(("learned", router_id))
