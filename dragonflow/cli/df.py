@@ -111,7 +111,7 @@ def demo(args: argparse.Namespace) -> int:
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     in_process = args.db.startswith("memory:")
-    nb = open_nb(args.db, root="/df-demo/")
+    nb = open_nb(args.db)  # default root, so `df-db --db URL` sees the demo
     bed = Testbed(DEMO_PREFIX + os.urandom(1).hex())
     dep = Deployment(bed, nb, args.db, in_process=in_process)
     kept = False
