@@ -27,6 +27,12 @@ from typing import TypeVar
 from dragonflow.model import Chassis, NbObject, Network, Port, Router, RouterPort
 
 DepKey = tuple[str, ...]
+# Neutron represents router interfaces/gateways as ports too; in the pipeline they are the
+# router's interfaces (apps/l3.py), never ordinary logical ports.
+ROUTER_DEVICE_OWNERS = frozenset({
+    "network:router_interface", "network:router_interface_distributed",
+    "network:router_gateway", "network:ha_router_replicated_interface",
+})
 T = TypeVar("T", bound=NbObject)
 
 
@@ -187,7 +193,7 @@ class View:
     def ports_of_network(self, net_id: str) -> list[Port]:
         self.deps.add(("net_ports", net_id))
         ports = [self.port(pid) for pid in sorted(self._t.net_ports.get(net_id, ()))]
-        return [p for p in ports if p is not None]
+        return [p for p in ports if p is not None and p.device_owner not in ROUTER_DEVICE_OWNERS]
 
     def ofport(self, port_id: str) -> int | None:
         self.deps.add(("ofport", port_id))
@@ -216,7 +222,8 @@ class View:
         """The port and its network, if that network has a port on this chassis."""
         port = self.port(port_id)
         net = self.network(port.network_id) if port else None
-        if port is None or net is None or not self.is_local_network(net.id):
+        if (port is None or net is None or port.device_owner in ROUTER_DEVICE_OWNERS
+                or not self.is_local_network(net.id)):
             return None
         return port, net
 

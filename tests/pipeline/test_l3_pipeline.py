@@ -44,6 +44,12 @@ def nb_objects() -> list[NbObject]:
             "id": vm, "topic": "p", "network_id": net, "mac": mac, "unique_key": key,
             "fixed_ips": [{"subnet_id": "s" + net[-1], "ip_address": ip}],
             "binding": {"kind": "chassis", "chassis_id": hv}}))
+    # Neutron also stores the router interface as a port (same MAC and IP): it must not turn
+    # into an ordinary logical port competing with the router for that MAC
+    objs.append(Port.from_dict({
+        "id": "rp1", "topic": "p", "network_id": "net1", "mac": RMAC["net1"], "unique_key": 21,
+        "device_owner": "network:router_interface", "device_id": "r1",
+        "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.1.0.1"}]}))
     objs.append(Router.from_dict({
         "id": "r1", "topic": "p", "unique_key": 7,
         "ports": [{"id": "rp1", "mac": RMAC["net1"], "network_id": "net1",
@@ -71,8 +77,10 @@ class Rig:
         self.channel = OfChannel(env.controller_target)
         self.channel.connect()
         lowering = Lowering(topo.facts.tunnel_ofports)
-        Reconciler().sync(self.channel,
-                          Reconciler.index(lowering.lower_all(self.engine.desired())))
+        flows = set(lowering.lower_all(self.engine.desired()))
+        keys = [f.key for f in flows]
+        assert len(keys) == len(set(keys)), "two different flows compete for one match"
+        Reconciler().sync(self.channel, Reconciler.index(flows))
 
     def trace(self, fields: str, src: str = "vm1", dst_mac: str | None = None) -> str:
         _, _, mac, _, _ = VMS[src]
