@@ -16,8 +16,8 @@ from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
 from dragonflow.controller.reconciler import Reconciler
 from dragonflow.controller.topology import ChassisFacts, Topology
-from dragonflow.model import NbObject, Network, Port, Router, Subnet
 from dragonflow.model import Chassis as ChassisObj
+from dragonflow.model import NbObject, Network, Port, Router, Subnet
 from dragonflow.ovs.ofchannel import OfChannel
 from dragonflow.pipeline.lower import Lowering
 from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
