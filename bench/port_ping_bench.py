@@ -5,6 +5,11 @@ Two simulated nodes (netns + own OVS) with in-process local controllers on the e
 for each of N new ports on hv2 we time: NB create -> NB status ACTIVE (flows confirmed by a
 barrier) and NB create -> the new VM's first ping reply from the target (pinging every 5 ms).
 Prints p50/p99 and how the flow count grows per port. Needs root. Asserts nothing.
+
+With ``--peer ovn`` (the default when OVN is installed) the same sequence then runs on OVN
+(bench/ovn_peer.py: a fresh test bed, 2 chassis, ports created through one persistent
+ovsdbapp NB connection as Neutron's OVN driver does, 'up' seen as the NB update arrives), and
+both sides are printed with the ratio OVN/ours.
 """
 
 from __future__ import annotations
@@ -12,8 +17,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ovn_peer import INSTALL, PingFigures, ovn_missing, ovn_version, print_table, run_port_ping
 
 from dragonflow.db.connect import open_nb
 from dragonflow.model import Binding, FixedIp, Port
@@ -26,14 +36,18 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--ports", type=int, default=20)
-    ap.add_argument("--db", default="memory://bench")
-    args = ap.parse_args()
+@dataclass
+class Ours:
+    to_active_ms: list[float]
+    to_ping_ms: list[float]
+    base: dict[str, int]
+    flows: dict[str, int]
+
+
+def run_ours(ports: int, db: str) -> Ours:
     bed = Testbed(new_prefix())
-    nb = open_nb(args.db, root=f"/bench{uuid.uuid4().hex[:6]}/")
-    dep = Deployment(bed, nb, args.db, in_process=args.db.startswith("memory:"))
+    nb = open_nb(db, root=f"/bench{uuid.uuid4().hex[:6]}/")
+    dep = Deployment(bed, nb, db, in_process=db.startswith("memory:"))
     try:
         hv1 = dep.add_node("hv1", "10.255.0.11")
         hv2 = dep.add_node("hv2", "10.255.0.12")
@@ -42,7 +56,8 @@ def main() -> None:
         dep.wait_active(["target-port"])
         base = {n.name: dep.flow_count(n) for n in (hv1, hv2)}
         to_active, to_ping = [], []
-        for i in range(args.ports):
+        watcher = ThreadPoolExecutor(max_workers=1)
+        for i in range(ports):
             name = f"p{i}"
             mac = f"fa:16:3e:00:{i // 256:02x}:{i % 256:02x}"
             # plug the VM first (as Nova does before the port is bound), then create the port
@@ -54,6 +69,7 @@ def main() -> None:
                            fixed_ips=(FixedIp.from_dict({"subnet_id": "net-subnet",
                                                          "ip_address": vm.ip}),),
                            binding=Binding(kind="chassis", chassis_id="hv2")))
+            active = watcher.submit(dep.wait_active, [f"{name}-port"])  # polled meanwhile
             pinger = subprocess.Popen(
                 ["ip", "netns", "exec", vm.netns, "ping", "-n", "-i", "0.005", "-c", "2000",
                  "-W", "0.2", target.ip], stdout=subprocess.PIPE, text=True)
@@ -64,22 +80,55 @@ def main() -> None:
                     break
             pinger.kill()
             pinger.wait()
-            to_active.append(dep.wait_active([f"{name}-port"])[f"{name}-port"])
+            to_active.append(active.result()[f"{name}-port"])
         flows = {n.name: dep.flow_count(n) for n in (hv1, hv2)}
-        ms = [x * 1000 for x in to_ping]
-        ma = [x * 1000 for x in to_active]
-        print(f"NB driver: {args.db}; {args.ports} ports created on hv2, target VM on hv1")
-        print(f"create -> ACTIVE      p50 {pct(ma, 50):6.1f} ms  p99 {pct(ma, 99):6.1f} ms  "
-              f"mean {statistics.mean(ma):6.1f} ms")
-        print(f"create -> first ping  p50 {pct(ms, 50):6.1f} ms  p99 {pct(ms, 99):6.1f} ms  "
-              f"mean {statistics.mean(ms):6.1f} ms")
-        for n in ("hv1", "hv2"):
-            per = (flows[n] - base[n]) / args.ports
-            print(f"flows on {n}: {base[n]} -> {flows[n]}  ({per:.1f} per port)")
-        print("(OVN 23.03 on this machine, TESTBED.md: port create -> first ping 33-51 ms)")
+        return Ours([x * 1000 for x in to_active], [x * 1000 for x in to_ping], base, flows)
     finally:
         dep.stop()
         bed.teardown()
+
+
+def report(ports: int, db: str, ours: Ours, ovn: PingFigures | None) -> None:
+    """One table: our figures, OVN's ('-' when not run) and the ratio OVN/ours."""
+    rows: list[tuple[str, float | str, float | str]] = []
+    for what, mine, theirs in (("create -> ACTIVE / up", ours.to_active_ms,
+                                ovn.to_up_ms if ovn else None),
+                               ("create -> first ping", ours.to_ping_ms,
+                                ovn.to_ping_ms if ovn else None)):
+        for stat, fn in (("p50", lambda v: pct(v, 50)), ("p99", lambda v: pct(v, 99)),
+                         ("mean", statistics.mean)):
+            rows.append((f"{what} {stat} (ms)", fn(mine), fn(theirs) if theirs else "-"))
+    rows.append(("OVN: the NB transaction in those, mean (ms)", "-",
+                 statistics.mean(ovn.commit_ms) if ovn else "-"))
+    for hv in ("hv1", "hv2"):
+        rows += [(f"flows on {hv} before the ports", ours.base[hv],
+                  ovn.base[hv] if ovn else "-"),
+                 (f"flows on {hv} after", ours.flows[hv], ovn.flows[hv] if ovn else "-"),
+                 (f"flows per port on {hv}", (ours.flows[hv] - ours.base[hv]) / ports,
+                  (ovn.flows[hv] - ovn.base[hv]) / ports if ovn else "-")]
+    peer = f"OVN {ovn_version()}" if ovn else "OVN not run"
+    print_table(f"{ports} ports created on hv2, target VM on hv1; ours on {db} vs {peer} "
+                "(same machine, one run)", rows)
+    print("(ours: ACTIVE polled every 5 ms from NB create on; "
+          "OVN: 'up' is timed as the NB update arrives)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--ports", type=int, default=20)
+    ap.add_argument("--db", default="memory://bench")
+    ap.add_argument("--peer", choices=("ovn", "none"), default=None,
+                    help="run OVN on the same sequence too (default: ovn if installed)")
+    args = ap.parse_args()
+    missing = ovn_missing()
+    peer = args.peer or ("none" if missing else "ovn")
+    if missing and args.peer != "none":
+        print(f"OVN not installed: {INSTALL}  (missing: {', '.join(missing)})")
+        if args.peer == "ovn":
+            sys.exit(2)
+    ours = run_ours(args.ports, args.db)
+    ovn = run_port_ping(args.ports, new_prefix()) if peer == "ovn" else None
+    report(args.ports, args.db, ours, ovn)
 
 
 if __name__ == "__main__":

@@ -196,4 +196,4 @@ class Deployment:
 
     def flow_count(self, node: Node) -> int:
         out = node.ofctl("dump-flows", BR_INT)
-        return sum(1 for line in out.splitlines() if "priority=" in line)
+        return sum(1 for line in out.splitlines() if "actions=" in line)
