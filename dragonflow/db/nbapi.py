@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from dragonflow.db.driver import KV, Check, Delete, Driver, Exists, Op, PrefixEm
 from dragonflow.db.driver import Revision as RevCheck
 from dragonflow.model import REFERENCED_BY, TABLES, NbObject, ValidationError
 
+LOG = logging.getLogger(__name__)
 T = TypeVar("T", bound=NbObject)
 _RETRIES = 8
 UNIQUE_KEY_SPACE = 2**32 - 1  # keys are 1 .. 2**32-1; 0 means "not allocated"
@@ -50,6 +52,16 @@ def encode(obj: NbObject) -> bytes:
 def decode(table: str, raw: bytes) -> NbObject:
     """Objects are immutable, so equal bytes may share one decoded (validated) object."""
     return TABLES[table].from_dict(json.loads(raw))
+
+
+def decode_or_none(key: str, table: str, raw: bytes) -> NbObject | None:
+    """For readers of data nobody validated for them (another writer, a newer version, a
+    hand edit): an undecodable object is logged and skipped, never fatal to the reader."""
+    try:
+        return decode(table, raw)
+    except (ValidationError, ValueError, KeyError, TypeError) as e:
+        LOG.error("NB object %s is invalid and is ignored: %s", key, e)
+        return None
 
 
 def table_of(table: str | type[NbObject]) -> str:
@@ -184,7 +196,8 @@ class NbApi:
     def snapshot(self) -> tuple[builtins.list[NbObject], int]:
         """Every object, from one consistent read, with its revision."""
         kvs, rev = self.driver.get_prefix(self.obj_prefix)
-        return [self.decode_kv(kv) for kv in kvs], rev
+        objs = [decode_or_none(kv.key, self.split_key(kv.key)[0], kv.value) for kv in kvs]
+        return [o for o in objs if o is not None], rev
 
     def decode_kv(self, kv: KV) -> NbObject:
         return decode(self.split_key(kv.key)[0], kv.value)

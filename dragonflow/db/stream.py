@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dragonflow.db.driver import Event, Watch
-from dragonflow.db.nbapi import NbApi, decode
+from dragonflow.db.nbapi import NbApi, decode_or_none
 from dragonflow.model import NbObject
 
 LOG = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ class Subscription:
 
     def _on_event(self, ev: Event) -> None:
         table, obj_id = self._nb.split_key(ev.key)
-        obj = decode(table, ev.value) if ev.value is not None else None
-        old = decode(table, ev.prev_value) if ev.prev_value is not None else None
+        # an invalid object is logged and seen as absent: the stream goes on
+        obj = decode_or_none(ev.key, table, ev.value) if ev.value is not None else None
+        old = decode_or_none(ev.key, table, ev.prev_value) if ev.prev_value is not None else None
         change = Change(ev.revision, table, obj_id, obj, old)
         with self._lock:
             if self._closed or ev.revision <= self.last_revision:

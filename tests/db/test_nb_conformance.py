@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from dragonflow.db import errors
+from dragonflow.db.driver import Put
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import FixedIp, NbObject, Network, Port, Subnet, ValidationError
@@ -305,3 +306,21 @@ def test_a_writer_with_a_stale_cache_neither_writes_wrong_nor_reports_wrong(
     assert [p.id for p in a.list(Port)] == []
     a.create(subnet(1, "net1"))
     assert b.create(port(3, "net1", s)).id == "port3"  # B's cached "absent" is not trusted
+
+
+def test_an_invalid_object_in_the_db_does_not_stop_subscribers(backend: Backend) -> None:
+    """Written behind NbApi's back (another tool, a hand edit): logged, seen as absent, and
+    the stream and snapshots go on."""
+    nb = nb_for(backend)
+    nb.create(net(1))
+    mirror = Mirror()
+    sub = Subscription(nb, mirror.on_change, mirror.on_resync, from_revision=nb.revision() + 1)
+    try:
+        nb.driver.commit([], [Put(nb.obj_key("network", "net1"), b'{"id": "net1", "bogus": 1}')])
+        nb.driver.commit([], [Put(nb.obj_key("nosuchtable", "x"), b"{}")])
+        nb.create(net(2))
+        assert mirror.wait(lambda: ("network", "net2") in mirror.objs)
+        assert ("network", "net1") not in mirror.objs
+        assert [o.id for o in nb.snapshot()[0]] == ["net2"]
+    finally:
+        sub.close()
