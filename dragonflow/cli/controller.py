@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     df_conf.load(conf, sys.argv[1:] if argv is None else argv, "df-controller", __doc__ or "")
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    nb = open_nb(conf.df.nb_db_url, root=conf.df.nb_db_root)
+    nb = open_nb(conf.df.nb_db_url, root=conf.df.nb_db_root, timeout=conf.df.nb_db_timeout)
     apps = list(conf.controller.apps)
     ctl = LocalController(config_from(conf), nb, apps=lambda: load_apps(apps))
     done = threading.Event()

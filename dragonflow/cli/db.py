@@ -400,7 +400,7 @@ def open_nb(args: argparse.Namespace) -> tuple[NbApi, bool]:
         oslo_argv += ["--config-dir", args.config_dir]
     dfconf.load(conf, oslo_argv, prog=PROG)
     url = args.db or conf.df.nb_db_url
-    driver = open_driver(url)
+    driver = open_driver(url, timeout=conf.df.nb_db_timeout)
     # memory:// names a process-wide database other code in this process may be using
     return NbApi(driver, root=conf.df.nb_db_root), urlparse(url).scheme != "memory"
 

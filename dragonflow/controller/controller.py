@@ -27,6 +27,7 @@ from dragonflow.controller.packet_in import Answer, PacketInHandler
 from dragonflow.controller.reconciler import Reconciler
 from dragonflow.controller.topology import ChassisFacts, DepKey, Topology
 from dragonflow.db import errors as db_errors
+from dragonflow.db.driver import DriverError
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import Binding, Chassis, Port
@@ -321,13 +322,13 @@ class LocalController:
         return True
 
     def _beat(self) -> None:
-        cur = self.nb.get(Chassis, self.cfg.chassis_id)
-        if cur is None:
-            self._register_chassis()
-            return
         try:
+            cur = self.nb.get(Chassis, self.cfg.chassis_id)
+            if cur is None:
+                self._register_chassis()
+                return
             self.nb.update(cur.replace(heartbeat=time.time()))
-        except db_errors.NbError as e:
+        except (db_errors.NbError, DriverError) as e:  # NB down: the next beat retries
             LOG.warning("%s: heartbeat not written: %s", self.cfg.chassis_id, e)
 
     def _report_port_status(self) -> None:
@@ -355,7 +356,7 @@ class LocalController:
                 break
             except db_errors.StaleVersion:
                 continue
-            except (db_errors.NbError, ValueError) as e:
+            except (db_errors.NbError, DriverError, ValueError) as e:
                 LOG.warning("%s: status of port %s not written: %s",
                             self.cfg.chassis_id, port_id, e)
                 return

@@ -18,7 +18,8 @@ from dragonflow.db.nbapi import NbApi
 NAMESPACE = "dragonflow.nb_db_driver"
 
 
-def open_driver(url: str) -> Driver:
+def open_driver(url: str, timeout: float = 3.0) -> Driver:
+    """``timeout``: seconds before a request to etcd/redis is given up ([df] nb_db_timeout)."""
     scheme = urlparse(url).scheme
     if not scheme:
         raise ValueError(f"NB database url {url!r} has no scheme (memory://, etcd://, redis://)")
@@ -29,8 +30,8 @@ def open_driver(url: str) -> Driver:
     cls: Any = mgr.driver
     if scheme == "memory":
         return cls.shared(url)  # type: ignore[no-any-return]
-    return cls(url)  # type: ignore[no-any-return]
+    return cls(url, timeout=timeout)  # type: ignore[no-any-return]
 
 
-def open_nb(url: str, root: str = "/df/") -> NbApi:
-    return NbApi(open_driver(url), root=root)
+def open_nb(url: str, root: str = "/df/", timeout: float = 3.0) -> NbApi:
+    return NbApi(open_driver(url, timeout), root=root)
