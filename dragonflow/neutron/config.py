@@ -1,0 +1,24 @@
+"""Dragonflow options inside the Neutron server, and the NB handle built from them.
+
+The Neutron server reads ``[df]`` (nb_db_url, nb_db_root, ...) and ``[controller]``
+(integration_bridge, datapath_type: the VIF details Nova gets) from its own config files,
+e.g. ``/etc/neutron/plugins/ml2/ml2_conf.ini``.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from dragonflow import conf as df_conf
+from dragonflow.db.connect import open_nb
+from dragonflow.db.nbapi import NbApi
+
+
+def register_opts(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
+    """Register [df] and [controller] on ``conf`` (idempotent: the same Opt objects)."""
+    return df_conf.register(conf)
+
+
+def nb_from_conf(conf: cfg.ConfigOpts) -> NbApi:
+    register_opts(conf)
+    return open_nb(conf.df.nb_db_url, root=conf.df.nb_db_root, timeout=conf.df.nb_db_timeout)

@@ -1,0 +1,1 @@
+"""ML2 mechanism driver ``df`` (entry point ``neutron.ml2.mechanism_drivers``)."""

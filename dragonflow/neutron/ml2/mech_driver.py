@@ -1,0 +1,231 @@
+"""The ML2 mechanism driver ``df``: Neutron networks, subnets, ports and security groups
+into the Dragonflow NB, agentless OVS port binding, and port status via provisioning blocks.
+
+Configuration (Neutron's ml2_conf.ini): ``[ml2] mechanism_drivers = df`` (with
+``service_plugins = df-l3`` in neutron.conf), ``[df] nb_db_url``, ``[controller]
+integration_bridge`` / ``datapath_type`` (the VIF details Nova plugs with).
+
+* postcommit hooks translate ``context.current`` and write it with NbWriter (NB version =
+  Neutron revision_number + 1); failures are logged, never raised into the API call, and
+  repaired by dragonflow.neutron.sync.
+* Security groups and rules arrive through the callback registry (ML2 has no hooks for them).
+* A port created or moved to a host gets a provisioning block of entity ``DF``; the
+  :class:`~dragonflow.neutron.status.PortStatusFollower` (started with the API process)
+  completes it when the local controller of that host reports the port ACTIVE in the NB.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from neutron.db import provisioning_blocks
+from neutron_lib import constants as n_const
+from neutron_lib.api.definitions import portbindings
+from neutron_lib.callbacks import events, registry, resources
+from neutron_lib.plugins.ml2 import api
+from oslo_config import cfg
+
+from dragonflow.model import Network, Port, SecurityGroup, Subnet
+from dragonflow.neutron import config, source, translate
+from dragonflow.neutron.status import DF_ENTITY, PortStatusFollower
+from dragonflow.neutron.writer import NbWriter
+
+LOG = logging.getLogger(__name__)
+
+SUPPORTED_VNIC_TYPES = (portbindings.VNIC_NORMAL,)
+
+
+class DfMechanismDriver(api.MechanismDriver):
+    """Mechanism driver ``df``; one instance per Neutron process."""
+
+    def initialize(self) -> None:
+        conf = config.register_opts(cfg.CONF)
+        self.nb = config.nb_from_conf(conf)
+        self.writer = NbWriter(self.nb, source.fresh)
+        self.vif_type = portbindings.VIF_TYPE_OVS
+        self.vif_details = {
+            portbindings.CAP_PORT_FILTER: True,
+            portbindings.OVS_HYBRID_PLUG: False,
+            portbindings.VIF_DETAILS_BRIDGE_NAME: conf.controller.integration_bridge,
+            portbindings.OVS_DATAPATH_TYPE: conf.controller.datapath_type,
+            portbindings.VIF_DETAILS_CONNECTIVITY: self.connectivity,
+        }
+        self.status: PortStatusFollower | None = None
+        self._subscribe()
+
+    @property
+    def connectivity(self) -> str:
+        return portbindings.CONNECTIVITY_L2
+
+    def _subscribe(self) -> None:
+        registry.subscribe(self._on_process_init, resources.PROCESS, events.AFTER_INIT)
+        for event in (events.AFTER_CREATE, events.AFTER_UPDATE):
+            registry.subscribe(self._on_security_group, resources.SECURITY_GROUP, event)
+        registry.subscribe(self._on_security_group_deleted, resources.SECURITY_GROUP,
+                           events.AFTER_DELETE)
+        for event in (events.AFTER_CREATE, events.AFTER_DELETE):
+            registry.subscribe(self._on_security_group_rule, resources.SECURITY_GROUP_RULE,
+                               event)
+
+    # --- port status -------------------------------------------------------------------
+    def _on_process_init(self, resource: str, event: str, trigger: Any,
+                         payload: Any = None) -> None:
+        self.start_status_follower()
+
+    def start_status_follower(self, threaded: bool = True) -> PortStatusFollower:
+        """Follow the NB port status (idempotent). Runs in the API process after init."""
+        if self.status is None:
+            self.status = PortStatusFollower(self.nb)
+            self.status.start(threaded)
+        return self.status
+
+    def stop_status_follower(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def _maybe_block(self, context: Any, original_host: str | None) -> None:
+        """A port bound to a (new) host is not ACTIVE until that host's controller says so."""
+        port = context.current
+        host = context.host
+        if (not host or host == original_host or translate.is_router_interface(port)
+                or port.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL)
+                not in SUPPORTED_VNIC_TYPES):
+            return
+        provisioning_blocks.add_provisioning_component(
+            context.plugin_context, port["id"], resources.PORT, DF_ENTITY)
+
+    # --- networks ----------------------------------------------------------------------
+    def _put_network(self, net: dict[str, Any]) -> None:
+        self.writer.put("network", net["id"], lambda: translate.network(net),
+                        source.fresh("network", net["id"]), net)
+
+    def create_network_postcommit(self, context: Any) -> None:
+        self._put_network(context.current)
+
+    def update_network_postcommit(self, context: Any) -> None:
+        self._put_network(context.current)
+
+    def delete_network_postcommit(self, context: Any) -> None:
+        self.refresh_referrers(Network.TABLE, context.current["id"])
+        self.writer.delete(Network, context.current["id"])
+
+    # --- subnets -----------------------------------------------------------------------
+    def _put_subnet(self, sub: dict[str, Any]) -> None:
+        self.writer.put("subnet", sub["id"], lambda: translate.subnet(sub),
+                        source.fresh("subnet", sub["id"]), sub)
+        self._refresh_ports_on_subnet(sub["id"])
+
+    def _refresh_ports_on_subnet(self, subnet_id: str) -> None:
+        """Neutron changes ports' addresses for a subnet *before* the subnet's postcommit
+        (IPv6 auto-addresses on create, prefix delegation on update, router gateway ports
+        on a new external subnet), so those port writes found no NB subnet: redo them."""
+        try:
+            ports = source.core_plugin().get_ports(
+                source.admin_context(), filters={"fixed_ips": {"subnet_id": [subnet_id]}})
+        except Exception:  # noqa: BLE001 -- logged; sync repairs
+            LOG.exception("subnet %s: listing its ports failed", subnet_id)
+            return
+        for port in ports:
+            self._put_port(port, None)
+
+    def create_subnet_postcommit(self, context: Any) -> None:
+        self._put_subnet(context.current)
+
+    def update_subnet_postcommit(self, context: Any) -> None:
+        self._put_subnet(context.current)
+
+    def delete_subnet_postcommit(self, context: Any) -> None:
+        self.refresh_referrers(Subnet.TABLE, context.current["id"])
+        self.writer.delete(Subnet, context.current["id"])
+
+    # --- ports -------------------------------------------------------------------------
+    def create_port_precommit(self, context: Any) -> None:
+        self._maybe_block(context, None)
+
+    def update_port_precommit(self, context: Any) -> None:
+        self._maybe_block(context, context.original_host)
+
+    def _put_port(self, port: dict[str, Any], original: dict[str, Any] | None) -> None:
+        was_rif = original is not None and translate.is_router_interface(original)
+        is_rif = translate.is_router_interface(port)
+        if was_rif and original is not None and (
+                not is_rif or original.get("device_id") != port.get("device_id")):
+            # Left its router (e.g. a failed add-interface reverted): the router releases
+            # the port's MAC and addresses before the port is written again.
+            self._refresh_router(original.get("device_id"))
+        if is_rif:
+            if original is not None and not was_rif:
+                self.writer.delete(Port, port["id"])  # became a router interface (by port)
+            self._refresh_router(port.get("device_id"))
+            return
+        self.writer.put("port", port["id"], lambda: translate.port(port),
+                        source.fresh("port", port["id"]), port)
+        if port.get("device_owner") == n_const.DEVICE_OWNER_ROUTER_GW:
+            self._refresh_router(port.get("device_id"))  # its address is the gateway's
+
+    def create_port_postcommit(self, context: Any) -> None:
+        self._put_port(context.current, None)
+
+    def update_port_postcommit(self, context: Any) -> None:
+        self._put_port(context.current, context.original)
+
+    def delete_port_postcommit(self, context: Any) -> None:
+        port = context.current
+        if translate.is_router_interface(port):
+            self._refresh_router(port.get("device_id"))
+            return
+        self.refresh_referrers(Port.TABLE, port["id"])
+        self.writer.delete(Port, port["id"])
+
+    def _refresh_router(self, router_id: str | None) -> None:
+        if router_id and source.l3_plugin() is not None:
+            fresh = source.fresh("router", router_id)
+            self.writer.put("router", router_id, fresh, fresh)
+
+    def refresh_referrers(self, table: str, obj_id: str) -> None:
+        """Neutron dropped references to ``table/obj_id`` without a driver hook (floating
+        IPs of a deleted port, rules naming a deleted group): rewrite the referrers."""
+        self.writer.refresh_referrers(table, obj_id, source.fresh)
+
+    # --- binding -----------------------------------------------------------------------
+    def bind_port(self, context: Any) -> None:
+        """Agentless: bind on any host, to the first segment of a type the NB carries."""
+        port = context.current
+        if port.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL) not in \
+                SUPPORTED_VNIC_TYPES:
+            return
+        for segment in context.segments_to_bind:
+            if segment[api.NETWORK_TYPE] in translate.SUPPORTED_NETWORK_TYPES:
+                context.set_binding(segment[api.ID], self.vif_type, dict(self.vif_details))
+                return
+        LOG.debug("port %s: no segment of a supported type in %s", port["id"],
+                  context.segments_to_bind)
+
+    # --- security groups (callback registry) --------------------------------------------
+    def _put_security_group(self, sg_id: str, sg: dict[str, Any] | None) -> None:
+        fresh = source.fresh("securitygroup", sg_id)
+        if sg is None or "security_group_rules" not in sg:
+            self.writer.put("securitygroup", sg_id, fresh, fresh)
+        else:
+            self.writer.put("securitygroup", sg_id, lambda: translate.security_group(sg),
+                            fresh, sg)
+
+    def _on_security_group(self, resource: str, event: str, trigger: Any,
+                           payload: Any) -> None:
+        self._put_security_group(payload.resource_id or payload.latest_state["id"],
+                                 payload.latest_state)
+
+    def _on_security_group_deleted(self, resource: str, event: str, trigger: Any,
+                                   payload: Any) -> None:
+        self.refresh_referrers(SecurityGroup.TABLE, payload.resource_id)
+        self.writer.delete(SecurityGroup, payload.resource_id)
+
+    def _on_security_group_rule(self, resource: str, event: str, trigger: Any,
+                                payload: Any) -> None:
+        if event == events.AFTER_CREATE:
+            sg_id = payload.latest_state["security_group_id"]
+        else:
+            sg_id = payload.metadata["security_group_id"]
+        self._put_security_group(sg_id, None)  # the group, with all its rules, as it is now
