@@ -25,9 +25,11 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-stamp=.venv/.df-installed
+# EXTRAS: which optional parts to install (the test command adds the pinned Neutron).
+EXTRAS=${EXTRAS:-test}
+stamp=".venv/.df-installed-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e ".[test]"
+    .venv/bin/pip install -q -e ".[${EXTRAS}]"
     touch "$stamp"
 fi
