@@ -344,7 +344,9 @@ class LocalController:
     def _set_status(self, port_id: str, status: str) -> None:
         for _ in range(5):
             port = self.nb.get(Port, port_id)
-            if port is None:
+            if port is None or (port.binding is not None
+                                and port.binding.chassis_id != self.cfg.chassis_id):
+                # gone, or bound to another chassis (moved): only that chassis reports it
                 self._active.discard(port_id)
                 return
             changes: dict[str, Any] = {"status": status}

@@ -209,15 +209,19 @@ class NbApi:
     def create(self, obj: T) -> T:
         return self._retry(lambda fresh: self._create_once(obj, fresh))
 
-    def update(self, obj: T, *, force_version: int | None = None) -> T:
+    def update(self, obj: T, *, force_version: int | None = None,
+               expect_version: int | None = None) -> T:
         """Write ``obj`` over the stored object.
 
         Default (optimistic concurrency): ``obj.version`` must equal the stored version (the
         caller read it), and the stored version becomes ``version + 1``. With
         ``force_version`` (an external source of truth such as Neutron's revision_number) the
-        new version is exactly that and must be greater than the stored one.
+        new version is exactly that and must be greater than the stored one; add
+        ``expect_version`` to also require that the stored version is still the one the
+        caller merged into (so a concurrent writer's change, e.g. a port status, is not lost).
         """
-        return self._retry(lambda fresh: self._update_once(obj, force_version, fresh))
+        return self._retry(
+            lambda fresh: self._update_once(obj, force_version, fresh, expect_version))
 
     def delete(self, table: type[NbObject] | str, obj_id: str, *, expect_version: int | None = None
                ) -> None:
@@ -263,12 +267,16 @@ class NbApi:
         obj = obj.replace(version=max(obj.version, 1)).assign_unique_keys(self._alloc_unique_key)
         return self._write(obj, old=None, old_rev=0, fresh=fresh)
 
-    def _update_once(self, obj: T, force_version: int | None, fresh: bool) -> T:
+    def _update_once(self, obj: T, force_version: int | None, fresh: bool,
+                     expect_version: int | None = None) -> T:
         name = obj.TABLE
         kv = self._read(self.obj_key(name, obj.id), fresh)
         if kv is None:
             raise errors.NotFound(name, obj.id)
         old = decode(name, kv.value)
+        if expect_version is not None and expect_version != old.version:
+            raise errors.StaleVersion(
+                name, obj.id, f"write based on version {expect_version}, stored is {old.version}")
         if force_version is None:
             if obj.version != old.version:
                 raise errors.StaleVersion(

@@ -105,7 +105,7 @@ class NbWriter:
                 if obj.version <= cur.version or authoritative:
                     return Outcome.UNCHANGED
                 try:  # keep NB version == revision, so a late older event is seen as stale
-                    self.nb.update(cur, force_version=obj.version)
+                    self.nb.update(cur, force_version=obj.version, expect_version=cur.version)
                     return Outcome.UNCHANGED
                 except errors.StaleVersion:
                     continue
@@ -122,7 +122,7 @@ class NbWriter:
             else:
                 return Outcome.STALE
             try:
-                self.nb.update(new, force_version=target)
+                self.nb.update(new, force_version=target, expect_version=cur.version)
                 return Outcome.UPDATED
             except ValidationError:
                 if not self._write_missing_refs(new, depth):

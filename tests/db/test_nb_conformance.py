@@ -126,6 +126,11 @@ def test_stale_write_rejected_and_nothing_changes(backend: Backend) -> None:
     assert n3.version == 7
     with pytest.raises(errors.StaleVersion):
         nb.update(n.replace(name="old neutron event"), force_version=5)
+    # a forced version merged into version 7 must not overwrite a concurrent change (v8)
+    nb.update(n3.replace(name="controller"))
+    with pytest.raises(errors.StaleVersion):
+        nb.update(n3.replace(name="merged into v7"), force_version=9, expect_version=7)
+    assert nb.get_or_raise(Network, "net1").name == "controller"
 
 
 def test_unique_keys_unique_under_concurrent_allocation(backend: Backend) -> None:
