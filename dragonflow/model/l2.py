@@ -146,7 +146,11 @@ class Subnet(NbObject):
     def _check(self) -> None:
         for name in ("gateway_ip", "dhcp_ip"):
             ip = getattr(self, name)
-            problem = None if ip is None else host_address_problem(self.cidr, ip)
+            if ip is None or (name == "gateway_ip" and ip.version == 6 and ip.is_link_local):
+                continue  # an IPv6 link-local gateway (fe80::1) is valid, as Neutron allows
+            # the IPv6 subnet-router anycast address (the network address) may be the gateway
+            problem = host_address_problem(self.cidr, ip,
+                                           allow_network=name == "gateway_ip" and ip.version == 6)
             if problem:
                 raise Invalid(name, problem)
         for i, route in enumerate(self.host_routes):

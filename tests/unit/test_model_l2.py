@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from dragonflow.model import Chassis, Network, Port, Subnet
+from dragonflow.model import Chassis, Network, Port, Subnet, ValidationError
 from tests.unit.test_model_samples import (
     bad,
     bad_replace,
@@ -122,7 +122,6 @@ def test_subnet_cidr_must_be_a_network_address() -> None:
     ("sub4", "10.0.0.0", "network address"),
     ("sub4", "10.0.0.255", "broadcast address"),
     ("sub4", "2001:db8::1", "is IPv6 but 10.0.0.0/24 is IPv4"),
-    ("sub6", "2001:db8::", "network address"),
     ("sub6", "2001:db9::1", "not inside"),
 ])
 def test_subnet_gateway_ip(oid: str, gateway: str, reason: str) -> None:
@@ -261,3 +260,15 @@ def test_port_lookup_of_wrong_type_is_an_error() -> None:
     objs[("subnet", "sub4")] = get("network", "net1")
     expect_invalid(lambda: get("port", "port1").validate_refs(lookup_in(objs)), "port",
                    "fixed_ips[0].subnet_id", "returned a Network")
+
+
+def test_ipv6_gateway_may_be_link_local_or_the_subnet_router_anycast_address() -> None:
+    S = Subnet
+    for gw in ("fe80::1", "2001:db8::"):
+        s = S.from_dict({"id": "s6", "network_id": "n", "cidr": "2001:db8::/64",
+                         "gateway_ip": gw})
+        assert str(s.gateway_ip) == gw
+    with pytest.raises(ValidationError) as ei:  # IPv4 keeps the strict rule
+        S.from_dict({"id": "s4", "network_id": "n", "cidr": "10.0.0.0/24",
+                     "gateway_ip": "10.0.0.0"})
+    assert ei.value.field == "gateway_ip"
