@@ -8,6 +8,10 @@ df demo --keep     leave it running (controllers stay in this process until Ctrl
                    namespaces and OVS stay until `df demo --clean`)
 df demo --clean    remove everything a demo created (by its pid files and name prefix)
 df demo --db etcd://127.0.0.1:2379   one df-controller process per node against that DB
+df demo --neutron  the real Neutron API (gunicorn, ML2 driver df + df-l3, sqlite, noauth) in
+                   front: the `openstack` CLI creates two networks, a router and ports bound
+                   to the nodes; VMs plugged with those ports ping each other. NB: a private
+                   redis-server, or --db etcd://...|redis://...; --keep leaves it running.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,8 +28,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from dragonflow.db.connect import open_nb
+from dragonflow.sim import neutron_aio
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import BR_INT, Testbed, Vm, kill_pid
 
@@ -71,8 +78,9 @@ def clean() -> int:
 
 def ping_matrix(vms: dict[str, Vm], nets: dict[str, str]) -> tuple[int, int]:
     names = list(vms)
-    say("Ping matrix (row pings column; 'ok' = reply, '--' = no reply; "
-        "'*' marks what the design requires to fail):")
+    isolated = len(set(nets.values())) > 1
+    say("Ping matrix (row pings column; 'ok' = reply, '--' = no reply"
+        + ("; '*' marks what the design requires to fail):" if isolated else "):"))
     say("        " + "".join(f"{n:>7}" for n in names))
     good = bad = 0
     results: dict[tuple[str, str], bool] = {}
@@ -110,6 +118,7 @@ def demo(args: argparse.Namespace) -> int:
         say(f"A kept demo is still there ({STATE}); run `df demo --clean` first.")
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args.db = args.db or "memory://demo"
     in_process = args.db.startswith("memory:")
     nb = open_nb(args.db)  # default root, so `df-db --db URL` sees the demo
     bed = Testbed(DEMO_PREFIX + os.urandom(1).hex())
@@ -179,14 +188,136 @@ def demo(args: argparse.Namespace) -> int:
             bed.teardown()
             say("\nDemo removed (namespaces, OVS daemons, controllers).")
 
+# --- df demo --neutron ---------------------------------------------------------------------
+N_NETWORKS = [  # name, extra `network create` options, subnet, CIDR
+    ("blue", [], "blue-sub", "10.1.0.0/24"),
+    ("red", ["--provider-network-type", "geneve"], "red-sub", "10.2.0.0/24"),
+]
+N_PORTS = [("b1", "blue", "hv1"), ("b2", "blue", "hv2"), ("r1", "red", "hv3"),
+           ("r2", "red", "hv1")]  # VM / port name, network, host
+
+
+def demo_neutron(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        say("df demo needs root (network namespaces, Open vSwitch).")
+        return 1
+    if STATE.exists():
+        say(f"A kept demo is still there ({STATE}); run `df demo --clean` first.")
+        return 1
+    missing = neutron_aio.missing() + ([] if neutron_aio.openstack_cli() else
+                                       ["python-openstackclient"])
+    if missing:
+        say(f"df demo --neutron needs: {', '.join(missing)}\n"
+            "  EXTRAS=test,neutron bash scripts/setup.sh   (the pinned Neutron extra)")
+        return 1
+    if args.db and args.db.startswith("memory:"):
+        say("--neutron: the Neutron server is its own process; use --db etcd://... or "
+            "redis://... (or no --db: a private redis-server)")
+        return 1
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    bed = Testbed(DEMO_PREFIX + os.urandom(1).hex())
+    db = None if args.db else neutron_aio.PrivateDb(base_dir=bed.rundir)
+    stack: neutron_aio.NeutronStack | None = None
+    kept = False
+    try:
+        say("== Dragonflow behind the real Neutron API: openstack CLI -> Neutron (ML2 df, "
+            "df-l3) -> NB -> local controllers ==")
+        url = args.db or db.start().url  # type: ignore[union-attr]
+        say(f"NB database: {url}" + (" (a private redis-server for this demo)" if db else ""))
+        t0 = time.monotonic()
+        stack = neutron_aio.NeutronStack.start(bed, url, NODES)
+        aio = stack.neutron
+        say(f"Neutron API: {aio.endpoint} (gunicorn, sqlite, noauth; log {aio.log}); "
+            f"3 simulated nodes with df-controller processes; up in "
+            f"{time.monotonic() - t0:.1f} s\n")
+        ports = run_openstack_creates(aio)
+        vms: dict[str, Vm] = {}
+        for name, _, host in N_PORTS:
+            vms[name] = stack.plug(ports[name], name)
+            say(f"plug VM {name} on {host}: {vms[name].mac} {vms[name].ip}, "
+                f"iface-id={ports[name]}")
+        up = stack.wait_active([ports[n] for n, *_ in N_PORTS], timeout=60)
+        say(f"\nAll VM ports ACTIVE in Neutron {max(up.values()) * 1000:.0f} ms after the "
+            "last plug: the df provisioning block is released once the port's chassis "
+            "confirmed its flows (router interfaces have no VIF: DOWN):")
+        listing = ("port", "list", "-c", "Name", "-c", "Status", "-c", "Fixed IP Addresses")
+        say("$ " + shown(aio, *listing))
+        say(aio.cli(*listing, parse=False).rstrip())
+        good, bad = ping_matrix(vms, {vm: "routed" for vm in vms})
+        say(f"\n{good} pairs answered (same network, and across networks through the "
+            f"distributed router), {bad} did not.")
+        say("\nFlows per node: " + ", ".join(
+            f"{name} {stack.dep.flow_count(node)}" for name, node in bed.nodes.items()))
+        say("\nLook inside (while it runs, e.g. with --keep):")
+        say("  " + shown(aio, "network", "list"))
+        say(f"  df-db --db {url} ls port")
+        say(f"  ip netns exec {vms['b1'].netns} ping {vms['r1'].ip}")
+        if args.keep:
+            kept = True
+            pids = [*aio.pids, *(cp.pid for cp in stack.dep.processes.values()),
+                    *([db.proc.pid] if db and db.proc else [])]
+            STATE.write_text(json.dumps({"prefix": bed.prefix, "rundir": str(bed.rundir),
+                                         "pids": pids}))
+            say(f"\n--keep: left running (Neutron API {aio.endpoint}). "
+                "`df demo --clean` removes everything.")
+        return 0 if bad == 0 else 2
+    finally:
+        if not kept:
+            if stack is not None:
+                stack.stop()
+            if db is not None:
+                db.stop()
+            bed.teardown()
+            say("\nDemo removed (Neutron API, controllers, namespaces, OVS daemons"
+                + (", redis-server)." if db else ")."))
+
+
+def shown(aio: neutron_aio.NeutronAio, *cmd: str) -> str:
+    """An openstack command line as a user would type it ('openstack' if on PATH)."""
+    argv = aio.cli_args(*cmd)
+    if shutil.which("openstack") == argv[0]:
+        argv[0] = "openstack"
+    return shlex.join(argv)
+
+
+def run_openstack_creates(aio: neutron_aio.NeutronAio) -> dict[str, str]:
+    """The demo's topology through the openstack CLI (each command printed); port ids."""
+    def run(*cmd: str) -> dict[str, Any]:
+        say("$ " + shown(aio, *cmd))
+        out = aio.cli(*cmd)
+        return out if isinstance(out, dict) else {}
+
+    for net, opts, sub, cidr in N_NETWORKS:
+        n = run("network", "create", *opts, net)
+        say(f"    -> {n['id']} {n['provider:network_type']} VNI "
+            f"{n['provider:segmentation_id']}, MTU {n['mtu']}")
+        s = run("subnet", "create", "--network", net, "--subnet-range", cidr, sub)
+        say(f"    -> {s['id']} gateway {s['gateway_ip']}")
+    r = run("router", "create", "router1")
+    say(f"    -> {r['id']}")
+    for _, _, sub, _ in N_NETWORKS:
+        say("$ " + shown(aio, "router", "add", "subnet", "router1", sub))
+        aio.cli("router", "add", "subnet", "router1", sub, parse=False)
+    ports = {}
+    for name, net, host in N_PORTS:
+        p = run("port", "create", "--network", net, "--host", host, name)
+        ports[name] = p["id"]
+        ips = ", ".join(ip["ip_address"] for ip in p.get("fixed_ips") or ())
+        say(f"    -> {p['id']} {p['mac_address']} {ips} status {p['status']}, "
+            f"vif {p['binding_vif_type']}")
+    return ports
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="df", description="Dragonflow command line.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="run the simulated multi-node demo",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", default="memory://demo",
-                   help="NB database url (default: embedded memory://demo)")
+    p.add_argument("--db", default=None,
+                   help="NB database url (default: embedded memory://demo; with --neutron: "
+                        "a private redis-server)")
+    p.add_argument("--neutron", action="store_true",
+                   help="drive it through the real Neutron API and the openstack CLI")
     p.add_argument("--keep", action="store_true", help="leave the demo running")
     p.add_argument("--clean", action="store_true", help="remove a kept demo")
     args = parser.parse_args(argv)
@@ -196,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which("ovs-vswitchd") is None:
             say("Open vSwitch is not installed: run scripts/setup.sh (README) first.")
             return 1
-        return demo(args)
+        return demo_neutron(args) if args.neutron else demo(args)
     return 1
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from neutron.db import provisioning_blocks
@@ -36,6 +37,7 @@ from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import NbObject, Port
 
 LOG = logging.getLogger(__name__)
+_RETRY_PAUSES = (0.1, 0.5, 2.0, 0.0)  # pause after each failed attempt (last: none)
 
 DF_ENTITY = "DF"  # the provisioning-block entity of Dragonflow's local controllers
 
@@ -129,13 +131,20 @@ class PortStatusFollower:
 
     def _apply(self, port_id: str, status: str) -> None:
         try:
-            if status == n_const.PORT_STATUS_ACTIVE:
-                self.port_up(port_id)
-            else:
-                self.port_down(port_id)
-        except Exception:  # noqa: BLE001 -- logged; the next status change retries
-            self.errors += 1
-            LOG.exception("port %s: applying NB status %s to Neutron failed", port_id, status)
+            for attempt, pause in enumerate(_RETRY_PAUSES):  # e.g. a locked DB: try again
+                try:
+                    if status == n_const.PORT_STATUS_ACTIVE:
+                        self.port_up(port_id)
+                    else:
+                        self.port_down(port_id)
+                    return
+                except Exception:  # noqa: BLE001 -- logged with its traceback, retried
+                    self.errors += 1
+                    last = attempt == len(_RETRY_PAUSES) - 1
+                    LOG.exception("port %s: applying NB status %s to Neutron failed%s",
+                                  port_id, status, "; giving up" if last else "; retrying")
+                    if not last:
+                        time.sleep(pause)
         finally:
             with self._idle:
                 self._pending -= 1
