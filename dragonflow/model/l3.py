@@ -9,7 +9,6 @@ from typing import ClassVar, Self
 from dragonflow.model.base import Lookup, NbObject, Record, alloc_key, dedupe, fetch
 from dragonflow.model.fields import (
     BOOL,
-    CIDR,
     ID,
     IDS,
     IP,
@@ -21,13 +20,12 @@ from dragonflow.model.fields import (
     Invalid,
     IPAddress,
     IPInterface,
-    IPNetwork,
     Nested,
     Opt,
     TupleOf,
     fld,
 )
-from dragonflow.model.l2 import Network, Port, Subnet
+from dragonflow.model.l2 import HostRoute, Network, Port, Subnet
 
 PORT_KEY_NS = "port"  # router ports are logical ports too: they share the port key space
 
@@ -47,17 +45,10 @@ class RouterPort(Record):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Route(Record):
+class Route(HostRoute):
+    """A router's extra route: the same record as a subnet's host route."""
+
     TABLE: ClassVar[str] = "route"
-
-    destination: IPNetwork = fld(CIDR)
-    nexthop: IPAddress = fld(IP)
-
-    def _check(self) -> None:
-        if self.nexthop.version != self.destination.version:
-            raise Invalid("nexthop", f"{self.nexthop} is IPv{self.nexthop.version} but the "
-                                     f"destination {self.destination} is "
-                                     f"IPv{self.destination.version}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 import uuid
@@ -29,6 +28,7 @@ from dragonflow.db.driver import (
     TxnFailed,
 )
 from dragonflow.db.drivers.etcd import EtcdDriver, EtcdWatch, grpc_target, prefix_range
+from tests.db.helpers import Collector
 from tests.fixtures.etcd_server import (
     EtcdServer,
     cluster_url,
@@ -36,26 +36,6 @@ from tests.fixtures.etcd_server import (
     start_cluster,
 )
 from tests.fixtures.tcpproxy import TcpProxy
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.compacted: queue.Queue[int] = queue.Queue()
-        self._cond = threading.Condition()
-
-    def on_event(self, ev: Event) -> None:
-        with self._cond:
-            self.events.append(ev)
-            self._cond.notify_all()
-
-    def on_compacted(self, rev: int) -> None:
-        self.compacted.put(rev)
-
-    def wait_for(self, n: int, timeout: float = 30.0) -> list[Event]:
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.events) >= n, timeout)
-            return list(self.events)
 
 
 @pytest.fixture

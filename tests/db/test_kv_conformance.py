@@ -5,7 +5,6 @@ Runs against the memory driver and real etcd and redis servers (fixtures in test
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -13,7 +12,6 @@ import pytest
 
 from dragonflow.db.driver import (
     Delete,
-    Event,
     Exists,
     PrefixEmpty,
     Put,
@@ -21,33 +19,7 @@ from dragonflow.db.driver import (
     TxnFailed,
 )
 from tests.db.conftest import Backend
-
-
-class Collector:
-    """Collects a watch's events; ``wait_for(n)`` blocks until n arrived (or times out)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.compacted: queue.Queue[int] = queue.Queue()
-        self._cond = threading.Condition()
-
-    def on_event(self, ev: Event) -> None:
-        with self._cond:
-            self.events.append(ev)
-            self._cond.notify_all()
-
-    def on_compacted(self, rev: int) -> None:
-        self.compacted.put(rev)
-
-    def wait_for(self, n: int, timeout: float = 20.0) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.events) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return list(self.events)
+from tests.db.helpers import Collector
 
 
 def test_put_get_delete_and_prefix(backend: Backend) -> None:
