@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -39,6 +39,13 @@ def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment
     finally:
         d.stop()
         d.nb.driver.close()
+
+
+def eventually(condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> None:
+    """Wait until ``condition()`` holds or ``timeout`` passed (the caller then asserts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not condition():
+        time.sleep(poll)
 
 
 def flows_of(node: Node) -> set[str]:
@@ -79,10 +86,8 @@ def test_port_delete_stops_traffic_and_removes_flows(dep: Deployment) -> None:
     dep.wait_active(["a-port", "b-port"])
     assert a.ping(b.ip, count=2)
     dep.nb.delete(Port, "b-port")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(b.mac in f for f in flows_of(n["hv1"]) |
-                                              flows_of(n["hv2"])):
-        time.sleep(0.1)
+    eventually(lambda: not any(b.mac in f for f in flows_of(n["hv1"]) | flows_of(n["hv2"])),
+               15)
     for node in ("hv1", "hv2"):
         assert not [f for f in flows_of(n[node]) if b.mac in f], f"flows of b left on {node}"
     a.exec(f"ip neigh replace {b.ip} lladdr {b.mac} dev eth0")
@@ -113,9 +118,7 @@ def test_controller_kill9_loses_no_ping_and_restores_identical_flows(dep: Deploy
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
     assert m.group(1) == m.group(2) == "200", out
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and flows_of(n["hv1"]) != before:
-        time.sleep(0.2)
+    eventually(lambda: flows_of(n["hv1"]) == before, 20, poll=0.2)
     assert flows_of(n["hv1"]) == before
 
 
@@ -127,8 +130,6 @@ def test_vswitchd_restart_restores_flows_and_pings_resume(dep: Deployment) -> No
     dep.wait_active(["a-port", "b-port"])
     before = flows_of(n["hv3"])
     dep.bed.restart_vswitchd(n["hv3"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and flows_of(n["hv3"]) != before:
-        time.sleep(0.2)
+    eventually(lambda: flows_of(n["hv3"]) == before, 30, poll=0.2)
     assert flows_of(n["hv3"]) == before
     assert a.ping(b.ip, count=3, timeout=5)
