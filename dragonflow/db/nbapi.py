@@ -29,7 +29,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from dragonflow.db import errors
@@ -198,9 +198,6 @@ class NbApi:
         kvs, rev = self.driver.get_prefix(self.obj_prefix)
         objs = [decode_or_none(kv.key, self.split_key(kv.key)[0], kv.value) for kv in kvs]
         return [o for o in objs if o is not None], rev
-
-    def decode_kv(self, kv: KV) -> NbObject:
-        return decode(self.split_key(kv.key)[0], kv.value)
 
     def revision(self) -> int:
         return self.driver.current_revision()
@@ -375,7 +372,3 @@ class NbApi:
             if users:
                 raise errors.InUse(name, obj_id, users) from None
             raise
-
-
-def objects_by_key(objs: Iterable[NbObject]) -> dict[tuple[str, str], NbObject]:
-    return {(o.TABLE, o.id): o for o in objs}
