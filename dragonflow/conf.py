@@ -47,7 +47,15 @@ controller_opts = [
     cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.5,
                  help="Seconds between chassis heartbeats written to the NB database."),
     cfg.ListOpt("apps", default=["physical", "arp", "nd", "l2", "icmp", "l3"],
-                help="Apps compiled into the pipeline (stevedore namespace dragonflow.apps)."),
+                help="Apps compiled into the pipeline (stevedore namespace dragonflow.apps). "
+                     "Each app declares its own stages; the pipeline is assembled from the "
+                     "enabled apps and checked at start-up (an app of another package is "
+                     "enabled by naming its entry point here)."),
+    cfg.StrOpt("status_file", default=None,
+               sample_default="<ovs_rundir>/<integration_bridge>.df-status.json",
+               help="Where the controller writes its status as JSON (pipeline, installed "
+                    "flow count, flow conflicts, owners that failed or whose flows the "
+                    "switch rejected); `df status` prints it."),
     cfg.StrOpt("l3_mode", default="proactive", choices=["proactive", "reactive"],
                help="Distributed router: install all routes up front (proactive) or on the "
                     "first packet of each flow (reactive)."),

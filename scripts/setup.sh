@@ -31,5 +31,9 @@ stamp=".venv/.df-installed-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip >/dev/null
     .venv/bin/pip install -q -e ".[${EXTRAS}]"
+    if [[ ",${EXTRAS}," == *",test"* ]]; then
+        # the example app of another package (tests/ext_app): entry point dragonflow.apps
+        .venv/bin/pip install -q -e tests/ext_app
+    fi
     touch "$stamp"
 fi

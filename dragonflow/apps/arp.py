@@ -6,8 +6,9 @@ the node. Unknown addresses fall through (stage miss) to L2 flooding.
 from __future__ import annotations
 
 from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
-from dragonflow.controller.topology import Topology, View
 from dragonflow.pipeline.flow import Flow, Move, OutputInPort, SetField
+from dragonflow.pipeline.stages import Stage, fields
+from dragonflow.pipeline.topology import Topology, View
 
 ARP = 0x0806
 
@@ -23,6 +24,13 @@ def arp_reply_actions(mac: str, ip: str) -> tuple:
 
 class ArpResponderApp:
     name = "arp"
+    stages = (
+        Stage("arp_responder", after=("classify",),
+              matches=fields("network", "eth_type", "arp_op", "arp_tpa"),
+              sets=fields("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_tha", "arp_spa",
+                          "arp_tpa"),
+              miss="next", doc="ARP requests for known addresses answered in place"),
+    )
 
     def owners(self, topo: Topology) -> set[str]:
         return local_network_ports(topo) | local_router_owners(topo)

@@ -1,20 +1,32 @@
-"""What an app is: pure compile code, one owner at a time.
+"""What an app is: declared stages, pure compile code one owner at a time, and (optionally)
+packet-in handlers and meters.
 
-``owners(topo)`` lists the owners ("<table>/<id>") the app has flows for right now;
-``compile(view, owner)`` returns that owner's flows, reading only through ``view`` (which
-records dependencies). Apps never send anything and never touch another app's stages.
+* ``name``: the app's name (its stevedore entry point in ``dragonflow.apps``);
+* ``stages``: the :class:`~dragonflow.pipeline.stages.Stage` s it owns -- its flows may only
+  go into these (lowering rejects anything else);
+* ``meters`` (optional): :class:`~dragonflow.pipeline.stages.MeterDecl` s its flows use;
+* ``owners(topo)``: the owners ("<table>/<id>") the app has flows for right now;
+* ``compile(view, owner)``: that owner's flows, reading only through ``view`` (which
+  records dependencies);
+* ``packet_in(topo, stage, pin) -> Answer`` / ``flow_removed(topo, stage, msg) -> touched``
+  (optional): for its stages declared ``punt=True`` (see pipeline/punt.py).
+
+Apps never send anything, never name a table number, and never write into another app's
+stage; "go on" is ``Next()``, another stage only through the stage declaration's ``goto``.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from dragonflow.controller.topology import Topology, View
 from dragonflow.pipeline.flow import Flow
+from dragonflow.pipeline.stages import Stage
+from dragonflow.pipeline.topology import Topology, View
 
 
 class App(Protocol):
     name: str
+    stages: tuple[Stage, ...]
 
     def owners(self, topo: Topology) -> set[str]: ...
 

@@ -8,8 +8,9 @@ on. Every interface address of the router answers from any of its networks.
 from __future__ import annotations
 
 from dragonflow.apps.base import local_router_owners, split_owner
-from dragonflow.controller.topology import Topology, View
 from dragonflow.pipeline.flow import Action, Flow, Move, OutputInPort, SetField
+from dragonflow.pipeline.stages import Stage, fields
+from dragonflow.pipeline.topology import Topology, View
 
 
 def swap(a: str, b: str, bits: int) -> tuple[Move, ...]:
@@ -30,6 +31,14 @@ ECHO = {  # version: (eth_type, ip_proto, type field, request, reply, src, dst, 
 
 class IcmpResponderApp:
     name = "icmp"
+    stages = (
+        Stage("l3_input", after=("l2_lookup",),
+              matches=fields("router", "eth_type", "ip_proto", "icmpv4_type", "icmpv6_type",
+                             "ipv4_dst", "ipv6_dst"),
+              sets=fields("eth_src", "eth_dst", "ipv4_src", "ipv4_dst", "ipv6_src",
+                          "ipv6_dst", "icmpv4_type", "icmpv6_type"),
+              miss="next", doc="router interface addresses answer echo requests"),
+    )
 
     def owners(self, topo: Topology) -> set[str]:
         return local_router_owners(topo)

@@ -10,15 +10,22 @@ of the network, whose egress flow tunnels it there; the far side floods it local
 from __future__ import annotations
 
 from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
-from dragonflow.controller.topology import Topology, View
 from dragonflow.pipeline.flow import Flow, Goto, Resubmit, SetReg
-from dragonflow.pipeline.stages import FLAG_FROM_TUNNEL
+from dragonflow.pipeline.stages import Stage, fields
+from dragonflow.pipeline.topology import Topology, View
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 
 
 class L2App:
     name = "l2"
+    stages = (
+        Stage("l2_lookup", after=("classify", "arp_responder", "nd_responder"),
+              matches=fields("network", "from_tunnel", "eth_dst"), masked=fields("eth_dst"),
+              sets=fields("out_port", "router"), goto=("l3_input", "egress"),
+              resubmit=("egress",), miss="drop",
+              doc="destination MAC -> out_port (or the router); broadcast replication"),
+    )
 
     def owners(self, topo: Topology) -> set[str]:
         return (local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
@@ -67,7 +74,7 @@ class L2App:
         for chassis in sorted(remote_rep):
             to_remote += [SetReg("out_port", remote_rep[chassis]), Resubmit("egress")]
         match = {"network": net.unique_key, "eth_dst": MULTICAST}
-        tunnel_in = dict(match, flags=(FLAG_FROM_TUNNEL, FLAG_FROM_TUNNEL))
+        tunnel_in = dict(match, from_tunnel=1)
         return [
             Flow.make("l2_lookup", 200, match, tuple(to_local + to_remote), owner),
             Flow.make("l2_lookup", 210, tunnel_in, tuple(to_local), owner),

@@ -11,7 +11,8 @@ A frame sent to a router interface MAC (l2_lookup) enters l3_lookup with the rou
   prefix length so the longest prefix wins (attached subnets compete by the same rule);
 * anything else goes to the controller, which answers ICMP(v6) net unreachable from the
   ingress interface; an expiring TTL (dec_ttl) also reaches the controller, which answers
-  ICMP time exceeded -- both rate-limited (see controller/packet_in.py).
+  ICMP time exceeded -- both built by this app's packet-in handler, rate-limited per chassis
+  by a token bucket (as routers do: RFC 1812 4.3.2.8), the punts policed by a meter.
 
 Reactive mode (``[controller] l3_mode = reactive``): no host flows up front; a packet for an
 attached subnet goes to the controller, which records the destination ("learned"), so this
@@ -22,11 +23,32 @@ the flow, the controller forgets the destination again.
 from __future__ import annotations
 
 import ipaddress
+import logging
+from collections.abc import Callable
 
 from dragonflow.apps.base import split_owner
-from dragonflow.controller.topology import Topology, View
-from dragonflow.model import Port, Router, RouterPort
-from dragonflow.pipeline.flow import Action, DecTtl, Flow, Goto, SetField, SetReg, ToController
+from dragonflow.model import Network, Port, Router, RouterPort
+from dragonflow.ovs import packets
+from dragonflow.ovs.ofchannel import FlowRemoved, PacketIn
+from dragonflow.pipeline.fields import read_field
+from dragonflow.pipeline.flow import (
+    Action,
+    DecTtl,
+    Flow,
+    Goto,
+    Meter,
+    SetField,
+    SetReg,
+    ToController,
+)
+from dragonflow.pipeline.punt import Answer, TokenBucket
+from dragonflow.pipeline.stages import MeterDecl, Stage, fields
+from dragonflow.pipeline.topology import DepKey, Topology, View
+
+LOG = logging.getLogger(__name__)
+OFPR_ACTION = 1
+OFPR_INVALID_TTL = 2
+PUNT = (Meter("punt"), ToController())
 
 ETH = {4: 0x0800, 6: 0x86DD}
 DST = {4: "ipv4_dst", 6: "ipv6_dst"}
@@ -44,6 +66,21 @@ def route_to_port(rp_mac: str, port: Port, net_key: int) -> tuple[Action, ...]:
 
 class L3App:
     name = "l3"
+    stages = (
+        Stage("l3_lookup", after=("l3_input", "l2_lookup"),
+              matches=fields("router", "eth_type", "ipv4_dst", "ipv6_dst"),
+              masked=fields("ipv4_dst", "ipv6_dst"),
+              sets=fields("network", "out_port", "eth_src", "eth_dst"), goto=("egress",),
+              punt=True, miss="drop",
+              doc="longest prefix: host flows, attached subnets, extra routes"),
+    )
+    meters = (MeterDecl("punt", rate=1000, burst=200),)
+
+    def __init__(self, icmp_rate: float = 100.0, icmp_burst: float = 50.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.icmp_limit = (TokenBucket(icmp_rate, icmp_burst) if clock is None
+                           else TokenBucket(icmp_rate, icmp_burst, clock))
+        self.limited = 0
 
     def owners(self, topo: Topology) -> set[str]:
         out = set()
@@ -97,18 +134,22 @@ class L3App:
         flows = []
         for v in (4, 6):  # not in any attached subnet, no route: net unreachable
             flows.append(Flow.make("l3_lookup", 1, {"router": rkey, "eth_type": ETH[v]},
-                                   (ToController(),), owner))
+                                   PUNT, owner))
         for rp in router.ports:
             for cidr in rp.cidrs:
                 v = cidr.version
                 match = {"router": rkey, "eth_type": ETH[v], DST[v]: str(cidr.network)}
                 # attached subnet without a host flow: drop (proactive: no such host), or
                 # ask the controller (reactive: not learned yet)
-                miss: tuple[Action, ...] = ((ToController(),)
-                                            if view.facts.l3_mode == "reactive" else ())
+                miss: tuple[Action, ...] = PUNT if view.facts.l3_mode == "reactive" else ()
                 flows.append(Flow.make("l3_lookup", prefix_priority(cidr.network), match,
                                        miss, owner))
+        attached = {c.network for rp in router.ports for c in rp.cidrs}
         for route in router.routes:
+            if route.destination in attached:
+                # the connected subnet wins, as in any router: the route would compete
+                # with the subnet's flow for the same match
+                continue
             hop = self._next_hop(view, router, route.nexthop)
             v = route.destination.version
             match = {"router": rkey, "eth_type": ETH[v], DST[v]: str(route.destination)}
@@ -132,3 +173,68 @@ class L3App:
                 if any(f.ip_address == nexthop for f in port.fixed_ips):
                     return rp, port, net.unique_key
         return None
+
+    # --- packet-in: ICMP errors and reactive learning ------------------------------------
+    def packet_in(self, topo: Topology, stage: str, pin: PacketIn) -> Answer:
+        answer = Answer()
+        if pin.in_port is None:
+            return answer
+        req = packets.parse(pin.data)
+        if pin.reason == OFPR_ACTION and self._learn(topo, pin, req, answer):
+            return answer
+        frame = self._icmp_error(topo, pin, req)
+        if frame is not None:
+            answer.frames.append((pin.in_port, frame))
+        return answer
+
+    def flow_removed(self, topo: Topology, stage: str, msg: FlowRemoved) -> set[DepKey]:
+        """A reactive host flow idled out: forget its destination."""
+        router = _router_by_key(topo, read_field(msg.match, "router"))
+        ip = msg.match.get("ipv4_dst") or msg.match.get("ipv6_dst")
+        if router is None or ip is None:
+            return set()
+        return topo.forget(router.id, str(ip))
+
+    def _learn(self, topo: Topology, pin: PacketIn, req: packets.Parsed,
+               answer: Answer) -> bool:
+        """Reactive L3: True if the packet is for a known host of an attached subnet."""
+        if topo.facts.l3_mode != "reactive" or req.ip_dst is None:
+            return False
+        router = _router_by_key(topo, read_field(pin.match, "router"))
+        if router is None:
+            return False
+        dst = ipaddress.ip_address(req.ip_dst)
+        for rp in router.ports:
+            if not any(dst in c.network for c in rp.cidrs):
+                continue
+            for pid in topo.net_ports.get(rp.network_id, ()):
+                port = topo.get(Port, pid)
+                if port and any(f.ip_address == dst for f in port.fixed_ips):
+                    answer.touched |= topo.learn(router.id, str(dst))
+                    answer.reinject.append((pin.in_port or 0, pin.data))
+                    return True
+            return True  # attached subnet, no such host: dropped, no ICMP
+        return False
+
+    def _icmp_error(self, topo: Topology, pin: PacketIn, req: packets.Parsed) -> bytes | None:
+        key = read_field(pin.match, "network")
+        net = next((n for n in topo.all(Network) if n.unique_key == key), None)
+        router = _router_by_key(topo, read_field(pin.match, "router"))
+        if net is None or router is None or req.ip_version is None:
+            return None
+        rp = next((rp for rp in router.ports if rp.network_id == net.id), None)
+        if rp is None:
+            return None
+        src = next((c.ip for c in rp.cidrs if c.version == req.ip_version), None)
+        if src is None:
+            return None
+        if not self.icmp_limit.take():
+            self.limited += 1
+            return None
+        kind = packets.TIME_EXCEEDED if pin.reason == OFPR_INVALID_TTL else \
+            packets.NET_UNREACHABLE
+        return packets.icmp_error(req, kind, rp.mac, str(src))
+
+
+def _router_by_key(topo: Topology, key: int | None) -> Router | None:
+    return next((r for r in topo.all(Router) if r.unique_key == key), None)

@@ -1,20 +1,37 @@
 """IPv6 ND responder: neighbour solicitations for any NB-known IPv6 address of a port or a
 router interface in the network are answered on this chassis. The flows pick the known
-targets out (no solicitation for a known address leaves the node); the advertisement itself
-is built by the local controller (controller/packet_in.py), since OpenFlow cannot turn a
-solicitation's options into an advertisement's."""
+targets out (no solicitation for a known address leaves the node) and punt them, policed by
+the app's meter; the advertisement itself is built by this app's packet-in handler, since
+OpenFlow cannot turn a solicitation's options into an advertisement's."""
 
 from __future__ import annotations
 
-from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
-from dragonflow.controller.topology import Topology, View
-from dragonflow.pipeline.flow import Flow, ToController
+import logging
 
+from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
+from dragonflow.model import Network, Port, Router
+from dragonflow.ovs import packets
+from dragonflow.ovs.ofchannel import PacketIn
+from dragonflow.pipeline.fields import read_field
+from dragonflow.pipeline.flow import Flow, Meter, ToController
+from dragonflow.pipeline.punt import Answer
+from dragonflow.pipeline.stages import MeterDecl, Stage, fields
+from dragonflow.pipeline.topology import Topology, View
+
+LOG = logging.getLogger(__name__)
 NS = {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135}
 
 
 class NdResponderApp:
     name = "nd"
+    stages = (
+        Stage("nd_responder", after=("classify", "arp_responder"),
+              matches=fields("network", "eth_type", "ip_proto", "icmpv6_type",
+                             "ipv6_nd_target"),
+              punt=True, miss="next", doc="solicitations for known IPv6 addresses punted"),
+    )
+    # a VM flooding solicitations for known targets costs the controller at most this
+    meters = (MeterDecl("punt", rate=500, burst=100),)
 
     def owners(self, topo: Topology) -> set[str]:
         return local_network_ports(topo) | local_router_owners(topo)
@@ -30,6 +47,30 @@ class NdResponderApp:
             port, net = found
             targets = [(net.unique_key, str(f.ip_address)) for f in port.fixed_ips
                        if f.ip_address.version == 6]
-        return [Flow.make("nd_responder", 100,
-                          dict(NS, network=key, ipv6_nd_target=ip), (ToController(),), owner)
+        return [Flow.make("nd_responder", 100, dict(NS, network=key, ipv6_nd_target=ip),
+                          (Meter("punt"), ToController()), owner)
                 for key, ip in targets]
+
+    def packet_in(self, topo: Topology, stage: str, pin: PacketIn) -> Answer:
+        answer = Answer()
+        req = packets.parse(pin.data)
+        key = read_field(pin.match, "network")
+        net = next((n for n in topo.all(Network) if n.unique_key == key), None)
+        if net is None or req.ns_target is None or pin.in_port is None:
+            return answer
+        frame = None
+        for pid in sorted(topo.net_ports.get(net.id, ())):
+            port = topo.get(Port, pid)
+            if port and any(str(f.ip_address) == req.ns_target for f in port.fixed_ips):
+                frame = packets.neighbour_advertisement(req, req.ns_target, port.mac, False)
+                break
+        else:
+            for router in topo.all(Router):
+                for rp in router.ports:
+                    if rp.network_id == net.id and any(str(c.ip) == req.ns_target
+                                                       for c in rp.cidrs):
+                        frame = packets.neighbour_advertisement(req, req.ns_target, rp.mac,
+                                                                True)
+        if frame is not None:
+            answer.frames.append((pin.in_port, frame))
+        return answer

@@ -9,15 +9,23 @@ egress:   out_port of a local port -> its ofport; out_port of a remote port -> e
 from __future__ import annotations
 
 from dragonflow.apps.base import scoped_network_ports, split_owner
-from dragonflow.controller.topology import Topology, View
-from dragonflow.pipeline.flow import Flow, Goto, Output, OutputTunnel, SetReg
-from dragonflow.pipeline.stages import FLAG_FROM_TUNNEL
+from dragonflow.pipeline.flow import Flow, Goto, Next, Output, OutputTunnel, SetReg
+from dragonflow.pipeline.stages import Stage, fields
+from dragonflow.pipeline.topology import Topology, View
 
 TUNNEL_TYPES = ("vxlan", "geneve", "gre")
 
 
 class PhysicalApp:
     name = "physical"
+    stages = (
+        Stage("classify", physical=True, matches=fields("in_ofport", "tunnel_id"),
+              sets=fields("network", "in_port", "from_tunnel"), goto=("l2_lookup",),
+              miss="drop", doc="ofport -> logical in_port + network; tunnel VNI -> network"),
+        Stage("egress", physical=True, after=("classify", "l2_lookup", "l3_lookup"),
+              matches=fields("out_port", "from_tunnel", "network"), miss="drop",
+              doc="out_port -> local ofport, or encapsulate to the port's chassis"),
+    )
 
     def owners(self, topo: Topology) -> set[str]:
         return scoped_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
@@ -36,7 +44,7 @@ class PhysicalApp:
             return [
                 Flow.make("classify", 100, {"in_ofport": ofport},
                           (SetReg("in_port", port.unique_key), SetReg("network", net.unique_key),
-                           Goto("arp_responder")), owner),
+                           Next()), owner),
                 Flow.make("egress", 100, {"out_port": port.unique_key}, (Output(ofport),), owner),
             ]
         if port.binding is None or port.binding.kind != "chassis":
@@ -45,12 +53,11 @@ class PhysicalApp:
         if (chassis is None or chassis.id == view.facts.chassis_id
                 or net.network_type not in TUNNEL_TYPES
                 or net.network_type not in chassis.tunnel_types
-                or view.tunnel_ofport(net.network_type) is None):
+                or (tunnel := view.tunnel_ofport(net.network_type)) is None):
             return []
         assert net.segmentation_id is not None
-        return [Flow.make("egress", 100,
-                          {"out_port": port.unique_key, "flags": (0, FLAG_FROM_TUNNEL)},
-                          (OutputTunnel(net.network_type, str(chassis.ip), net.segmentation_id),),
+        return [Flow.make("egress", 100, {"out_port": port.unique_key, "from_tunnel": 0},
+                          (OutputTunnel(tunnel, str(chassis.ip), net.segmentation_id),),
                           owner)]
 
     def _tunnel_in(self, view: View, net_id: str, owner: str) -> list[Flow]:
@@ -62,5 +69,5 @@ class PhysicalApp:
             return []
         return [Flow.make("classify", 100,
                           {"in_ofport": ofport, "tunnel_id": net.segmentation_id},
-                          (SetReg("network", net.unique_key), SetReg("flags", FLAG_FROM_TUNNEL),
+                          (SetReg("network", net.unique_key), SetReg("from_tunnel", 1),
                            Goto("l2_lookup")), owner)]

@@ -12,7 +12,9 @@ the OpenFlow connection replaces the switch's flows in one atomic bundle.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,18 +25,18 @@ from typing import Any
 from dragonflow.apps.base import App
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
-from dragonflow.controller.packet_in import Answer, PacketInHandler
 from dragonflow.controller.reconciler import Reconciler
-from dragonflow.controller.topology import ChassisFacts, DepKey, Topology
 from dragonflow.db import errors as db_errors
 from dragonflow.db.driver import DriverError
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import Binding, Chassis, Port
 from dragonflow.ovs.flows import OFPP_CONTROLLER, OFPP_TABLE, Output
-from dragonflow.ovs.ofchannel import OfChannel
+from dragonflow.ovs.ofchannel import FlowRemoved, OfChannel, PacketIn
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
-from dragonflow.pipeline.lower import Lowering
+from dragonflow.pipeline.lower import app_cookie
+from dragonflow.pipeline.punt import Answer
+from dragonflow.pipeline.topology import ChassisFacts, DepKey, Topology
 
 LOG = logging.getLogger(__name__)
 
@@ -54,10 +56,15 @@ class ControllerConfig:
     datapath_id: str | None = None
     l3_mode: str = "proactive"
     reactive_idle_timeout: int = 30
+    status_file: str | None = None  # default: <ovs_rundir>/<bridge>.df-status.json
 
     @property
     def of_socket(self) -> str:
         return f"{self.ovs_rundir}/{self.integration_bridge}.df"
+
+    @property
+    def status_path(self) -> str:
+        return self.status_file or f"{self.ovs_rundir}/{self.integration_bridge}.df-status.json"
 
 
 class LocalController:
@@ -68,10 +75,12 @@ class LocalController:
         self.topo = Topology(ChassisFacts(cfg.chassis_id, cfg.tunnel_ip, cfg.tunnel_types,
                                           l3_mode=cfg.l3_mode,
                                           reactive_idle_timeout=cfg.reactive_idle_timeout))
-        self.engine = Engine(apps(), self.topo)
+        self.engine = Engine(apps(), self.topo)  # assembles + checks the pipeline
+        self.pipeline = self.engine.pipeline
+        LOG.info("%s: pipeline\n%s", cfg.chassis_id, self.pipeline.describe())
         self.reconciler = Reconciler()
-        self.lowering = Lowering(self.topo.facts.tunnel_ofports)
-        self.packet_in = PacketInHandler(self.topo)
+        self.punt_errors = 0
+        self._status_text = ""
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._ifaces: dict[str, IfaceChange] = {}  # interface name -> last state
         self._active: set[str] = set()  # port ids reported ACTIVE by this controller
@@ -252,10 +261,10 @@ class LocalController:
             elif kind == "heartbeat":
                 self._beat()
             elif kind == "packet_in":
-                answers.append(self.packet_in.handle(payload))
+                answers.append(self._packet_in(payload))
                 touched |= answers[-1].touched
             elif kind == "flow_removed":
-                touched |= self.packet_in.flow_removed(payload)
+                touched |= self._flow_removed(payload)
         self._ensure_topics()
         if full_compile:
             self.engine.full()
@@ -277,6 +286,39 @@ class LocalController:
         except Exception as e:  # the channel went away: the sender will retry
             LOG.warning("%s: packet-out failed: %s", self.cfg.chassis_id, e)
 
+    def _packet_in(self, pin: PacketIn) -> Answer:
+        """Dispatched by table to the app owning that stage (declared punt=True)."""
+        owned = self.pipeline.stage_of_table(pin.table_id)
+        app = self.engine.apps.get(owned.app) if owned is not None else None
+        handler = getattr(app, "packet_in", None)
+        if owned is None or handler is None or not owned.stage.punt:
+            LOG.warning("%s: unexpected packet-in from table %s", self.cfg.chassis_id,
+                        pin.table_id)
+            return Answer()
+        try:
+            answer: Answer = handler(self.topo, owned.stage.name, pin)
+            return answer
+        except Exception:  # one bad packet never stops the loop
+            self.punt_errors += 1
+            LOG.exception("%s: app %s: packet-in from %s not handled", self.cfg.chassis_id,
+                          owned.app, owned.stage.name)
+            return Answer()
+
+    def _flow_removed(self, msg: FlowRemoved) -> set[DepKey]:
+        owned = self.pipeline.stage_of_table(msg.table_id)
+        app = self.engine.apps.get(owned.app) if owned is not None else None
+        handler = getattr(app, "flow_removed", None)
+        if owned is None or handler is None:
+            return set()
+        try:
+            touched: set[DepKey] = handler(self.topo, owned.stage.name, msg)
+            return touched
+        except Exception:
+            self.punt_errors += 1
+            LOG.exception("%s: app %s: flow-removed from %s not handled",
+                          self.cfg.chassis_id, owned.app, owned.stage.name)
+            return set()
+
     def _apply_change(self, ch: Change) -> set[DepKey]:
         return self.topo.apply(ch.table, ch.id, ch.obj) or set()
 
@@ -287,19 +329,68 @@ class LocalController:
     def _sync_switch(self) -> None:
         if self._of is None or not self._of_up:
             return
-        self.lowering.tunnel_ofports = self.topo.facts.tunnel_ofports
-        desired = self.reconciler.index(self.lowering.lower_all(self.engine.desired()))
         try:
-            self.reconciler.sync(self._of, desired)
+            self.reconciler.sync(self._of, self.engine.table, meters=self.engine.meters)
         except Exception as e:
             LOG.error("%s: flow install failed (%s); full reinstall on next event",
                       self.cfg.chassis_id, e)
+            self._write_status()
             return
         self.ready.set()
+        self._write_status()
         self._report_port_status()
         with self.synced:
             self.generation += 1
             self.synced.notify_all()
+
+    def status(self) -> dict[str, Any]:
+        """What an operator asks first: is this chassis converged, and if not, who is to
+        blame. Conflicts, failed owners (app error, lowering error, flows OVS refused)."""
+        table = self.engine.table
+        apps = list(self.engine.apps) + ["pipeline"]
+
+        def flow_info(key: tuple) -> str:
+            f = table.desired.get(key) or self.reconciler.installed.get(key)
+            return str(f) if f is not None else repr(key)
+
+        return {
+            "chassis": self.cfg.chassis_id,
+            "generation": self.generation,
+            "pipeline": [{"table": o.table, "stage": n, "app": o.app, "miss": o.stage.miss}
+                         for n in self.pipeline.order for o in (self.pipeline.stages[n],)],
+            "flows_installed": len(self.reconciler.installed),
+            "owners": len(self.engine.flows),
+            "conflicts_total": table.conflicts_total,
+            "conflicts": [{"flow": flow_info(k), "owners": [f"{a} {o}" for a, o in owners]}
+                          for k, owners in sorted(table.conflicts.items(),
+                                                  key=lambda kv: str(kv[0]))],
+            "failed": [{"app": a, "owner": o, "reason": why}
+                       for (a, o), why in sorted(self.engine.failed.items())]
+                      + [{"app": a, "owner": "owners()", "reason": why}
+                         for a, why in sorted(self.engine.app_failed.items())],
+            "rejected": [{"app": a, "owner": o, "reason": why}
+                         for (a, o), why in sorted(table.rejected.items())],
+            "punt_errors": self.punt_errors,
+            "cookie_apps": {a: f"{app_cookie(a):#06x}" for a in apps},
+        }
+
+    def _write_status(self) -> None:
+        """The status as JSON in ``cfg.status_path`` (``df status`` prints it); written
+        only when it changed, atomically."""
+        st = self.status()
+        st.pop("generation")
+        text = json.dumps(st, indent=1, sort_keys=True)
+        if text == self._status_text:
+            return
+        path = self.cfg.status_path
+        try:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text + "\n")
+            os.replace(tmp, path)
+            self._status_text = text
+        except OSError as e:
+            LOG.warning("%s: status not written to %s: %s", self.cfg.chassis_id, path, e)
 
     def wait_synced(self, timeout: float = 10.0, nb_revision: int | None = None) -> bool:
         """Block until the loop has reached the switch after everything queued so far --
@@ -334,8 +425,10 @@ class LocalController:
     def _report_port_status(self) -> None:
         """ACTIVE for local ports whose flows are installed (we are after the barrier);
         DOWN for ports this controller reported ACTIVE whose VIF went away."""
+        table = self.engine.table
         local = {pid for pid in self._local_port_ids()
-                 if self.engine.flows.get(("physical", f"port/{pid}"))}
+                 if (key := ("physical", f"port/{pid}")) in table.contrib
+                 and key not in table.rejected}
         for pid in sorted(local - self._active):
             self._set_status(pid, "ACTIVE")
         for pid in sorted(self._active - local):

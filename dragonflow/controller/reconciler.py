@@ -1,22 +1,33 @@
 """Desired vs installed flows: only the difference goes to the switch, in one atomic bundle.
 
-The reconciler remembers what it installed (never dumps the switch in steady state). On
-(re)connect it sends one bundle that deletes every flow and adds the whole desired set, so a
-restarted controller or a restarted ovs-vswitchd never sees a window without flows, and stale
-flows left by a previous controller are gone in the same atomic step.
+The reconciler remembers what it installed (never dumps the switch in steady state) and
+which keys of the desired table changed since the last install, so a sync costs what the
+change costs. On (re)connect it sends one bundle that deletes every flow and adds the whole
+desired set, so a restarted controller or a restarted ovs-vswitchd never sees a window
+without flows, and stale flows left by a previous controller are gone in the same atomic
+step. A flow whose cookie changed (another owner now wins its key) is re-added, since a
+modify keeps the old cookie.
+
+A rejected flow never freezes the chassis: when OVS refuses flow-mods of a bundle (the
+bundle is discarded, the switch unchanged), every refused flow-mod is traced to the owners
+that want that flow; they are left out of the desired table (logged, in the status) and
+the rest is installed in a new atomic bundle right away. Those owners are tried again after
+their next change. Only an error that names no flow-mod makes the next sync a full one.
+
+Meters (declared by apps) are installed before the bundle that uses them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Literal, Protocol
 
-from dragonflow.ovs.flows import OfFlow
+from dragonflow.controller.flowtable import FlowKey, FlowTable
+from dragonflow.ovs.flows import OfFlow, OfMeter
 
 LOG = logging.getLogger(__name__)
-FlowKey = tuple
 Ops = list[tuple[Literal["add", "modify_strict", "delete_strict"], OfFlow]]
+MAX_REJECT_ROUNDS = 8
 
 
 class FlowSink(Protocol):
@@ -27,51 +38,105 @@ class Reconciler:
     def __init__(self) -> None:
         self.installed: dict[FlowKey, OfFlow] = {}
         self.need_full = True  # switch state unknown: the next sync replaces everything
+        self.pending: set[FlowKey] = set()  # desired keys that may differ from installed
+        self.meters_installed: dict[int, OfMeter] = {}
         self.bundles = 0
         self.flow_mods = 0
+        self.rejections = 0
 
-    @staticmethod
-    def index(flows: Iterable[OfFlow]) -> dict[FlowKey, OfFlow]:
-        out: dict[FlowKey, OfFlow] = {}
-        for f in flows:
-            other = out.get(f.key)
-            if other is not None and other != f:
-                LOG.error("two flows with one match, keeping the first:\n  %s\n  %s", other, f)
-                continue
-            out[f.key] = f
-        return out
-
-    def diff(self, desired: dict[FlowKey, OfFlow]) -> Ops:
+    def diff(self, table: FlowTable, keys: set[FlowKey]) -> Ops:
         ops: Ops = []
-        for key, old in self.installed.items():
-            if key not in desired:
-                ops.append(("delete_strict", old))
-        for key, f in desired.items():
-            cur = self.installed.get(key)
-            if cur is None:
-                ops.append(("add", f))
-            elif cur != f:
+        desired = table.desired
+        for key in keys:
+            old = self.installed.get(key)
+            f = desired.get(key)
+            if f is None:
+                if old is not None:
+                    ops.append(("delete_strict", old))
+            elif old is None or old.cookie != f.cookie:
+                ops.append(("add", f))  # add replaces an existing flow, cookie included
+            elif old != f:
                 ops.append(("modify_strict", f))
+        # deletes first: a flow moving between keys never coexists with its old self
+        ops.sort(key=lambda op: op[0] != "delete_strict")
         return ops
 
-    def sync(self, sink: FlowSink, desired: dict[FlowKey, OfFlow], *, full: bool = False) -> int:
-        """Make the switch hold exactly ``desired``; returns the number of flow-mods sent.
-        Raises whatever the sink raises (the switch state is then unknown: next sync is full).
-        """
+    def sync(self, sink: FlowSink, table: FlowTable, *, full: bool = False,
+             meters: dict[int, OfMeter] | None = None) -> int:
+        """Make the switch hold exactly ``table.desired``; returns the flow-mods sent.
+        Raises whatever the sink raises when it cannot be traced to owners (the switch
+        state is then unknown: the next sync is full)."""
         full = full or self.need_full
+        if meters is not None:
+            self._sync_meters(sink, meters, full)
+        self.pending |= table.resolve()
+        for _ in range(MAX_REJECT_ROUNDS):
+            if full:
+                ops: Ops = [("add", f) for f in table.desired.values()]
+            else:
+                ops = self.diff(table, self.pending)
+                if not ops:
+                    self.pending.clear()
+                    return 0
+            try:
+                sink.install(ops, replace_all=full)
+            except Exception as e:
+                if not self._reject(table, e):
+                    self.need_full = True
+                    raise
+                self.pending |= table.resolve()
+                continue
+            if full:
+                self.installed = dict(table.desired)
+            else:
+                for op, f in ops:
+                    if op == "delete_strict":
+                        self.installed.pop(f.key, None)
+                    else:
+                        self.installed[f.key] = f
+            self.pending.clear()
+            self.need_full = False
+            self.bundles += 1
+            self.flow_mods += len(ops)
+            return len(ops)
+        self.need_full = True
+        raise RuntimeError(f"flows still rejected after {MAX_REJECT_ROUNDS} rounds")
+
+    def _reject(self, table: FlowTable, exc: Exception) -> bool:
+        """Leave out the owners of every flow-mod OVS refused; False if none is known."""
+        failed = getattr(exc, "failed", ())
+        owners = set()
+        for op, flow, error in failed:
+            if op == "delete_strict":
+                continue  # a delete is never what was wrong with the desired table
+            for owner in table.owners_of(flow.key):
+                owners.add(owner)
+                table.reject(owner, f"{error} for {flow}")
+        if owners:
+            self.rejections += 1
+        return bool(owners)
+
+    def _sync_meters(self, sink: FlowSink, desired: dict[int, OfMeter], full: bool) -> None:
+        """Meters first (a flow naming a missing meter is refused). After a (re)connect the
+        switch may hold them already (from the last run): an add that finds one modifies
+        it. Meter-mods cannot go into a bundle (OVS refuses them there)."""
+        install = getattr(sink, "install_meters", None)
+        if install is None:
+            return
         if full:
-            ops: Ops = [("add", f) for f in desired.values()]
-        else:
-            ops = self.diff(desired)
-            if not ops:
-                return 0
-        try:
-            sink.install(ops, replace_all=full)
-        except Exception:
-            self.need_full = True
-            raise
-        self.installed = dict(desired)
-        self.need_full = False
-        self.bundles += 1
-        self.flow_mods += len(ops)
-        return len(ops)
+            self.meters_installed = {}
+        for mid, m in sorted(desired.items()):
+            if self.meters_installed.get(mid) == m:
+                continue
+            try:
+                install([("add" if mid not in self.meters_installed else "modify", m)])
+            except Exception as e:
+                name = getattr(getattr(e, "error", None), "name", "")
+                if "METER_EXISTS" not in str(name):
+                    raise
+                install([("modify", m)])
+            self.meters_installed[mid] = m
+        for mid, m in sorted(self.meters_installed.items()):
+            if mid not in desired:
+                install([("delete", m)])  # after its flows are gone (they were withdrawn
+                del self.meters_installed[mid]  # with the owners that used it)

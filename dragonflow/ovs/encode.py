@@ -14,7 +14,15 @@ tests/pipeline/test_encode.py proves the bytes equal os-ken's own ``serialize()`
 
 Messages: :func:`encode_flow_mods` (plain flow-mods), :func:`encode_bundle` (ONF bundle
 extension 230 as OVS implements it for OpenFlow 1.3: OFPT_EXPERIMENTER ONF_ET_BUNDLE_CONTROL
-open/commit around ONF_ET_BUNDLE_ADD_MESSAGE-wrapped flow-mods), :func:`delete_all_flow_mod`.
+open/commit around ONF_ET_BUNDLE_ADD_MESSAGE-wrapped flow-mods), :func:`delete_all_flow_mod`,
+and meter-mods (:func:`encode_meter_mod`, :func:`delete_all_meters_mod`; through os-ken, they
+are few -- and OVS 3.1 rejects them inside bundles with ONFERR_ET_MSG_UNSUP).
+
+Conntrack: ``ct()`` carries its NAT and ``exec`` actions nested; flags, zone source field,
+alg and the NAT range layout are shape, zone / table / NAT values / exec values are slots.
+os-ken's NXActionNAT does not pad its body (OVS answers OFPBAC_BAD_LEN once an exec action
+follows it), so the reference path uses a padded subclass. ``Conjunction.clause`` is
+1-based like ovs-ofctl; the wire carries clause - 1.
 
 Flows with an idle or hard timeout get ``OFPFF_SEND_FLOW_REM`` so the controller learns when
 OVS expires them. Extending: register an :class:`ActionCodec` in ``ACTION_CODECS``.
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from os_ken.ofproto import ofproto_common, ofproto_protocol
+from os_ken.ofproto import nicira_ext, ofproto_common, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
@@ -129,6 +137,127 @@ def _set_field_slots(action: fl.SetField, buf: bytes, off: int, expr: str) -> li
     return [(off + 8 + exp_len, fmt, value)]
 
 
+def _load_osken(a: fl.Load) -> Any:
+    return ofpp.NXActionRegLoad(ofs_nbits=a.ofs << 6 | (a.nbits - 1), dst=a.field,
+                                value=a.value)
+
+
+def _check_nxm_header(name: str, header_at: int, buf: bytes) -> None:
+    """A 4-byte field header (os-ken silently truncates 8-byte experimenter ones)."""
+    want = ofp.oxm_from_user_header(name)
+    if not isinstance(want, int) or _XID.unpack_from(buf, header_at)[0] >> 9 != want:
+        raise EncodeError(f"field {name} has no 4-byte NXM/OXM header")
+
+
+def _load_slots(a: fl.Load, buf: bytes, off: int, expr: str) -> list[Slot]:
+    # nx_action_reg_load: header(10) ofs_nbits(2) dst(4, shape) value(8)
+    _check_nxm_header(a.field, off + 12, buf)
+    return [(off + 10, "H", f"({expr}.ofs << 6 | ({expr}.nbits - 1))"),
+            (off + 16, "Q", f"{expr}.value")]
+
+
+def _conjunction_osken(a: fl.Conjunction) -> Any:
+    # the wire carries the clause 0-based: OVS shows clause+1 ("conjunction(id,k/n)")
+    return ofpp.NXActionConjunction(clause=a.clause - 1, n_clauses=a.n_clauses, id_=a.conj_id)
+
+
+class _NXActionNAT(ofpp.NXActionNAT):  # type: ignore[misc, name-defined]
+    """os-ken's NXActionNAT without its padding bug.
+
+    os-ken appends the NAT body unpadded (e.g. 22 bytes for one IPv4 address and one port)
+    while the header says the rounded-up length (24): an action after it inside ct()
+    (``exec(...)``) then starts 2 bytes early and OVS rejects the flow. Here the body is
+    padded to the length the header claims."""
+
+    def serialize_body(self) -> bytearray:
+        data = super().serialize_body()
+        data += bytes(-(_NX_ACTION_HEADER + len(data)) % 8)
+        return data
+
+
+_NX_ACTION_HEADER = 10  # type, len, experimenter, subtype
+# nx_action_nat flags (OVS include/openvswitch/ofp-actions.h; os-ken has no names for them)
+NX_NAT_F_SRC, NX_NAT_F_DST, NX_NAT_F_PERSISTENT = 1 << 0, 1 << 1, 1 << 2
+NX_NAT_F_PROTO_HASH, NX_NAT_F_PROTO_RANDOM = 1 << 3, 1 << 4
+_NAT_FLAGS = {None: 0, "src": NX_NAT_F_SRC, "dst": NX_NAT_F_DST}
+
+
+def nat_flags(nat: fl.Nat) -> int:
+    """nx_action_nat flags: src/dst, persistent, random port selection."""
+    return (_NAT_FLAGS[nat.kind] | (NX_NAT_F_PERSISTENT if nat.persistent else 0)
+            | (NX_NAT_F_PROTO_RANDOM if nat.random else 0))
+
+
+def _nat_osken(n: fl.Nat) -> Any:
+    lo, hi = n.ip_min or "", n.ip_max or ""
+    v4, v6 = (lo, hi) if n.version == 4 else ("", ""), (lo, hi) if n.version == 6 else ("", "")
+    return _NXActionNAT(flags=nat_flags(n), range_ipv4_min=v4[0], range_ipv4_max=v4[1],
+                        range_ipv6_min=v6[0], range_ipv6_max=v6[1],
+                        range_proto_min=n.port_min, range_proto_max=n.port_max)
+
+
+def _nat_slots(n: fl.Nat, buf: bytes, off: int, expr: str) -> list[Slot]:
+    # nx_action_nat: header(10) pad(2) flags(2) range_present(2, shape) then the present
+    # parts in order: ip min, ip max (4 or 16 bytes each), port min, port max (2 each)
+    slots: list[Slot] = [(off + 12, "H", f"_nat_flags({expr})")]
+    at = off + 16
+    if n.ip_min is not None:
+        fmt, conv = ("4s", "_ip4") if n.version == 4 else ("16s", "_ip6")
+        size = struct.calcsize(fmt)
+        slots.append((at, fmt, f"{conv}({expr}.ip_min)"))
+        at += size
+        if n.ip_max is not None:
+            slots.append((at, fmt, f"{conv}({expr}.ip_max)"))
+            at += size
+    if n.port_min is not None:
+        slots.append((at, "H", f"{expr}.port_min"))
+        at += 2
+    if n.port_max is not None:
+        slots.append((at, "H", f"{expr}.port_max"))
+    return slots
+
+
+def _ct_osken(a: fl.Ct) -> Any:
+    flags = (nicira_ext.NX_CT_F_COMMIT if a.commit else 0) | \
+        (nicira_ext.NX_CT_F_FORCE if a.force else 0)
+    nested = ([] if a.nat is None else [_nat_osken(a.nat)]) + osken_actions(a.exec)
+    if a.zone_field is None:
+        zone_src, zone = "", a.zone
+    else:
+        zone_src, zone = a.zone_field, a.zone_ofs << 6 | 15
+    table = nicira_ext.NX_CT_RECIRC_NONE if a.table is None else a.table
+    return ofpp.NXActionCT(flags=flags, zone_src=zone_src, zone_ofs_nbits=zone,
+                           recirc_table=table, alg=a.alg, actions=nested)
+
+
+def _ct_slots(a: fl.Ct, buf: bytes, off: int, expr: str) -> list[Slot]:
+    # nx_action_conntrack: header(10) flags(2) zone_src(4) zone_ofs_nbits/zone_imm(2)
+    # recirc_table(1) pad(3) alg(2), then the nested actions (nat first, then exec).
+    # flags, zone_src and alg are shape (constants of the template).
+    if a.zone_field is not None:
+        _check_nxm_header(a.zone_field, off + 12, buf)
+    zone = f"{expr}.zone" if a.zone_field is None else f"({expr}.zone_ofs << 6 | 15)"
+    slots: list[Slot] = [
+        (off + 16, "H", zone),
+        (off + 18, "B", f"({nicira_ext.NX_CT_RECIRC_NONE} if {expr}.table is None "
+                        f"else {expr}.table)")]
+    (length,) = struct.unpack_from("!H", buf, off + 2)
+    at = off + 24
+    if a.nat is not None:
+        slots += _nat_slots(a.nat, buf, at, f"{expr}.nat")
+        at += struct.unpack_from("!H", buf, at + 2)[0]
+    for k, inner in enumerate(a.exec):
+        slots += _codec(inner).slots(inner, buf, at, f"{expr}.exec[{k}]")
+        at += struct.unpack_from("!H", buf, at + 2)[0]
+    if at != off + length:
+        raise EncodeError("os-ken ct action layout not understood")
+    return slots
+
+
+def _no_slots(a: object, buf: bytes, off: int, expr: str) -> list[Slot]:
+    return []
+
+
 ACTION_CODECS: dict[type, ActionCodec] = {
     fl.Output: ActionCodec(lambda a: ofpp.OFPActionOutput(a.port, 0),
                            lambda a, b, o, e: [(o + 4, "I", f"{e}.port")]),
@@ -138,7 +267,7 @@ ACTION_CODECS: dict[type, ActionCodec] = {
                              _set_field_slots),
     fl.PushVlan: ActionCodec(lambda a: ofpp.OFPActionPushVlan(a.ethertype),
                              lambda a, b, o, e: [(o + 4, "H", f"{e}.ethertype")]),
-    fl.PopVlan: ActionCodec(lambda a: ofpp.OFPActionPopVlan(), lambda a, b, o, e: []),
+    fl.PopVlan: ActionCodec(lambda a: ofpp.OFPActionPopVlan(), _no_slots),
     fl.Group: ActionCodec(lambda a: ofpp.OFPActionGroup(a.group_id),
                           lambda a, b, o, e: [(o + 4, "I", f"{e}.group_id")]),
     fl.Resubmit: ActionCodec(
@@ -148,8 +277,18 @@ ACTION_CODECS: dict[type, ActionCodec] = {
     fl.Move: ActionCodec(
         lambda a: ofpp.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits,
                                        src_ofs=a.src_ofs, dst_ofs=a.dst_ofs),
-        lambda a, b, o, e: []),  # all of it is shape
-    fl.DecTtl: ActionCodec(lambda a: ofpp.OFPActionDecNwTtl(), lambda a, b, o, e: []),
+        _no_slots),  # all of it is shape
+    fl.DecTtl: ActionCodec(lambda a: ofpp.OFPActionDecNwTtl(), _no_slots),
+    fl.Load: ActionCodec(_load_osken, _load_slots),
+    # nx_action_conjunction: header(10) clause(1, 0-based) n_clauses(1) id(4)
+    fl.Conjunction: ActionCodec(
+        _conjunction_osken,
+        lambda a, b, o, e: [(o + 10, "B", f"({e}.clause - 1)"), (o + 11, "B", f"{e}.n_clauses"),
+                            (o + 12, "I", f"{e}.conj_id")]),
+    fl.SetQueue: ActionCodec(lambda a: ofpp.OFPActionSetQueue(a.queue_id),
+                             lambda a, b, o, e: [(o + 4, "I", f"{e}.queue_id")]),
+    fl.Ct: ActionCodec(_ct_osken, _ct_slots),
+    fl.CtClear: ActionCodec(lambda a: ofpp.NXActionCTClear(), _no_slots),
 }
 
 
@@ -172,6 +311,8 @@ def osken_match(m: fl.Match) -> Any:
 def osken_flow_mod(flow: fl.OfFlow, command: Command, xid: int = 0) -> Any:
     """The os-ken OFPFlowMod for ``flow`` (slow; used once per shape and for debugging)."""
     inst: list[Any] = []
+    if flow.meter is not None:  # OpenFlow 1.3 order: meter, apply-actions, ..., goto
+        inst.append(ofpp.OFPInstructionMeter(flow.meter, ofp.OFPIT_METER))
     if flow.actions:
         inst.append(ofpp.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
                                                osken_actions(flow.actions)))
@@ -255,6 +396,8 @@ def _instruction_slots(buf: bytes, flow: fl.OfFlow, off: int) -> list[Slot]:
                       (off + 16, "Q", "f.write_metadata[1]")]
         elif itype == ofp.OFPIT_GOTO_TABLE:
             slots.append((off + 4, "B", "f.goto"))
+        elif itype == ofp.OFPIT_METER:
+            slots.append((off + 4, "I", "f.meter"))
         else:
             raise EncodeError(f"unexpected instruction type {itype}")
         off += ilen
@@ -265,7 +408,7 @@ def _compile(blank: bytes, slots: list[Slot]) -> tuple[PackFn, str]:
     """Generate ``pack(buf, off, f, xid, cmd)``: one pack_into over all variable fields."""
     slots = sorted(slots)
     namespace: dict[str, Any] = {"_mac": _mac, "_ip4": _ip4, "_ip6": _ip6,
-                                 "_port16": _port16}
+                                 "_port16": _port16, "_nat_flags": nat_flags}
     fmt, args = "!", []
     start = pos = slots[0][0]
     for off, slot_fmt, expr in slots:
@@ -400,3 +543,46 @@ def encode_bundle(ops: Sequence[tuple[Command, fl.OfFlow]], bundle_id: int, xid_
     xid += len(ops)
     parts.append(bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, xid & 0xFFFFFFFF, flags))
     return b"".join(parts)
+
+
+# ---- meters ---------------------------------------------------------------------------------
+MeterCommand = Literal["add", "modify", "delete"]
+METER_COMMANDS: dict[str, int] = {
+    "add": ofp.OFPMC_ADD,
+    "modify": ofp.OFPMC_MODIFY,
+    "delete": ofp.OFPMC_DELETE,
+}
+
+
+def meter_flags(meter: fl.OfMeter) -> int:
+    """OFPMF_* flags of ``meter``: its unit, burst if it has one, always stats (as
+    ``str(meter)`` says)."""
+    unit = ofp.OFPMF_KBPS if meter.unit == "kbps" else ofp.OFPMF_PKTPS
+    return unit | ofp.OFPMF_STATS | (ofp.OFPMF_BURST if meter.burst else 0)
+
+
+def osken_meter_mod(command: MeterCommand, meter: fl.OfMeter, xid: int = 0) -> Any:
+    """The OFPT_METER_MOD for one meter (a delete carries only the meter id)."""
+    if command == "delete":
+        msg = ofpp.OFPMeterMod(DATAPATH, ofp.OFPMC_DELETE, 0, meter.meter_id, [])
+    else:
+        band = ofpp.OFPMeterBandDrop(rate=meter.rate, burst_size=meter.burst)
+        msg = ofpp.OFPMeterMod(DATAPATH, METER_COMMANDS[command], meter_flags(meter),
+                               meter.meter_id, [band])
+    msg.set_xid(xid)
+    return msg
+
+
+def encode_meter_mod(command: MeterCommand, meter: fl.OfMeter, xid: int) -> bytes:
+    """OFPT_METER_MOD bytes (few messages: plain os-ken serialization)."""
+    msg = osken_meter_mod(command, meter, xid)
+    msg.serialize()
+    return bytes(msg.buf)
+
+
+def delete_all_meters_mod(xid: int) -> bytes:
+    """OFPMC_DELETE of every meter (meter_id = OFPM_ALL)."""
+    msg = ofpp.OFPMeterMod(DATAPATH, ofp.OFPMC_DELETE, 0, ofp.OFPM_ALL, [])
+    msg.set_xid(xid)
+    msg.serialize()
+    return bytes(msg.buf)

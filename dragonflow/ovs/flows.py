@@ -375,9 +375,264 @@ class DecTtl:
         return "dec_ttl"
 
 
-Action = Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit | Move | DecTtl
+# fields whose OpenFlow 1.3 header is an 8-byte ONF experimenter OXM: the Nicira actions
+# that name a field in 4 bytes (reg_load, ct's zone source) cannot carry them
+_EXPERIMENTER_OXM = frozenset({"tcp_flags", "actset_output"})
+
+
+def _check_bits(what: str, name: str, ofs: int, nbits: int) -> None:
+    if name not in FIELDS:
+        raise ValueError(f"{what}: unknown field {name!r}")
+    if name in _EXPERIMENTER_OXM:
+        raise ValueError(f"{what}: field {name} has no 4-byte NXM/OXM header")
+    width = 8 * FIELDS[name].nbytes
+    if nbits <= 0 or ofs < 0 or ofs + nbits > width:
+        raise ValueError(f"{what}: bits {ofs}..{ofs + nbits - 1} do not fit {name} "
+                         f"({width} bits)")
+
+
+def _bits_text(name: str, ofs: int, nbits: int) -> str:
+    spec = FIELDS[name]
+    if ofs == 0 and nbits == 8 * spec.nbytes:
+        return f"{spec.ofctl}[]"
+    if nbits == 1:
+        return f"{spec.ofctl}[{ofs}]"
+    return f"{spec.ofctl}[{ofs}..{ofs + nbits - 1}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Nicira reg_load: write ``value`` into bits ``ofs .. ofs+nbits-1`` of ``field``
+    (the other bits are kept). ``value`` fits ``nbits`` and at most 64 bits."""
+
+    field: str
+    value: int
+    ofs: int = 0
+    nbits: int = 32
+
+    def __post_init__(self) -> None:
+        _check_bits("load", self.field, self.ofs, self.nbits)
+        if self.nbits > 64:
+            raise ValueError(f"load: at most 64 bits at a time, not {self.nbits}")
+        _check_range(f"load value for {self.nbits} bits", self.value, self.nbits)
+
+    def __str__(self) -> str:
+        return f"load:{self.value:#x}->{_bits_text(self.field, self.ofs, self.nbits)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Conjunction:
+    """Conjunctive match: this flow is clause ``clause`` (1-based) of ``n_clauses`` of the
+    conjunction ``conj_id`` (matched later as ``conj_id=<id>``)."""
+
+    conj_id: int
+    clause: int
+    n_clauses: int
+
+    def __post_init__(self) -> None:
+        _check_range("conjunction id", self.conj_id, 32)
+        if not 2 <= self.n_clauses <= 64 or not 1 <= self.clause <= self.n_clauses:
+            raise ValueError(f"conjunction({self.conj_id},{self.clause}/{self.n_clauses}): "
+                             f"need 1 <= k <= n, 2 <= n <= 64")
+
+    def __str__(self) -> str:
+        return f"conjunction({self.conj_id},{self.clause}/{self.n_clauses})"
+
+
+@dataclass(frozen=True, slots=True)
+class SetQueue:
+    queue_id: int
+
+    def __post_init__(self) -> None:
+        _check_range("queue id", self.queue_id, 32)
+
+    def __str__(self) -> str:
+        return f"set_queue:{self.queue_id}"
+
+
+NatKind = Literal["src", "dst"]
+
+
+@dataclass(frozen=True, slots=True)
+class Nat:
+    """NAT inside :class:`Ct`: ``kind`` None = un-NAT an existing NATted connection
+    (``nat`` without arguments); "src"/"dst" with an address range (IPv4 or IPv6, both
+    ends of one family; ``ip_max`` None = one address) and an optional L4 port range."""
+
+    kind: NatKind | None = None
+    ip_min: str | None = None
+    ip_max: str | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+    persistent: bool = False
+    random: bool = False  # port selection: hash (False) or random
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            if any(v is not None for v in (self.ip_min, self.ip_max, self.port_min,
+                                           self.port_max)):
+                raise ValueError("nat without src/dst takes no range")
+            return
+        if self.kind not in ("src", "dst"):
+            raise ValueError(f"nat kind must be 'src' or 'dst', not {self.kind!r}")
+        if self.ip_min is None:
+            if self.ip_max is not None or self.port_min is not None:
+                raise ValueError("nat: a port range needs an address range")
+            return
+        lo = ipaddress.ip_address(self.ip_min)
+        object.__setattr__(self, "ip_min", str(lo))
+        if self.ip_max is not None:
+            hi = ipaddress.ip_address(self.ip_max)
+            if hi.version != lo.version or int(hi) < int(lo):
+                raise ValueError(f"nat: bad address range {self.ip_min}-{self.ip_max}")
+            object.__setattr__(self, "ip_max", str(hi))
+        if self.port_max is not None and self.port_min is None:
+            raise ValueError("nat: port_max without port_min")
+        for p in (self.port_min, self.port_max):
+            if p is not None and (not isinstance(p, int) or isinstance(p, bool)
+                                  or not 1 <= p <= 0xFFFF):
+                # OVS rejects port 0 (OFPBAC_BAD_ARGUMENT); ovs-ofctl drops it silently
+                raise ValueError(f"nat port must be 1..65535, got {p!r}")
+        if (self.port_min is not None and self.port_max is not None
+                and self.port_max < self.port_min):
+            raise ValueError(f"nat: bad port range {self.port_min}-{self.port_max}")
+
+    @property
+    def version(self) -> int | None:
+        return None if self.ip_min is None else ipaddress.ip_address(self.ip_min).version
+
+    def __str__(self) -> str:
+        if self.kind is None:
+            return "nat"
+        text = f"nat({self.kind}"
+        if self.ip_min is not None:
+            # IPv6 in brackets when a range or port follows (as OVS prints it)
+            brackets = self.version == 6 and (self.ip_max is not None
+                                              or self.port_min is not None)
+            lo = f"[{self.ip_min}]" if brackets else self.ip_min
+            text += f"={lo}"
+            if self.ip_max is not None:
+                hi = f"[{self.ip_max}]" if brackets else self.ip_max
+                text += f"-{hi}"
+            if self.port_min is not None:
+                text += f":{self.port_min}"
+                if self.port_max is not None:
+                    text += f"-{self.port_max}"
+        if self.persistent:
+            text += ",persistent"
+        if self.random:
+            text += ",random"
+        return text + ")"
+
+
+_CT_ALGS = {0: "", 21: "ftp", 69: "tftp"}  # the ALG helpers OVS has
+
+
+@dataclass(frozen=True, slots=True)
+class Ct:
+    """Send the packet through the connection tracker (Nicira ct action).
+
+    ``zone``: an immediate zone (int), or ``zone_field`` bits ``zone_ofs`` .. +16 of a
+    register; ``table``: recirculate the packet, with its ct_state set, into that table
+    (None: continue without the ct fields); ``commit`` the connection (only then may
+    ``exec`` set ct_mark / ct_label with :class:`Load` or :class:`SetField`, and ``force``
+    end an existing connection of the other direction first); ``nat``: translate."""
+
+    commit: bool = False
+    zone: int = 0
+    zone_field: str | None = None
+    zone_ofs: int = 0
+    table: int | None = None
+    nat: Nat | None = None
+    exec: tuple[Load | SetField, ...] = ()
+    force: bool = False
+    alg: int = 0  # 0, or the L4 port of an ALG helper (21 = ftp, 69 = tftp)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.exec, tuple):
+            object.__setattr__(self, "exec", tuple(self.exec))
+        if self.zone_field is not None:
+            _check_bits("ct zone", self.zone_field, self.zone_ofs, 16)
+            if self.zone:
+                raise ValueError("ct: zone and zone_field are exclusive")
+        else:
+            _check_range("ct zone", self.zone, 16)
+        if self.table is not None:
+            _check_range("ct table", self.table, 8)
+            if self.table == 0xFF:
+                raise ValueError("ct table 255 is not a real table")
+        if (self.exec or self.force) and not self.commit:
+            raise ValueError("ct: exec and force need commit")
+        if self.nat is not None and self.nat.kind is not None and not self.commit:
+            # OVS: OFPBAC_BAD_ARGUMENT; only the un-NAT lookup (plain "nat") may skip it
+            raise ValueError("ct: nat(src/dst) needs commit")
+        for a in self.exec:
+            if not isinstance(a, (Load, SetField)) or a.field not in ("ct_mark", "ct_label"):
+                raise ValueError(f"ct exec may only set ct_mark / ct_label, not {a}")
+        if self.alg not in _CT_ALGS:
+            raise ValueError(f"ct alg must be 0, 21 (ftp) or 69 (tftp), not {self.alg!r}")
+
+    def __str__(self) -> str:
+        args: list[str] = []
+        if self.commit:
+            args.append("commit")
+        if self.force:
+            args.append("force")
+        if self.zone_field is not None:
+            args.append(f"zone={_bits_text(self.zone_field, self.zone_ofs, 16)}")
+        elif self.zone:
+            args.append(f"zone={self.zone}")
+        if self.table is not None:
+            args.append(f"table={self.table}")
+        if self.alg:
+            args.append(f"alg={_CT_ALGS[self.alg]}")  # ovs-ofctl takes only the names
+        if self.nat is not None:
+            args.append(str(self.nat))
+        if self.exec:
+            args.append("exec(" + ",".join(str(a) for a in self.exec) + ")")
+        return "ct(" + ",".join(args) + ")"
+
+
+@dataclass(frozen=True, slots=True)
+class CtClear:
+    """Forget the packet's conntrack state (so a later ct() looks it up afresh)."""
+
+    def __str__(self) -> str:
+        return "ct_clear"
+
+
+Action = (Output | Controller | SetField | PushVlan | PopVlan | Group | Resubmit | Move
+          | DecTtl | Load | Conjunction | SetQueue | Ct | CtClear)
 ACTION_TYPES: tuple[type, ...] = (Output, Controller, SetField, PushVlan, PopVlan, Group,
-                                  Resubmit, Move, DecTtl)
+                                  Resubmit, Move, DecTtl, Load, Conjunction, SetQueue, Ct,
+                                  CtClear)
+
+
+@dataclass(frozen=True, slots=True)
+class OfMeter:
+    """An OpenFlow 1.3 meter with one drop band: ``rate`` packets/s (``unit`` "pktps") or
+    kbit/s ("kbps"), ``burst`` in the same unit (0: the switch's default)."""
+
+    meter_id: int
+    rate: int
+    burst: int = 0
+    unit: Literal["pktps", "kbps"] = "pktps"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.meter_id <= 0xFFFF0000:
+            raise ValueError(f"meter id must be 1..0xffff0000, got {self.meter_id!r}")
+        _check_range("meter rate", self.rate, 32)
+        _check_range("meter burst", self.burst, 32)
+        if self.rate == 0:
+            raise ValueError("meter rate must be > 0")
+        if self.unit not in ("pktps", "kbps"):
+            raise ValueError(f"meter unit must be pktps or kbps, not {self.unit!r}")
+
+    def __str__(self) -> str:
+        burst = f",burst_size={self.burst}" if self.burst else ""
+        flags = "burst," if self.burst else ""
+        return (f"meter={self.meter_id},{self.unit},{flags}stats,"
+                f"bands=type=drop,rate={self.rate}{burst}")
 
 
 # ---- the flow -----------------------------------------------------------------------------
@@ -397,6 +652,7 @@ class OfFlow:
     actions: tuple[Action, ...] = ()
     goto: int | None = None
     write_metadata: tuple[int, int] | None = None  # (value, mask)
+    meter: int | None = None  # OpenFlow 1.3 meter instruction (meter id)
     cookie: int = 0
     idle_timeout: int = 0
     hard_timeout: int = 0
@@ -421,13 +677,15 @@ class OfFlow:
                 raise ValueError(f"not an action: {action!r}")
         if self.goto is not None:
             _check_range("goto", self.goto, 8)
+        if self.meter is not None and not 1 <= self.meter <= 0xFFFF0000:
+            raise ValueError(f"meter id must be 1..0xffff0000, got {self.meter!r}")
         if self.write_metadata is not None:
             value, mask = self.write_metadata
             _check_range("write_metadata value", value, 64)
             _check_range("write_metadata mask", mask, 64)
         object.__setattr__(self, "_hash", hash((self.table, self.priority, self.match,
                                                 self.actions, self.goto,
-                                                self.write_metadata, self.cookie,
+                                                self.write_metadata, self.meter, self.cookie,
                                                 self.idle_timeout, self.hard_timeout)))
         object.__setattr__(self, "shape", shape_id(flow_shape(self)))
 
@@ -450,7 +708,8 @@ class OfFlow:
         if self.idle_timeout or self.hard_timeout:
             parts.append("send_flow_rem")  # the encoder asks OVS to report expiry
         parts += [match_text(e) for e in self.match]
-        acts = [str(a) for a in self.actions]
+        acts = [] if self.meter is None else [f"meter:{self.meter}"]
+        acts += [str(a) for a in self.actions]
         if self.write_metadata is not None:
             acts.append(f"write_metadata:{self.write_metadata[0]:#x}/"
                         f"{self.write_metadata[1]:#x}")
@@ -459,13 +718,27 @@ class OfFlow:
         return ",".join(parts) + ",actions=" + (",".join(acts) if acts else "drop")
 
 
+def _nat_shape(nat: Nat | None) -> object:
+    if nat is None:
+        return None
+    return (nat.version, nat.ip_max is not None, nat.port_min is not None,
+            nat.port_max is not None)
+
+
 def action_shape(action: Action) -> object:
-    """What fixes an action's wire layout: its type, the field of a set_field, all of a
-    move (its fields and width are encoded as constants)."""
+    """What fixes an action's wire layout: its type, the field of a set_field / load, all of
+    a move (its fields and width are encoded as constants); of a ct: its flags, zone source
+    field, alg, which NAT range parts are present and the shapes of its exec actions (zone,
+    table, NAT flags/addresses/ports and exec values are per-flow values)."""
     if type(action) is SetField:
         return action.field
     if type(action) is Move:
         return action
+    if type(action) is Load:
+        return (Load, action.field)
+    if type(action) is Ct:
+        return (Ct, action.commit, action.force, action.zone_field, action.alg,
+                _nat_shape(action.nat), tuple([action_shape(a) for a in action.exec]))
     return type(action)
 
 
@@ -474,7 +747,7 @@ def flow_shape(flow: OfFlow) -> tuple[object, ...]:
     presence, action shapes, which instructions exist. Encoder templates are per shape."""
     return (tuple([(name, mask is None) for name, _v, mask in flow.match]),
             tuple([action_shape(a) for a in flow.actions]),
-            flow.goto is None, flow.write_metadata is None)
+            flow.goto is None, flow.write_metadata is None, flow.meter is None)
 
 
 _SHAPE_IDS: dict[tuple[object, ...], int] = {}

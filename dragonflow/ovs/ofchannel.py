@@ -16,7 +16,9 @@ sent ~1000 messages per socket write while the next chunk is encoded.
 
 Errors: OVS answers a bad message with OFPT_ERROR carrying its xid. :meth:`barrier` raises
 :class:`OfError` for every error that arrived before its reply (use one writer thread, as
-the controller does). :meth:`install` maps each error's xid back to the flow that caused it.
+the controller does). :meth:`install` maps each error's xid back to the flow that caused it,
+:meth:`install_meters` to the meter (meter-mods go outside bundles: OVS 3.1 rejects them in
+one with ONFERR_ET_MSG_UNSUP).
 
 Callbacks (``on_packet_in``, ``on_flow_removed``, ``on_port_status``, ``on_disconnect``) run
 on the reader thread and should only enqueue. A callback that raises closes the channel and
@@ -40,7 +42,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
 from dragonflow.ovs import encode
-from dragonflow.ovs.flows import Action, OfFlow
+from dragonflow.ovs.flows import Action, OfFlow, OfMeter
 
 LOG = logging.getLogger(__name__)
 
@@ -106,14 +108,21 @@ class OfError(Exception):
     and ``op`` name the flow of the first one when the channel knows it."""
 
     def __init__(self, errors: Sequence[ErrorMsg], flow: OfFlow | None = None,
-                 op: str | None = None, context: str = "") -> None:
+                 op: str | None = None, context: str = "",
+                 failed: Sequence[tuple[str, OfFlow, ErrorMsg]] = (),
+                 meter: OfMeter | None = None) -> None:
         self.errors = tuple(errors)
         self.error = self.errors[0]
         self.flow = flow
+        self.meter = meter  # the meter of the first error of install_meters()
         self.op = op
+        # every (op, flow, error) of an install whose error names one of its flow-mods
+        self.failed = tuple(failed)
         text = f"OpenFlow error {self.error}"
         if flow is not None:
             text += f" for {op} {flow}"
+        elif meter is not None:
+            text += f" for {op} {meter}"
         if context:
             text += f" ({context})"
         if len(self.errors) > 1:
@@ -427,11 +436,47 @@ class OfChannel:
         # an error for a flow's xid is more telling than the bundle-level one
         ordered = sorted(errors, key=lambda e: not (0 <= (e.xid - first) % (1 << 32)
                                                     < len(ops)))
-        index = (ordered[0].xid - first) % (1 << 32)
-        if index < len(ops):
-            op, flow = ops[index]
-            return OfError(ordered, flow, op, context)
+        failed = []
+        for e in ordered:
+            index = (e.xid - first) % (1 << 32)
+            if index < len(ops):
+                failed.append((ops[index][0], ops[index][1], e))
+        if failed:
+            return OfError(ordered, failed[0][1], failed[0][0], context, failed)
         return OfError(ordered, context=context)
+
+    def install_meters(self, ops: Sequence[tuple[encode.MeterCommand, OfMeter]],
+                       timeout: float = 10.0) -> None:
+        """Send one OFPT_METER_MOD per op (in order), then wait for a barrier.
+
+        Not atomic: OVS (3.1) refuses meter-mods inside ONF bundles (ONFERR_ET_MSG_UNSUP),
+        so the ops OVS accepted stay applied when another is rejected. :class:`OfError`
+        names the meter (``.meter``) and op of the first rejection. Add meters before the
+        flows that use them (OVS rejects a flow naming a missing meter); deleting a meter
+        makes OVS delete the flows that use it (OpenFlow 1.3)."""
+        if not ops:
+            return
+        with self._install_lock:
+            first = self.reserve_xids(len(ops))
+            self.send(b"".join(encode.encode_meter_mod(op, meter, (first + i) & 0xFFFFFFFF)
+                               for i, (op, meter) in enumerate(ops)))
+            errors = self._barrier_errors(timeout)
+        if errors:
+            # an error naming one of our meter-mods first
+            ordered = sorted(errors, key=lambda e: not (0 <= (e.xid - first) % (1 << 32)
+                                                        < len(ops)))
+            index = (ordered[0].xid - first) % (1 << 32)
+            if index < len(ops):
+                op, meter = ops[index]
+                raise OfError(ordered, op=op, meter=meter)
+            raise OfError(ordered)
+
+    def delete_all_meters(self, timeout: float = 10.0) -> None:
+        """Delete every meter (OFPM_ALL) -- and so every flow that uses one -- and wait
+        for a barrier (:class:`OfError` if OVS rejects it)."""
+        with self._install_lock:
+            self.send(encode.delete_all_meters_mod(self.reserve_xids()))
+            self.barrier(timeout)
 
     def packet_out(self, in_port: int, data: bytes, actions: Sequence[Action]) -> None:
         """Send ``data`` through ``actions`` as if received on ``in_port``

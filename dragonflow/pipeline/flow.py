@@ -1,4 +1,4 @@
-"""Logical flows: what apps return. Stage names and logical keys, never table numbers.
+"""Logical flows: what apps return. Stage names and logical fields, never table numbers.
 
 A :class:`Flow` is a value (hashable, comparable): the same model snapshot always compiles
 to the same set of flows, which is what makes "incremental == full recompute" testable and
@@ -12,13 +12,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dragonflow.ovs.flows import Conjunction, CtClear, Nat, SetQueue
+
+__all__ = ["Conjunction", "CtClear", "Nat", "SetQueue"]  # ovs values valid as logical too
+
 MatchValue = int | str | tuple[int, int] | tuple[str, str]
 MatchSpec = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Goto:
+    """Continue in ``stage`` (declared in the flow's stage ``goto``; forward only)."""
+
     stage: str
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    """Continue in the stage that follows this one in the assembled pipeline (whichever
+    app owns it): how an app says "go on" without naming anyone else's stage."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +40,8 @@ class Resubmit:
 
 @dataclass(frozen=True, slots=True)
 class SetReg:
-    """Set a logical field (``out_port``, ``network``, ``in_port``, ``flags``)."""
+    """Set a logical field (pipeline/fields.py: ``out_port``, ``network``, ``from_tunnel``
+    ...): only its bits of the register are written."""
 
     field: str
     value: int
@@ -73,20 +86,48 @@ class Output:
 
 @dataclass(frozen=True, slots=True)
 class OutputTunnel:
-    """Physical stages only: encapsulate towards ``remote_ip`` with ``vni``."""
+    """Physical stages only: encapsulate towards ``remote_ip`` with ``vni`` out of the
+    tunnel port ``ofport``."""
 
-    tunnel_type: str
+    ofport: int
     remote_ip: str
     vni: int
 
 
 @dataclass(frozen=True, slots=True)
 class ToController:
-    pass
+    """Punt to the local controller: only in stages declared ``punt`` (their app handles
+    the packet-in)."""
 
 
-Action = (Goto | Resubmit | SetReg | SetField | Move | DecTtl | OutputInPort | Output
-          | OutputTunnel | ToController)
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """Police the flow's packets with the app's declared meter ``name``."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ct:
+    """Send the packet through conntrack in ``zone`` (a logical field, or an immediate
+    zone number) and, with ``table``, continue in that stage (a stage name or ``NEXT``)
+    with ct_state set; without ``table`` the packet continues in this flow's actions.
+    ``commit`` records the connection; with it ``mark`` / ``label`` = (value, mask) are
+    written into ct_mark / ct_label (the mask's set bits must be contiguous)."""
+
+    commit: bool = False
+    zone: str | int = "zone"
+    table: str | None = None
+    nat: Nat | None = None
+    mark: tuple[int, int] | None = None
+    label: tuple[int, int] | None = None
+    force: bool = False
+
+
+NEXT = "<next>"  # Ct(table=NEXT): recirculate into the next stage
+
+Action = (Goto | Next | Resubmit | SetReg | SetField | Move | DecTtl | OutputInPort | Output
+          | OutputTunnel | ToController | Meter | Ct | CtClear | Conjunction | SetQueue)
 
 
 @dataclass(frozen=True, slots=True)

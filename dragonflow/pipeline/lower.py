@@ -1,119 +1,257 @@
-"""Lowering: logical flows (stage names, logical keys) -> OpenFlow flows (tables, registers).
+"""Lowering: logical flows (stage names, logical fields) -> OpenFlow flows (tables, registers).
 
-Every flow is checked against its stage's declaration here: a logical field it matches or
-sets must be declared by the stage, gotos and resubmits must go where the stage says, and
-only physical stages may name ofports or tunnels. A violation is a programming error in an
-app and raises :class:`PipelineError` naming the flow.
+Every flow is checked here against its stage's declaration AND the app that produced it: the
+stage must be that app's, a field it matches or sets must be declared by the stage (a masked
+value only where the stage allows a mask), gotos and resubmits must go where the stage says,
+only physical stages may name ofports or tunnels, only punting stages may send to the
+controller. A violation raises :class:`PipelineError` naming the app, the owner and the flow
+(the engine then marks that owner failed; the rest of the chassis goes on).
+
+Logical fields become masked register matches and partial writes (reg_load / masked
+write-metadata); several fields of one register merge into one match entry.
+
+The cookie of every flow names its producer: ``cookie(app, owner)`` is 16 bits of a hash of
+the app name and 48 bits of a hash of the owner (hashlib: the same on every run and node),
+so a flow seen in ``ovs-ofctl dump-flows`` maps back to its app and NB object
+(``Lowering.owner_of_cookie`` and the controller's status file do the reverse lookup).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from functools import lru_cache
 
 from dragonflow.ovs import flows as of
 from dragonflow.pipeline import flow as lf
-from dragonflow.pipeline.stages import (
+from dragonflow.pipeline.fields import (
     HEADER_FIELDS,
-    PIPELINE,
-    REGISTERS,
+    LOGICAL_FIELDS,
+    PHYSICAL_FIELDS,
     SCRATCH,
-    Pipeline,
-    PipelineError,
+    STATE_FIELDS,
 )
+from dragonflow.pipeline.stages import OwnedStage, Pipeline, PipelineError
 
-ALL_ONES_64 = 2**64 - 1
-PHYSICAL_MATCH = {"in_ofport": "in_port", "tunnel_id": "tunnel_id"}
+PIPELINE_APP = "pipeline"  # owner app of the table-miss flows
+
+
+@lru_cache(maxsize=1 << 16)
+def _h(text: str, nbytes: int) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=nbytes).digest(), "big")
+
+
+def cookie(app: str, owner: str) -> int:
+    """64-bit flow cookie: app hash (16 bits) << 48 | owner hash (48 bits)."""
+    return (_h(app, 2) << 48) | _h(owner, 6)
+
+
+def app_cookie(app: str) -> int:
+    """The top 16 bits of every cookie of ``app``'s flows."""
+    return _h(app, 2)
+
+
+def app_of_cookie(value: int, apps: Iterable[str]) -> str | None:
+    return next((a for a in apps if _h(a, 2) == value >> 48), None)
+
+
+def _contiguous(mask: int) -> tuple[int, int]:
+    """(ofs, nbits) of a mask whose set bits are contiguous."""
+    if mask <= 0:
+        raise ValueError("empty mask")
+    ofs = (mask & -mask).bit_length() - 1
+    nbits = (mask >> ofs).bit_length()
+    if (mask >> ofs) != (1 << nbits) - 1:
+        raise ValueError(f"mask {mask:#x} is not one contiguous run of bits")
+    return ofs, nbits
 
 
 class Lowering:
-    def __init__(self, tunnel_ofports: dict[str, int], pipeline: Pipeline = PIPELINE) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
-        self.tunnel_ofports = tunnel_ofports
 
     def miss_flows(self) -> list[of.OfFlow]:
         out = []
-        for name, stage in self.p.stages.items():
-            goto = self.p.table[stage.miss[5:]] if stage.miss.startswith("goto:") else None
-            out.append(of.OfFlow(table=self.p.table[name], priority=0, match=of.match(),
-                                 goto=goto))
+        for name in self.p.order:
+            o = self.p.stages[name]
+            actions: tuple[of.Action, ...] = ()
+            goto = None
+            if o.stage.miss == "next":
+                nxt = self.p.next_stage(name)
+                assert nxt is not None
+                goto = self.p.table(nxt)
+            elif o.stage.miss == "controller":
+                actions = (of.Controller(),)
+            out.append(of.OfFlow(table=o.table, priority=0, match=of.match(),
+                                 actions=actions, goto=goto,
+                                 cookie=cookie(PIPELINE_APP, f"miss/{name}")))
         return out
 
-    def lower_all(self, flows: Iterable[lf.Flow]) -> list[of.OfFlow]:
-        return [self.lower(f) for f in flows] + self.miss_flows()
+    def lower_all(self, app: str, flows: Iterable[lf.Flow]) -> list[of.OfFlow]:
+        return [self.lower(app, f) for f in flows]
 
-    def lower(self, f: lf.Flow) -> of.OfFlow:
-        stage = self.p.stage(f.stage)
-
+    def lower(self, app: str, f: lf.Flow) -> of.OfFlow:
         def bad(reason: str) -> PipelineError:
-            return PipelineError(f"flow {f}: {reason}")
+            return PipelineError(f"app {app}: flow {f}: {reason}")
 
+        try:
+            o = self.p.stage(f.stage)
+        except PipelineError as e:
+            raise bad(str(e)) from None
+        if o.app != app:
+            raise bad(f"stage {f.stage} belongs to app {o.app}")
+        stage = o.stage
         fields: dict[str, object] = {}
+        regs: dict[str, tuple[int, int]] = {}  # register -> (value, mask) of logical fields
         for name, value in f.match:
-            if name in REGISTERS:
-                if name not in stage.matches:
-                    raise bad(f"stage {stage.name} does not declare a match on {name!r}")
-                fields[REGISTERS[name]] = value
-            elif name in PHYSICAL_MATCH:
+            masked = isinstance(value, tuple) or (isinstance(value, str) and "/" in value)
+            if name not in stage.matches:
+                raise bad(f"stage {stage.name} does not declare a match on {name!r}")
+            if masked and name not in stage.masked:
+                raise bad(f"stage {stage.name} does not declare {name!r} maskable")
+            if name in LOGICAL_FIELDS:
+                lfd = LOGICAL_FIELDS[name]
+                v, m = value if isinstance(value, tuple) else (value, (1 << lfd.nbits) - 1)
+                if not isinstance(v, int) or not isinstance(m, int) or not (
+                        0 <= v < 1 << lfd.nbits and 0 <= m < 1 << lfd.nbits):
+                    raise bad(f"{name}={value!r} does not fit {lfd.nbits} bits")
+                rv, rm = regs.get(lfd.register, (0, 0))
+                regs[lfd.register] = (rv | (v & m) << lfd.ofs, rm | m << lfd.ofs)
+            elif name in PHYSICAL_FIELDS:
                 if not stage.physical:
                     raise bad(f"{name!r} is physical; stage {stage.name} is not")
-                fields[PHYSICAL_MATCH[name]] = value
-            elif name in HEADER_FIELDS:
+                fields[PHYSICAL_FIELDS[name]] = value
+            elif name in HEADER_FIELDS or name in STATE_FIELDS:
                 fields[name] = value
             else:
                 raise bad(f"unknown match field {name!r}")
+        for reg, vm in regs.items():
+            fields[reg] = vm
         actions: list[of.Action] = []
         goto: int | None = None
-        write_metadata: tuple[int, int] | None = None
+        meta_value = meta_mask = 0
+        meter: int | None = None
         for i, a in enumerate(f.actions):
             if goto is not None:
                 raise bad("goto must be the last action")
-            if isinstance(a, lf.Goto):
+            if isinstance(a, lf.Next):
+                nxt = self.p.next_stage(stage.name)
+                if nxt is None:
+                    raise bad(f"stage {stage.name} is the last one: no next stage")
+                goto = self.p.table(nxt)
+            elif isinstance(a, lf.Goto):
                 if a.stage not in stage.goto:
                     raise bad(f"stage {stage.name} may not goto {a.stage!r}")
-                goto = self.p.table[a.stage]
+                goto = self.p.table(a.stage)
             elif isinstance(a, lf.Resubmit):
                 if a.stage not in stage.resubmit:
                     raise bad(f"stage {stage.name} may not resubmit to {a.stage!r}")
-                actions.append(of.Resubmit(self.p.table[a.stage]))
+                actions.append(of.Resubmit(self.p.table(a.stage)))
             elif isinstance(a, lf.SetReg):
-                if a.field not in stage.sets:
+                target = LOGICAL_FIELDS.get(a.field)
+                if target is None or a.field not in stage.sets:
                     raise bad(f"stage {stage.name} does not declare setting {a.field!r}")
-                if REGISTERS[a.field] == "metadata":
-                    write_metadata = (a.value, ALL_ONES_64)
+                if not isinstance(a.value, int) or not 0 <= a.value < 1 << target.nbits:
+                    raise bad(f"{a.field}={a.value!r} does not fit {target.nbits} bits")
+                if target.register == "metadata":
+                    meta_value |= a.value << target.ofs
+                    meta_mask |= target.mask
+                elif target.whole:
+                    actions.append(of.SetField(target.register, a.value))
                 else:
-                    actions.append(of.SetField(REGISTERS[a.field], a.value))
+                    actions.append(of.Load(target.register, a.value, target.ofs,
+                                           target.nbits))
             elif isinstance(a, lf.SetField):
-                if a.field not in HEADER_FIELDS:
-                    raise bad(f"SetField of non-header field {a.field!r}")
-                actions.append(of.SetField(a.field, a.value))
+                if a.field not in HEADER_FIELDS or a.field not in stage.sets:
+                    raise bad(f"stage {stage.name} does not declare setting {a.field!r}")
+                actions.append(self._of(bad, of.SetField, a.field, a.value))
             elif isinstance(a, lf.Move):
-                for fname in (a.src, a.dst):
-                    if fname not in HEADER_FIELDS and fname not in SCRATCH:
-                        raise bad(f"move of {fname!r}: only header fields and scratch regs")
-                actions.append(of.Move(a.src, a.dst, a.n_bits, a.src_ofs, a.dst_ofs))
+                for fname, role in ((a.src, "src"), (a.dst, "dst")):
+                    ok = fname in SCRATCH or (fname in HEADER_FIELDS and (
+                        fname in stage.sets if role == "dst" else True))
+                    if not ok:
+                        raise bad(f"move {role} {fname!r}: only scratch registers and "
+                                  f"header fields the stage declares")
+                actions.append(self._of(bad, of.Move, a.src, a.dst, a.n_bits, a.src_ofs,
+                                        a.dst_ofs))
             elif isinstance(a, lf.DecTtl):
                 actions.append(of.DecTtl())
             elif isinstance(a, lf.OutputInPort):
                 actions.append(of.Output(of.OFPP_IN_PORT))
             elif isinstance(a, lf.ToController):
+                if not stage.punt:
+                    raise bad(f"stage {stage.name} is not declared punt: no packet-in handler")
                 actions.append(of.Controller())
+            elif isinstance(a, lf.Meter):
+                if meter is not None:
+                    raise bad("one meter per flow")
+                meter = self.p.meter_id(app, a.name)
+                if meter is None:
+                    raise bad(f"app {app} declares no meter {a.name!r}")
+            elif isinstance(a, lf.Ct):
+                actions.append(self._ct(bad, o, a))
+            elif isinstance(a, (of.CtClear, of.Conjunction, of.SetQueue)):
+                actions.append(a)
             elif isinstance(a, (lf.Output, lf.OutputTunnel)):
                 if not stage.physical:
                     raise bad(f"action {i} is physical; stage {stage.name} is not")
                 if isinstance(a, lf.Output):
                     actions.append(of.Output(a.ofport))
                 else:
-                    ofport = self.tunnel_ofports.get(a.tunnel_type)
-                    if ofport is None:
-                        raise bad(f"no {a.tunnel_type} tunnel port on this chassis")
-                    actions += [of.SetField("tun_ipv4_dst", a.remote_ip),
-                                of.SetField("tunnel_id", a.vni), of.Output(ofport)]
+                    actions += [self._of(bad, of.SetField, "tun_ipv4_dst", a.remote_ip),
+                                self._of(bad, of.SetField, "tunnel_id", a.vni),
+                                of.Output(a.ofport)]
             else:
                 raise bad(f"unknown action {a!r}")
+        if any(isinstance(a, of.Conjunction) for a in actions) and (
+                goto is not None or meta_mask or meter is not None
+                or not all(isinstance(a, of.Conjunction) for a in actions)):
+            raise bad("a conjunction clause flow has only conjunction actions")
         try:
-            m = of.match(**fields)
+            return of.OfFlow(table=o.table, priority=f.priority, match=of.match(**fields),
+                             actions=tuple(actions), goto=goto,
+                             write_metadata=(meta_value, meta_mask) if meta_mask else None,
+                             meter=meter, cookie=cookie(app, f.owner),
+                             idle_timeout=f.idle_timeout)
         except ValueError as e:
             raise bad(str(e)) from None
-        return of.OfFlow(table=self.p.table[stage.name], priority=f.priority, match=m,
-                         actions=tuple(actions), goto=goto, write_metadata=write_metadata,
-                         idle_timeout=f.idle_timeout)
+
+    @staticmethod
+    def _of(bad, cls, *args):  # type: ignore[no-untyped-def]
+        try:
+            return cls(*args)
+        except ValueError as e:
+            raise bad(str(e)) from None
+
+    def _ct(self, bad, o: OwnedStage, a: lf.Ct) -> of.Ct:  # type: ignore[no-untyped-def]
+        stage = o.stage
+        table: int | None = None
+        if a.table is not None:
+            target = self.p.next_stage(stage.name) if a.table == lf.NEXT else a.table
+            if target is None:
+                raise bad(f"ct(table=next) in the last stage {stage.name}")
+            if a.table != lf.NEXT and target not in stage.goto:
+                raise bad(f"stage {stage.name} may not continue ct() in {target!r}")
+            table = self.p.table(target)
+        zone_field, zone_ofs, zone = None, 0, 0
+        if isinstance(a.zone, str):
+            lfd = LOGICAL_FIELDS.get(a.zone)
+            if lfd is None or lfd.nbits != 16:
+                raise bad(f"ct zone {a.zone!r} is not a 16-bit logical field")
+            zone_field, zone_ofs = lfd.register, lfd.ofs
+        else:
+            zone = a.zone
+        execs: list[of.Load | of.SetField] = []
+        for fname, vm, width in (("ct_mark", a.mark, 32), ("ct_label", a.label, 128)):
+            if vm is None:
+                continue
+            value, mask = vm
+            try:
+                ofs, nbits = _contiguous(mask)
+            except ValueError as e:
+                raise bad(f"{fname}: {e}") from None
+            if ofs + nbits > width or nbits > 64 or value & ~mask:
+                raise bad(f"{fname} value {value:#x}/{mask:#x} does not fit")
+            execs.append(of.Load(fname, value >> ofs, ofs, nbits))
+        return self._of(bad, of.Ct, a.commit, zone, zone_field, zone_ofs, table, a.nat,
+                        tuple(execs), a.force)

@@ -1,124 +1,223 @@
-"""The pipeline, declared once as data: the only place that knows the order of the stages.
+"""The pipeline, assembled from what the enabled apps declare.
 
-Each :class:`Stage` says which app owns it, which logical fields its flows may match and set,
-which stages its flows may ``goto`` (OpenFlow only allows forward gotos) or ``resubmit`` to,
-and what a table miss does. Table numbers and registers are derived here and checked when
-the module is imported, so a bad declaration fails at start-up, not in the datapath; every
-flow is checked against its stage when it is lowered (see pipeline/physical.py).
+Every app declares the :class:`Stage` s it owns: the name, its place relative to other
+stages (``after`` / ``before``), the logical fields (pipeline/fields.py) and header fields its
+flows may match (``masked``: which of them may carry a mask or prefix) and set, the stages
+other than the next one its flows may ``goto`` (forward) or ``resubmit`` to, whether its
+flows may punt to the controller (the app then handles those packet-ins), and what a table
+miss does (``drop``, ``next`` or ``controller``). Apps may also declare meters.
 
-Registers (logical field -> OXM field):
-    network    metadata  the network's unique key (set by classify; rewritten by routing)
-    in_port    reg6      the source logical port's unique key (0 for tunnel/unknown)
-    out_port   reg7      the destination logical port's unique key (set by l2/l3 lookup)
-    router     reg5      the router whose interface MAC the packet was sent to (l2_lookup)
-    flags      reg10     bit 0: arrived from a tunnel (never sent back into one)
+:meth:`Pipeline.assemble` orders the stages (the declarations must determine ONE order: two
+stages with no declared order between them are an error, so the order never depends on
+which app loaded first), numbers the tables, and checks everything: one owner per stage,
+gotos only forward and only to declared stages, no unknown field. Every error names the
+app and the stage. Lowering (pipeline/lower.py) then checks every flow against its stage
+and against the app that produced it: an app cannot put a flow into another app's stage.
 
-The path of a packet:  classify -> arp_responder -> nd_responder -> l2_lookup
-    -> (to a router interface MAC) l3_input -> l3_lookup -> egress
-    -> (anything else)                                      egress
+The core apps give this pipeline (``df-controller`` logs it at start-up)::
+
+    classify (physical) -> arp_responder (arp) -> nd_responder (nd) -> l2_lookup (l2)
+      -> l3_input (icmp) -> l3_lookup (l3) -> egress (physical)
+
+Frames to a router interface MAC go l2_lookup -> l3_input; all others l2_lookup -> egress;
+frames from a tunnel go classify -> l2_lookup.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
 
-REGISTERS: dict[str, str] = {
-    "network": "metadata",
-    "in_port": "reg6",
-    "out_port": "reg7",
-    "router": "reg5",
-    "flags": "reg10",
-}
-FLAG_FROM_TUNNEL = 0x1
-# Registers any stage may use as temporaries WITHIN one flow's actions (e.g. to swap two
-# addresses); their value means nothing to the next stage.
-SCRATCH = ("reg0", "reg1", "reg2", "reg3", "reg8", "reg9")
+from dragonflow.pipeline.fields import (
+    HEADER_FIELDS,
+    LOGICAL_FIELDS,
+    PHYSICAL_FIELDS,
+    STATE_FIELDS,
+)
 
-# Packet header fields every stage may match (OXM names, passed through unchanged).
-HEADER_FIELDS = frozenset({
-    "eth_src", "eth_dst", "eth_type", "vlan_vid", "ip_proto", "ipv4_src", "ipv4_dst",
-    "ipv6_src", "ipv6_dst", "arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha",
-    "icmpv4_type", "icmpv4_code", "icmpv6_type", "icmpv6_code", "ipv6_nd_target",
-    "tcp_src", "tcp_dst", "udp_src", "udp_dst", "ip_dscp", "nw_ttl",
-})
+Miss = Literal["drop", "next", "controller"]
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    owner: str
-    matches: frozenset[str] = frozenset()   # logical fields (REGISTERS keys) flows may match
-    sets: frozenset[str] = frozenset()      # logical fields flows may set
-    goto: tuple[str, ...] = ()              # stages a flow may continue in (forward only)
-    resubmit: tuple[str, ...] = ()          # stages a flow may resubmit to (any direction)
-    miss: str = "drop"                      # "drop", or "goto:<stage>"
-    physical: bool = False                  # may match/act on ofports and tunnels
+    after: tuple[str, ...] = ()     # comes after these stages (those not enabled are ignored)
+    before: tuple[str, ...] = ()    # comes before these stages (idem)
+    matches: frozenset[str] = frozenset()  # logical + header (+ state, physical) fields
+    masked: frozenset[str] = frozenset()   # of ``matches``: may be masked / a prefix
+    sets: frozenset[str] = frozenset()     # logical + header fields flows may write
+    goto: tuple[str, ...] = ()      # stages, beyond the next one, a flow may continue in
+    resubmit: tuple[str, ...] = ()  # stages a flow may resubmit to (any direction)
+    miss: Miss = "drop"
+    punt: bool = False              # flows may send to the controller (app handles them)
+    physical: bool = False          # may match ofports/tunnels and output to them
+    doc: str = ""
 
 
-def _s(*names: str) -> frozenset[str]:
+@dataclass(frozen=True)
+class MeterDecl:
+    """A meter an app declares (``Meter(name)`` in its flows): one drop band."""
+
+    name: str
+    rate: int
+    burst: int = 0
+    unit: Literal["pktps", "kbps"] = "pktps"
+
+
+def fields(*names: str) -> frozenset[str]:
     return frozenset(names)
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("classify", owner="physical", physical=True,
-          sets=_s("network", "in_port", "flags"),
-          goto=("arp_responder", "l2_lookup"), miss="drop"),
-    Stage("arp_responder", owner="arp", matches=_s("network", "in_port"),
-          goto=("nd_responder",), miss="goto:nd_responder"),
-    Stage("nd_responder", owner="nd", matches=_s("network", "in_port"),
-          goto=("l2_lookup",), miss="goto:l2_lookup"),
-    Stage("l2_lookup", owner="l2", matches=_s("network", "flags"), sets=_s("out_port", "router"),
-          goto=("l3_input", "egress"), resubmit=("egress",), miss="drop"),
-    Stage("l3_input", owner="icmp", matches=_s("network", "router"),
-          goto=("l3_lookup",), miss="goto:l3_lookup"),
-    Stage("l3_lookup", owner="l3", matches=_s("network", "router"),
-          sets=_s("network", "out_port"), goto=("egress",), miss="drop"),
-    Stage("egress", owner="physical", physical=True, matches=_s("out_port", "flags", "network"),
-          miss="drop"),
-)
 
 
 class PipelineError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class OwnedStage:
+    stage: Stage
+    app: str
+    table: int
+
+
+@dataclass
 class Pipeline:
-    """Table numbers derived from the declaration order (``base`` + index)."""
+    """The assembled pipeline: stages in order, their tables and owners, meters."""
 
-    def __init__(self, stages: tuple[Stage, ...] = STAGES, base: int = 0) -> None:
-        self.stages = {s.name: s for s in stages}
-        if len(self.stages) != len(stages):
-            raise PipelineError("duplicate stage names")
-        self.table: dict[str, int] = {s.name: base + i for i, s in enumerate(stages)}
-        for s in stages:
-            for nxt in s.goto:
-                if nxt not in self.stages:
-                    raise PipelineError(f"stage {s.name}: goto to undeclared stage {nxt!r}")
-                if self.table[nxt] <= self.table[s.name]:
-                    raise PipelineError(f"stage {s.name}: goto {nxt!r} is not forward")
-            for nxt in s.resubmit:
-                if nxt not in self.stages:
-                    raise PipelineError(f"stage {s.name}: resubmit to undeclared {nxt!r}")
-            if s.miss.startswith("goto:") and s.miss[5:] not in s.goto:
-                raise PipelineError(f"stage {s.name}: miss target {s.miss[5:]!r} not in goto")
-            if s.miss != "drop" and not s.miss.startswith("goto:"):
-                raise PipelineError(f"stage {s.name}: bad miss {s.miss!r}")
-            unknown = (s.matches | s.sets) - set(REGISTERS)
-            if unknown:
-                raise PipelineError(f"stage {s.name}: unknown logical fields {sorted(unknown)}")
-        used_regs = list(REGISTERS.values()) + list(SCRATCH)
-        if len(set(used_regs)) != len(used_regs):
-            raise PipelineError("two logical fields share a register")
+    order: tuple[str, ...]
+    stages: dict[str, OwnedStage]
+    meters: dict[tuple[str, str], tuple[int, MeterDecl]] = field(default_factory=dict)
 
-    def stage(self, name: str) -> Stage:
+    @staticmethod
+    def assemble(apps: Iterable[object], base: int = 0) -> Pipeline:
+        """Build and check the pipeline of ``apps`` (objects with ``name`` and ``stages``,
+        optionally ``meters``)."""
+        declared: dict[str, tuple[Stage, str]] = {}
+        meters: list[tuple[str, MeterDecl]] = []
+        for app in apps:
+            app_name = str(getattr(app, "name", "?"))
+            for s in getattr(app, "stages", ()):
+                if not isinstance(s, Stage):
+                    raise PipelineError(f"app {app_name}: {s!r} is not a Stage")
+                if s.name in declared:
+                    raise PipelineError(f"stage {s.name!r} declared by app {declared[s.name][1]}"
+                                        f" and by app {app_name}: one owner per stage")
+                declared[s.name] = (s, app_name)
+            for m in getattr(app, "meters", ()):
+                meters.append((app_name, m))
+        order = _order(declared)
+        owned = {name: OwnedStage(declared[name][0], declared[name][1], base + i)
+                 for i, name in enumerate(order)}
+        if base + len(order) > 254:
+            raise PipelineError(f"{len(order)} stages do not fit the OpenFlow tables")
+        p = Pipeline(tuple(order), owned)
+        seen: set[tuple[str, str]] = set()
+        for i, (app_name, m) in enumerate(sorted(meters, key=lambda am: (am[0], am[1].name))):
+            if (app_name, m.name) in seen:
+                raise PipelineError(f"app {app_name}: meter {m.name!r} declared twice")
+            seen.add((app_name, m.name))
+            if m.rate <= 0:
+                raise PipelineError(f"app {app_name}: meter {m.name!r}: rate must be > 0")
+            p.meters[(app_name, m.name)] = (i + 1, m)
+        for name in order:
+            p._check(owned[name])
+        return p
+
+    def _check(self, o: OwnedStage) -> None:
+        s = o.stage
+
+        def bad(reason: str) -> PipelineError:
+            return PipelineError(f"app {o.app}, stage {s.name}: {reason}")
+
+        for nxt in s.goto:
+            if nxt not in self.stages:
+                raise bad(f"goto to {nxt!r}, which no enabled app declares")
+            if self.stages[nxt].table <= o.table:
+                raise bad(f"goto {nxt!r} is not forward (OpenFlow only goes forward)")
+        for nxt in s.resubmit:
+            if nxt not in self.stages:
+                raise bad(f"resubmit to {nxt!r}, which no enabled app declares")
+        if s.miss not in ("drop", "next", "controller"):
+            raise bad(f"miss must be drop, next or controller, not {s.miss!r}")
+        if s.miss == "next" and self.next_stage(s.name) is None:
+            raise bad("miss 'next' in the last stage")
+        if s.miss == "controller" and not s.punt:
+            raise bad("miss 'controller' needs punt=True (the app handles the packet-ins)")
+        allowed = set(LOGICAL_FIELDS) | HEADER_FIELDS | STATE_FIELDS
+        if s.physical:
+            allowed |= set(PHYSICAL_FIELDS)
+        unknown = s.matches - allowed
+        if unknown:
+            raise bad(f"matches unknown field(s) {sorted(unknown)}")
+        if s.masked - s.matches:
+            raise bad(f"masked field(s) {sorted(s.masked - s.matches)} not in matches")
+        unknown = s.sets - (set(LOGICAL_FIELDS) | HEADER_FIELDS)
+        if unknown:
+            raise bad(f"sets unknown or read-only field(s) {sorted(unknown)}")
+
+    # --- lookups --------------------------------------------------------------------
+    def stage(self, name: str) -> OwnedStage:
         try:
             return self.stages[name]
         except KeyError:
             raise PipelineError(f"unknown stage {name!r}") from None
 
+    def table(self, name: str) -> int:
+        return self.stage(name).table
+
+    def next_stage(self, name: str) -> str | None:
+        i = self.order.index(name)
+        return self.order[i + 1] if i + 1 < len(self.order) else None
+
+    def stage_of_table(self, table: int) -> OwnedStage | None:
+        for o in self.stages.values():
+            if o.table == table:
+                return o
+        return None
+
+    def meter_id(self, app: str, name: str) -> int | None:
+        found = self.meters.get((app, name))
+        return found[0] if found else None
+
     @property
     def tables(self) -> list[int]:
-        return sorted(self.table.values())
+        return [self.stages[n].table for n in self.order]
+
+    def describe(self) -> str:
+        """One line per stage: table, name, owner, miss."""
+        return "\n".join(f"  table {o.table:>3}  {n:<20} app={o.app:<10} miss={o.stage.miss}"
+                         for n in self.order for o in (self.stages[n],))
 
 
-PIPELINE = Pipeline()
+def _order(declared: dict[str, tuple[Stage, str]]) -> list[str]:
+    """The one order the after/before declarations allow (Kahn; ambiguity is an error)."""
+    succ: dict[str, set[str]] = {n: set() for n in declared}
+    for name, (s, _app) in declared.items():
+        for a in s.after:
+            if a in declared and a != name:
+                succ[a].add(name)
+        for b in s.before:
+            if b in declared and b != name:
+                succ[name].add(b)
+    indeg = {n: 0 for n in declared}
+    for n in declared:
+        for m in succ[n]:
+            indeg[m] += 1
+    ready = sorted(n for n, d in indeg.items() if d == 0)
+    order: list[str] = []
+    while ready:
+        if len(ready) > 1:
+            who = ", ".join(f"{n} (app {declared[n][1]})" for n in ready)
+            raise PipelineError(f"stages {who} have no declared order between them: "
+                                f"declare after=/before= so exactly one order is possible")
+        n = ready.pop()
+        order.append(n)
+        for m in sorted(succ[n]):
+            indeg[m] -= 1
+            if indeg[m] == 0:
+                ready.append(m)
+        ready.sort()
+    if len(order) != len(declared):
+        cycle = sorted(n for n in declared if n not in order)
+        raise PipelineError(f"stages {cycle} declare a cycle of after/before")
+    return order

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dragonflow.apps.registry import load_apps
 from dragonflow.controller.controller import ControllerConfig, LocalController
 from dragonflow.db.nbapi import NbApi
 from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Router, Subnet
@@ -50,6 +51,7 @@ class Deployment:
     tunnel_types: tuple[str, ...] = ("vxlan", "geneve", "gre")
     topic: str = "demo"
     l3_mode: str = "proactive"
+    apps: tuple[str, ...] | None = None  # [controller] apps; None: the default apps
     controllers: dict[str, LocalController] = field(default_factory=dict)
     processes: dict[str, ControllerProcess] = field(default_factory=dict)
     created: dict[str, float] = field(default_factory=dict)  # port id -> monotonic time
@@ -63,7 +65,9 @@ class Deployment:
     def start_controller(self, node: Node) -> None:
         cfg = node_config(node, self.tunnel_types, self.l3_mode)
         if self.in_process:
-            ctl = LocalController(cfg, self.nb)
+            names = self.apps
+            ctl = (LocalController(cfg, self.nb) if names is None else
+                   LocalController(cfg, self.nb, apps=lambda: load_apps(names)))
             ctl.start()
             self.controllers[node.name] = ctl
             return
@@ -76,7 +80,8 @@ class Deployment:
             f"tunnel_types = {','.join(cfg.tunnel_types)}\n"
             f"datapath_type = netdev\novsdb_connection = {cfg.ovsdb_connection}\n"
             f"ovs_rundir = {cfg.ovs_rundir}\nheartbeat_interval = {cfg.heartbeat_interval}\n"
-            f"l3_mode = {cfg.l3_mode}\n")
+            f"l3_mode = {cfg.l3_mode}\n"
+            + (f"apps = {','.join(self.apps)}\n" if self.apps is not None else ""))
         log = node.rundir / "df-controller.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(

@@ -16,10 +16,9 @@ import pytest
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
 from dragonflow.controller.reconciler import Reconciler
-from dragonflow.controller.topology import ChassisFacts, Topology
 from dragonflow.model import Binding, Chassis, FixedIp, NbObject, Network, Port, Subnet
 from dragonflow.ovs.ofchannel import OfChannel
-from dragonflow.pipeline.lower import Lowering
+from dragonflow.pipeline.topology import ChassisFacts, Topology
 from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
 
 HV = {"hv1": "10.255.0.11", "hv2": "10.255.0.12", "hv3": "10.255.0.13"}
@@ -42,11 +41,11 @@ class Rig:
     engine: Engine
     channel: OfChannel
     reconciler: Reconciler
-    lowering: Lowering
 
     def sync(self) -> int:
-        desired = self.reconciler.index(self.lowering.lower_all(self.engine.desired()))
-        return self.reconciler.sync(self.channel, desired)
+        sent = self.reconciler.sync(self.channel, self.engine.table, meters=self.engine.meters)
+        assert not self.engine.table.rejected and not self.engine.table.conflicts
+        return sent
 
     def trace(self, vm: str, dst_mac: str, extra: str = "") -> str:
         _, _, mac, _, _ = VMS[vm]
@@ -86,8 +85,7 @@ def rig() -> Iterator[Rig]:
         engine.full()
         channel = OfChannel(env.controller_target)
         channel.connect()
-        r = Rig(env, ofports, tunnel, topo, engine, channel, Reconciler(),
-                Lowering(topo.facts.tunnel_ofports))
+        r = Rig(env, ofports, tunnel, topo, engine, channel, Reconciler())
         r.sync()
         yield r
     finally:

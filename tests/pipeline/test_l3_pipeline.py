@@ -15,11 +15,10 @@ import pytest
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
 from dragonflow.controller.reconciler import Reconciler
-from dragonflow.controller.topology import ChassisFacts, Topology
 from dragonflow.model import Chassis as ChassisObj
 from dragonflow.model import NbObject, Network, Port, Router, Subnet
 from dragonflow.ovs.ofchannel import OfChannel
-from dragonflow.pipeline.lower import Lowering
+from dragonflow.pipeline.topology import ChassisFacts, Topology
 from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
 
 RMAC = {"net1": "fa:16:3e:aa:00:01", "net2": "fa:16:3e:aa:00:02"}
@@ -76,11 +75,9 @@ class Rig:
         self.engine.full()
         self.channel = OfChannel(env.controller_target)
         self.channel.connect()
-        lowering = Lowering(topo.facts.tunnel_ofports)
-        flows = set(lowering.lower_all(self.engine.desired()))
-        keys = [f.key for f in flows]
-        assert len(keys) == len(set(keys)), "two different flows compete for one match"
-        Reconciler().sync(self.channel, Reconciler.index(flows))
+        assert not self.engine.table.conflicts, "two different flows compete for one match"
+        Reconciler().sync(self.channel, self.engine.table, meters=self.engine.meters)
+        assert not self.engine.table.rejected
 
     def trace(self, fields: str, src: str = "vm1", dst_mac: str | None = None) -> str:
         _, _, mac, _, _ = VMS[src]

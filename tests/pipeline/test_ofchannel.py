@@ -4,11 +4,15 @@ Bundles install exactly what they carry (checked against OVS's own dump and agai
 flows loaded by ``ovs-ofctl`` from ``str(flow)``), replace_all/modify/delete leave the
 expected tables, a bad flow is named and leaves the tables untouched, packet-ins arrive with
 their pipeline fields, the channel survives an ovs-vswitchd restart, answers echo probes.
+Conntrack (ct with zone / table / nat / exec, ct_clear), conjunction, set_queue, load and
+metered flows install and read back as ``str(flow)`` says; meters (userspace datapath)
+install, modify, delete, and errors name the meter.
 """
 
 from __future__ import annotations
 
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -18,17 +22,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as ofpp
 
 from dragonflow.ovs import encode
 from dragonflow.ovs.flows import (
+    Conjunction,
     Controller,
+    Ct,
+    CtClear,
+    Load,
     Move,
+    Nat,
     OfFlow,
+    OfMeter,
     Output,
     PopVlan,
     PushVlan,
     Resubmit,
     SetField,
+    SetQueue,
     match,
 )
 from dragonflow.ovs.ofchannel import ChannelClosed, FlowRemoved, OfChannel, OfError, PacketIn
@@ -214,6 +227,180 @@ def test_barrier_raises_for_errors_of_raw_sends(conn: Conn) -> None:
     assert caught.value.error.xid == xid + 1
     assert caught.value.error.name == "OFPBIC_BAD_TABLE_ID"
     conn.channel.barrier()  # errors are reported once
+
+
+# ---- conntrack, conjunction, set_queue, load, meters ----------------------------------------
+IP = {"eth_type": 0x0800}
+
+
+def new_action_flows() -> list[OfFlow]:
+    """One flow per new action kind (cookie = index + 1, to find each in the dump)."""
+    flows = [
+        # un-NAT lookup: ct(nat) in the zone from reg13[0..15], recirculate to 31
+        OfFlow(30, 100, match(**IP, ct_state=(0, 0x20)),
+               (Ct(zone_field="reg13", table=31, nat=Nat()),)),
+        OfFlow(31, 100, match(**IP, ct_state=(0x21, 0x21), ct_zone=5),
+               (Ct(commit=True, zone_field="reg13", table=32,
+                   nat=Nat("src", "10.0.0.1", "10.0.0.9", 1000, 2000),
+                   exec=(Load("ct_mark", 0x5), Load("ct_label", 1, 5, 1))),)),
+        OfFlow(31, 90, match(**IP, ct_mark=(1, 1), ct_label=(1 << 100 | 1, 1 << 100 | 1)),
+               (CtClear(), Resubmit(30))),
+        OfFlow(31, 80, match(**IP, ct_label=1 << 127 | 5, ct_mark=7),
+               (Ct(commit=True, force=True, zone=7,
+                   nat=Nat("src", "10.0.0.1", port_min=99),  # NAT body needing padding
+                   exec=(SetField("ct_label", 2**128 - 1), SetField("ct_mark", 9))),)),
+        OfFlow(32, 50, match(**IP, ip_proto=6, tcp_dst=21), (Ct(commit=True, alg=21, table=33),)),
+        OfFlow(32, 40, match(eth_type=0x86DD, ip_proto=17),
+               (Ct(commit=True, alg=69, nat=Nat("dst", "fd00::1", "fd00::9", 80, 90,
+                                                persistent=True, random=True)),)),
+        OfFlow(32, 30, match(eth_type=0x86DD), (Ct(commit=True, table=0, zone_field="reg0",
+                                                   zone_ofs=16, nat=Nat("dst", "fd00::5")),)),
+        # a conjunction: clause 1/2 on sources, 2/2 on destinations, then conj_id
+        OfFlow(40, 100, match(**IP, ipv4_src="10.0.0.1"), (Conjunction(7, 1, 2),)),
+        OfFlow(40, 100, match(**IP, ipv4_src="10.0.0.2"),
+               (Conjunction(7, 1, 2), Conjunction(8, 3, 3))),
+        OfFlow(40, 100, match(**IP, ipv4_dst="10.0.1.0/24"), (Conjunction(7, 2, 2),)),
+        OfFlow(40, 100, match(**IP, conj_id=7), (SetQueue(3), Output(2))),
+        OfFlow(41, 10, match(reg0=1), (Load("reg0", 5, 3, 4), Load("metadata", 1, 63, 1),
+                                       Load("eth_dst", 0xFA163E000001, 0, 48), Output(1)),
+               meter=5, goto=42),
+    ]
+    return [replace(f, cookie=i + 1) for i, f in enumerate(flows)]
+
+
+_NXM_NAMES = {"NXM_NX_REG0": "reg0", "NXM_NX_REG13": "reg13", "NXM_NX_CT_MARK": "ct_mark",
+              "NXM_NX_CT_LABEL": "ct_label", "OXM_OF_METADATA": "metadata",
+              "NXM_OF_ETH_DST": "eth_dst"}
+
+
+def split_top(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]] if text else parts
+
+
+def normalized_actions(actions: str) -> list[object]:
+    """Action list in a comparable form: NXM names -> ovs-ofctl names, the arguments of
+    ct(...) as a set (OVS prints them in its own order)."""
+    for nxm, name in _NXM_NAMES.items():
+        actions = actions.replace(nxm, name)
+    out: list[object] = []
+    for part in split_top(actions):
+        if part.startswith("ct(") and part.endswith(")"):
+            out.append(("ct", frozenset(split_top(part[3:-1]))))
+        else:
+            out.append(part)
+    return out
+
+
+def dumped_actions(lines: list[str]) -> dict[int, str]:
+    """cookie -> the actions text of each dumped flow."""
+    found = {}
+    for line in lines:
+        cookie = re.search(r"cookie=(0x[0-9a-f]+)", line)
+        assert cookie is not None, line
+        found[int(cookie.group(1), 16)] = line.split(" actions=", 1)[1]
+    return found
+
+
+def dumped_meters(env: OvsBridgeEnv) -> dict[int, str]:
+    """meter id -> ``dump-meters`` text of it in str(OfMeter) form (one line, commas)."""
+    out = env.ofctl("dump-meters", env.bridge)
+    meters = {}
+    for block in out.split("meter=")[1:]:
+        text = "meter=" + ",".join(block.split())
+        meters[int(text.split(",")[0][6:])] = text.replace("bands=,", "bands=")
+    return meters
+
+
+def test_new_actions_install_and_read_back_as_str_says(ovs_bridge: OvsBridgeEnv,
+                                                       conn: Conn) -> None:
+    """Our bytes give OVS exactly the flows ``str(flow)`` names: action by action after
+    normalizing OVS's spelling, and identical tables when ovs-ofctl loads str(flow)."""
+    meter = OfMeter(5, 1000, burst=100)
+    conn.channel.install_meters([("add", meter)])
+    flows = new_action_flows()
+    ours = fresh_dump(ovs_bridge, conn, flows)
+    assert len(ours) == len(flows)
+    by_cookie = dumped_actions(ours)
+    for flow in flows:
+        want = str(flow).split(",actions=", 1)[1]
+        assert normalized_actions(by_cookie[flow.cookie]) == normalized_actions(want), flow
+    # the clause numbering as ovs-ofctl writes it: 1-based
+    assert by_cookie[9] == "conjunction(7,1/2),conjunction(8,3/3)"
+    assert by_cookie[10] == "conjunction(7,2/2)"
+    assert by_cookie[12].startswith("meter:5,")  # the meter instruction first
+    # ... and the conjunction works: both clauses hit -> the conj_id=7 flow
+    conn.install(adds([OfFlow(0, 0, match(), goto=40)]))
+    hit = ovs_bridge.trace("in_port=LOCAL,ip,nw_src=10.0.0.2,nw_dst=10.0.1.9")
+    assert "40. conj_id=7,ip, priority 100, cookie 0xb" in hit and "set_queue:3" in hit
+    miss = ovs_bridge.trace("in_port=LOCAL,ip,nw_src=10.0.0.3,nw_dst=10.0.1.9")
+    assert "40. No match." in miss
+
+    ovs_bridge.reset_flows()  # str(flow) is ovs-ofctl syntax that loads the same tables
+    with tempfile.NamedTemporaryFile("w", suffix=".flows") as f:
+        f.write("\n".join(str(flow) for flow in flows) + "\n")
+        f.flush()
+        ovs_bridge.ofctl("--bundle", "add-flows", ovs_bridge.bridge, f.name)
+    assert sorted(ovs_bridge.dump_flows()) == ours
+    assert dumped_meters(ovs_bridge) == {5: str(meter)}
+
+
+def test_meters_install_modify_delete(ovs_bridge: OvsBridgeEnv, conn: Conn) -> None:
+    """Meters work in the userspace (netdev) datapath; errors name the meter."""
+    a, b = OfMeter(1, 100), OfMeter(2, 5000, burst=300, unit="kbps")
+    conn.channel.install_meters([("add", a), ("add", b)])
+    assert dumped_meters(ovs_bridge) == {1: str(a), 2: str(b)}
+    faster = replace(a, rate=250)
+    conn.channel.install_meters([("modify", faster)])
+    assert dumped_meters(ovs_bridge) == {1: str(faster), 2: str(b)}
+
+    c = OfMeter(3, 10)
+    with pytest.raises(OfError) as caught:  # not atomic: c stays, the error names b
+        conn.channel.install_meters([("add", c), ("add", b)])
+    assert (caught.value.op, caught.value.meter) == ("add", b)
+    assert caught.value.error.name == "OFPMMFC_METER_EXISTS"
+    assert str(b) in str(caught.value)
+    with pytest.raises(OfError) as caught:
+        conn.channel.install_meters([("modify", OfMeter(9, 1))])
+    assert caught.value.error.name == "OFPMMFC_UNKNOWN_METER"
+    assert sorted(dumped_meters(ovs_bridge)) == [1, 2, 3]
+
+    # a flow may only name an existing meter; deleting the meter deletes its flows
+    with pytest.raises(OfError) as caught:
+        conn.install(adds([OfFlow(0, 1, match(reg0=1), (Output(1),), meter=9)]))
+    assert caught.value.error.name == "OFPMMFC_INVALID_METER"  # OVS's code for a flow-mod
+    conn.install(adds([OfFlow(0, 1, match(reg0=1), (Output(1),), meter=1),
+                       OfFlow(0, 2, match(reg0=2), (Output(1),), meter=2),
+                       OfFlow(0, 3, match(reg0=3), (Output(1),))]))
+    conn.channel.install_meters([("delete", a)])
+    assert sorted(dumped_meters(ovs_bridge)) == [2, 3]
+    assert ovs_bridge.flow_count() == 2
+    conn.channel.delete_all_meters()
+    assert dumped_meters(ovs_bridge) == {}
+    assert ovs_bridge.dump_flows() == ["priority=3,reg0=0x3 actions=output:1"]
+
+
+def test_meter_mods_are_not_allowed_in_bundles(conn: Conn) -> None:
+    """Why install_meters() is not atomic: OVS refuses meter-mods inside ONF bundles."""
+    xid = conn.channel.reserve_xids(3)
+    inner = encode.osken_meter_mod("add", OfMeter(1, 100), xid + 1)
+    wrapped = ofpp.ONFBundleAddMsg(encode.DATAPATH, 4, encode.BUNDLE_FLAGS, inner, [])
+    wrapped.set_xid(xid + 1)
+    wrapped.serialize()
+    conn.channel.send(encode.bundle_ctrl(4, ofp.ONF_BCT_OPEN_REQUEST, xid))
+    conn.channel.send(bytes(wrapped.buf))
+    with pytest.raises(OfError) as caught:
+        conn.channel.barrier()
+    assert caught.value.error.name == "ONFERR_ET_MSG_UNSUP"
+    assert caught.value.error.xid == xid + 1
+    conn.channel.send(encode.bundle_ctrl(4, ofp.ONF_BCT_DISCARD_REQUEST, xid + 2))
+    conn.channel.barrier()
 
 
 # ---- packet-in / packet-out / flow-removed ----------------------------------------------

@@ -1,7 +1,9 @@
 """Incremental == full: after every step of random change sequences (networks, ports,
-chassis, VIFs plugged and unplugged, ports moved between chassis), the flows the engine
-holds after recompiling only the affected owners equal a fresh full compile -- and every
-flow lowers to OpenFlow against its stage declaration."""
+chassis, VIFs plugged and unplugged, ports moved between chassis, routers with extra routes
+-- some equal to an attached subnet --, tunnel ports renumbered, reactive L3 learning and
+forgetting, a resync that replaces the whole topology), the flows the engine holds after
+recompiling only the affected owners equal a fresh full compile: the logical flows AND the
+resolved OpenFlow table (cookies included) -- and no two lowered flows compete for a key."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import pytest
 
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
-from dragonflow.controller.topology import ChassisFacts, Topology
 from dragonflow.model import (
     Binding,
     Chassis,
@@ -22,7 +23,7 @@ from dragonflow.model import (
     Router,
     Subnet,
 )
-from dragonflow.pipeline.lower import Lowering
+from dragonflow.pipeline.topology import ChassisFacts, Topology
 
 CHASSIS = ["hv1", "hv2", "hv3"]
 
@@ -30,10 +31,11 @@ CHASSIS = ["hv1", "hv2", "hv3"]
 class World:
     """A random NB world, applied to a topology the way the controller loop applies it."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, l3_mode: str = "proactive") -> None:
         self.rng = random.Random(seed)
         self.topo = Topology(ChassisFacts("hv1", "10.255.0.11", ("vxlan", "geneve", "gre"),
-                                          tunnel_ofports={"vxlan": 1, "geneve": 2, "gre": 3}))
+                                          tunnel_ofports={"vxlan": 1, "geneve": 2, "gre": 3},
+                                          l3_mode=l3_mode))
         self.engine = Engine(default_apps(), self.topo)
         self.engine.full()
         self.objs: dict[tuple[str, str], NbObject] = {}
@@ -83,7 +85,7 @@ class World:
                           mac=f"fa:16:3e:00:{i // 256:02x}:{i % 256:02x}",
                           fixed_ips=(FixedIp.from_dict({
                               "subnet_id": f"s{net.id[1:]}",
-                              "ip_address": f"10.{int(net.id[1:]) % 250}.0.{i % 250 + 2}"}),),
+                              "ip_address": f"10.{int(net.id[1:]) % 250}.0.{i % 200 + 2}"}),),
                           binding=Binding(kind="chassis", chassis_id=chassis) if chassis else None,
                           unique_key=i))
             return "add port"
@@ -112,6 +114,8 @@ class World:
             self.topo.set_ofport(p.id, None)
             self.engine.changed({("ofport", p.id)})
             return "delete port"
+        if choice < 0.92:
+            return self.chassis_fact_step()
         if choice < 0.95:
             c = r.choice(self.of("chassis"))
             assert isinstance(c, Chassis)
@@ -128,6 +132,39 @@ class World:
         return "noop"
 
 
+    def free_router_ip(self, net_id: str) -> int:
+        """A host part no other router uses on ``net_id`` (as Neutron's IPAM ensures);
+        ports use .2 - .201."""
+        used = {c.ip.packed[-1] for x in self.of("router") if isinstance(x, Router)
+                for rp in x.ports if rp.network_id == net_id for c in rp.cidrs}
+        return next(h for h in range(202, 255) if h not in used)
+
+    def chassis_fact_step(self) -> str:
+        """Tunnel ports renumbered or gone, reactive learn/forget, or a full resync."""
+        r = self.rng
+        choice = r.random()
+        if choice < 0.3:
+            ofports = {t: r.randint(1, 9) for t in ("vxlan", "geneve", "gre")
+                       if r.random() < 0.8}
+            self.engine.changed(self.topo.set_tunnel_ofports(ofports))
+            return "tunnel ofports"
+        if choice < 0.8:
+            routers = [x for x in self.of("router") if isinstance(x, Router)]
+            ports = [p for p in self.of("port") if isinstance(p, Port) and p.fixed_ips]
+            if not routers or not ports:
+                return "noop"
+            router = r.choice(routers)
+            ip = str(r.choice(ports).fixed_ips[0].ip_address)
+            if r.random() < 0.6:
+                self.engine.changed(self.topo.learn(router.id, ip))
+                return "learn"
+            self.engine.changed(self.topo.forget(router.id, ip))
+            return "forget"
+        # the stream was lost: the controller replaces the topology and recompiles all
+        self.topo.replace_all(self.objs.values())
+        self.engine.full()
+        return "resync"
+
     def router_step(self, nets: list[NbObject]) -> str:
         """Create a router on 1-3 networks (with a route via a port), change, or delete one."""
         r = self.rng
@@ -143,12 +180,16 @@ class World:
         chosen = r.sample(nets, min(len(nets), r.randint(1, 3)))
         i = self.key()
         ports = [{"id": f"rp{i}-{j}", "mac": f"fa:16:3e:aa:{i % 256:02x}:{j:02x}",
-                  "network_id": n.id, "cidrs": [f"10.{int(n.id[1:]) % 250}.0.1/24"],
+                  "network_id": n.id,
+                  "cidrs": [f"10.{int(n.id[1:]) % 250}.0.{self.free_router_ip(n.id)}/24"],
                   "unique_key": 10000 + i * 10 + j} for j, n in enumerate(chosen)]
         hosts = [p for p in self.of("port") if isinstance(p, Port)
                  and p.network_id == chosen[0].id and p.fixed_ips]
         routes = [{"destination": "192.168.0.0/16",
                    "nexthop": str(hosts[0].fixed_ips[0].ip_address)}] if hosts else []
+        if hosts and r.random() < 0.3:  # a route equal to an attached subnet: must not
+            routes.append({"destination": f"10.{int(chosen[0].id[1:]) % 250}.0.0/24",
+                           "nexthop": str(hosts[0].fixed_ips[0].ip_address)})
         self.put(Router.from_dict({"id": f"r{i}", "topic": "p", "ports": ports,
                                    "routes": routes, "unique_key": i}))
         return "add router"
@@ -156,16 +197,26 @@ class World:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_incremental_equals_full(seed: int) -> None:
-    w = World(seed)
-    lowering = Lowering(w.topo.facts.tunnel_ofports)
+    w = World(seed, l3_mode="reactive" if seed % 3 == 2 else "proactive")
+    steps = set()
     for n in range(120):
         what = w.step()
+        steps.add(what)
         oracle = Engine(default_apps(), w.topo)
         oracle.full()
         assert w.engine.desired() == oracle.desired(), f"step {n} ({what}) diverged"
-        assert w.engine.errors == 0
-        lowering.lower_all(w.engine.desired())  # every flow satisfies its stage declaration
+        # every flow lowered against its stage declaration (a failure would be an error)
+        assert w.engine.errors == 0 and not w.engine.failed
+        w.engine.table.resolve()
+        oracle.table.resolve()
+        assert w.engine.table.desired == oracle.table.desired, f"step {n} ({what}): table"
+        assert not w.engine.table.conflicts, f"step {n} ({what}): {w.engine.table.conflicts}"
+        for key, owners in w.engine.table.by_key.items():
+            bodies = {(f.actions, f.goto, f.write_metadata, f.meter)
+                      for fs in owners.values() for f in fs}
+            assert len(bodies) == 1, f"step {n} ({what}): two flows for {key}"
     assert w.engine.desired(), "the random world compiled to no flows at all"
+    assert len(steps) > 8, steps
 
 
 def test_recompiles_only_affected_owners() -> None:
