@@ -261,7 +261,20 @@ class Testbed:
                    f"other_config:hwaddr=02:ff:00:00:00:{node.index:02x}",
                    "--", "add-port", BR_PHY, "und0")
         self._address_br_phy(node)
+        self._learn_underlay_neighbours()
         return node
+
+    def _learn_underlay_neighbours(self) -> None:
+        """Tell every node's OVS the underlay MAC of every other node (``tnl/neigh/set``).
+        Userspace native tunnelling resolves a tunnel's remote address itself and DROPS the
+        packets that find no neighbour entry while it asks; on a real network that costs
+        the first packets towards a new peer once, here it made tests that count single
+        probes (traceroute) flaky. The same on a restarted ovs-vswitchd (cache gone)."""
+        for node in self.nodes.values():
+            for peer in self.nodes.values():
+                if peer is not node:
+                    node.appctl("tnl/neigh/set", BR_PHY, peer.underlay_ip,
+                                f"02:ff:00:00:00:{peer.index:02x}")
 
     def _start_ovsdb_server(self, node: Node) -> None:
         d = node.rundir
@@ -299,6 +312,7 @@ class Testbed:
         self._start_vswitchd(node)
         node.vsctl("--timeout=20", "wait-until", "Interface", BR_PHY, "ofport>0")
         self._address_br_phy(node)
+        self._learn_underlay_neighbours()
 
     # -- VMs ---------------------------------------------------------------------------
     def add_vm(self, node: Node, name: str, mac: str, ip_cidr: str, iface_id: str,
