@@ -8,6 +8,9 @@ df demo --keep     leave it running (controllers stay in this process until Ctrl
                    namespaces and OVS stay until `df demo --clean`)
 df demo --clean    remove everything a demo created (by its pid files and name prefix)
 df demo --db etcd://127.0.0.1:2379   one df-controller process per node against that DB
+df status          what a local controller reports (its status file): the pipeline its apps
+                   assembled, installed flows, flow conflicts, owners that failed or whose
+                   flows the switch refused
 df demo --neutron  the real Neutron API (gunicorn, ML2 driver df + df-l3, sqlite, noauth) in
                    front: the `openstack` CLI creates two networks, a router and ports bound
                    to the nodes; VMs plugged with those ports ping each other. NB: a private
@@ -156,6 +159,10 @@ def demo(args: argparse.Namespace) -> int:
         for name, hv in nodes.items():
             say(f"  {name}: {dep.flow_count(hv)} flows in {BR_INT}")
         n1 = nodes["hv1"]
+        status_file = n1.rundir / f"{BR_INT}.df-status.json"
+        if status_file.exists():
+            say(f"\nThe pipeline hv1's apps declared (`df status --file {status_file}`):")
+            say(format_status(json.loads(status_file.read_text())))
         env = f"OVS_RUNDIR={n1.rundir}"
         say("\nLook inside (while it runs, e.g. with --keep):")
         say(f"  {env} ovs-ofctl -O OpenFlow13 dump-flows {BR_INT}")
@@ -308,6 +315,41 @@ def run_openstack_creates(aio: neutron_aio.NeutronAio) -> dict[str, str]:
     return ports
 
 
+DEFAULT_STATUS = f"/var/run/openvswitch/{BR_INT}.df-status.json"
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = ["  table  stage                app         miss"]
+    lines += [f"  {s['table']:>5}  {s['stage']:<20} {s['app']:<11} {s['miss']}"
+              for s in st.get("pipeline", ())]
+    lines.append(f"  chassis {st.get('chassis')}: {st.get('flows_installed')} flows installed "
+                 f"for {st.get('owners')} owners; {len(st.get('conflicts', ()))} flow "
+                 f"conflicts ({st.get('conflicts_total', 0)} since start), "
+                 f"{len(st.get('failed', ()))} failed owners, "
+                 f"{len(st.get('rejected', ()))} owners with refused flows")
+    for c in st.get("conflicts", ()):
+        lines.append(f"  CONFLICT {c['flow']}\n    wanted by: {', '.join(c['owners'])}")
+    for kind in ("failed", "rejected"):
+        for f in st.get(kind, ()):
+            lines.append(f"  {kind.upper()} {f['app']} {f['owner']}: {f['reason']}")
+    apps = st.get("cookie_apps", {})
+    if apps:
+        lines.append("  flow cookies: top 16 bits name the app ("
+                     + ", ".join(f"{v} {a}" for a, v in sorted(apps.items())) + ")")
+    return "\n".join(lines)
+
+
+def status(args: argparse.Namespace) -> int:
+    try:
+        st = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as e:
+        say(f"no controller status at {args.file}: {e}")
+        return 1
+    say(json.dumps(st, indent=1) if args.json else format_status(st))
+    bad = st.get("conflicts") or st.get("failed") or st.get("rejected")
+    return 3 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="df", description="Dragonflow command line.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -320,7 +362,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="drive it through the real Neutron API and the openstack CLI")
     p.add_argument("--keep", action="store_true", help="leave the demo running")
     p.add_argument("--clean", action="store_true", help="remove a kept demo")
+    st = sub.add_parser("status", help="print a local controller's status file",
+                        description="Print what the local controller of this node reports: "
+                                    "the assembled pipeline, flow conflicts, failed owners, "
+                                    "refused flows. Exit status 3 if any of those exist.")
+    st.add_argument("--file", default=DEFAULT_STATUS,
+                    help=f"the controller's [controller] status_file (default {DEFAULT_STATUS})")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
     args = parser.parse_args(argv)
+    if args.cmd == "status":
+        return status(args)
     if args.cmd == "demo":
         if args.clean:
             return clean()
