@@ -36,7 +36,7 @@ from dragonflow.ovs.ofchannel import FlowRemoved, OfChannel, PacketIn
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
 from dragonflow.pipeline.lower import app_cookie
 from dragonflow.pipeline.punt import Answer
-from dragonflow.pipeline.topology import ChassisFacts, DepKey, Topology
+from dragonflow.pipeline.topology import ChassisFacts, DepKey, Topology, relevance_scopes
 
 LOG = logging.getLogger(__name__)
 
@@ -151,20 +151,34 @@ class LocalController:
         ifaces = self._ovsdb.interfaces()
         local_ids = {i.iface_id for i in ifaces.values() if i.iface_id}
         objs, rev = self.nb.snapshot()
-        topics = {o.topic for o in objs if isinstance(o, Port) and o.id in local_ids}
-        self.topo.replace_all(o for o in objs if o.topic == "" or o.topic in topics)
+        self.topo.replace_all(objs)  # all of it, for a moment: to find what is relevant
         for ch in ifaces.values():
             self._iface_to_topology(ch)
         self._sub = Subscription(
             self.nb, lambda c: self._q.put(("nb", c)),
             lambda objs, rev: self._q.put(("resync", objs)),
-            from_revision=rev + 1, topics=topics)
+            from_revision=rev + 1, topics=self.topo.scopes_needed(),
+            scope_of=relevance_scopes)
         self._sub.add_ids(local_ids)
+        self.topo.replace_all(o for o in objs if self._sub.wanted(o))
         self.engine.full()
 
-    def _ensure_topics(self) -> None:
-        if self._sub is not None:
-            self._sub.add_topics(self.topo.topics_needed())
+    def _ensure_scopes(self) -> set[DepKey]:
+        """Follow what the local ports need now (networks, not projects), forget the rest:
+        new scopes are replayed by the stream (as changes, next iteration); objects of
+        scopes no longer needed leave the topology (their owners recompile)."""
+        if self._sub is None:
+            return set()
+        needed = self.topo.scopes_needed()
+        have = self._sub.topics or set()
+        if needed - have:
+            self._sub.add_topics(needed - have)
+        touched: set[DepKey] = set()
+        if have - needed:
+            self._sub.remove_topics(have - needed)
+            for o in self.topo.irrelevant(self._sub.wanted):
+                touched |= self.topo.apply(o.TABLE, o.id, None) or set()
+        return touched
 
     # --- OVSDB -------------------------------------------------------------------------
     def _iface_to_topology(self, ch: IfaceChange) -> set[DepKey]:
@@ -173,6 +187,8 @@ class LocalController:
         gone = old is not None and (ch.kind == "removed" or old.iface_id != ch.iface_id)
         if old is not None and old.iface_id and gone:
             touched |= self.topo.set_ofport(old.iface_id, None)
+            if self._sub is not None:
+                self._sub.remove_ids({old.iface_id})
         if ch.kind == "removed":
             self._ifaces.pop(ch.name, None)
         else:
@@ -265,7 +281,7 @@ class LocalController:
                 touched |= answers[-1].touched
             elif kind == "flow_removed":
                 touched |= self._flow_removed(payload)
-        self._ensure_topics()
+        touched |= self._ensure_scopes()
         if full_compile:
             self.engine.full()
         elif touched:
@@ -371,6 +387,8 @@ class LocalController:
             "rejected": [{"app": a, "owner": o, "reason": why}
                          for (a, o), why in sorted(table.rejected.items())],
             "punt_errors": self.punt_errors,
+            # what the change stream delivers: networks (net:), projects (project:)
+            "following": sorted(self._sub.topics or ()) if self._sub is not None else [],
             "cookie_apps": {a: f"{app_cookie(a):#06x}" for a in apps},
         }
 

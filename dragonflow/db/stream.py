@@ -7,10 +7,13 @@ A :class:`Subscription` turns a driver watch on ``obj/`` into :class:`Change` ob
 * when the history it needs is gone (compaction / trimmed stream), it takes one consistent
   snapshot and hands it to ``on_resync(objects, revision)`` -- the subscriber replaces its
   state with it -- then follows the stream from the snapshot revision;
-* topic filtering: only objects whose ``topic`` is in ``topics`` (plus global objects, topic
-  "") are delivered. ``add_topics`` delivers the current objects of the new topics as
-  changes at a snapshot revision R and suppresses stream events of those topics at or below R,
-  so the subscriber sees each object's history exactly once from R on.
+* filtering by scope: an object is delivered if one of its scopes (``scope_of(obj)``; by
+  default its ``topic``, the project) is in ``topics``, or it is global (scope ""), or its id
+  was added with ``add_ids``. The local controller passes scopes that follow *networks*
+  (pipeline/topology.py ``relevance_scopes``). ``add_topics`` delivers the current objects of
+  the new scopes as changes at a snapshot revision R and suppresses stream events of those
+  scopes at or below R, so the subscriber sees each object's history exactly once from R on;
+  ``remove_topics`` stops delivering them (the subscriber forgets what it no longer needs).
 
 All callbacks run under one delivery lock: never two at a time, always in revision order.
 """
@@ -43,6 +46,11 @@ class Change:
         return cur.topic if cur else ""
 
 
+def topic_scope(obj: NbObject) -> tuple[str, ...]:
+    """The default scope of an object: its project ("" = global)."""
+    return (obj.topic,)
+
+
 class Subscription:
     def __init__(
         self,
@@ -52,7 +60,9 @@ class Subscription:
         *,
         from_revision: int,
         topics: Iterable[str] | None = None,
+        scope_of: Callable[[NbObject], Iterable[str]] = topic_scope,
     ) -> None:
+        self._scope_of = scope_of
         self._nb = nb
         self._on_change = on_change
         self._on_resync = on_resync
@@ -66,10 +76,14 @@ class Subscription:
         self._start_watch(from_revision)
 
     # --- filtering -------------------------------------------------------------------
-    def _wanted(self, topic: str, revision: int, obj_id: str = "") -> bool:
-        if self._topics is None or topic == "" or obj_id in self._ids:
+    def _wanted(self, obj: NbObject, revision: int) -> bool:
+        if self._topics is None or obj.id in self._ids:
             return True
-        return topic in self._topics and revision > self._topic_since.get(topic, 0)
+        for scope in self._scope_of(obj):
+            if scope == "" or (scope in self._topics
+                               and revision > self._topic_since.get(scope, 0)):
+                return True
+        return False
 
     def _start_watch(self, from_revision: int) -> None:
         self._watch = self._nb.driver.watch(
@@ -85,7 +99,7 @@ class Subscription:
             if self._closed or ev.revision <= self.last_revision:
                 return
             self.last_revision = ev.revision
-            if any(self._wanted(o.topic, ev.revision, obj_id) for o in (obj, old) if o):
+            if any(self._wanted(o, ev.revision) for o in (obj, old) if o):
                 self._on_change(change)
 
     def _on_compacted(self, revision: int) -> None:
@@ -99,7 +113,7 @@ class Subscription:
                 return
             objs, rev = self._nb.snapshot()
             self._topic_since.clear()
-            wanted = [o for o in objs if self._wanted(o.topic, rev + 1, o.id)]
+            wanted = [o for o in objs if self._wanted(o, rev + 1)]
             self.last_revision = rev
             self._on_resync(wanted, rev)
             self._start_watch(rev + 1)
@@ -117,7 +131,7 @@ class Subscription:
             for t in new:
                 self._topic_since[t] = rev
             for o in objs:
-                if o.topic in new:
+                if any(s in new for s in self._scope_of(o)):
                     self._on_change(Change(rev, o.TABLE, o.id, o, None))
 
     def add_ids(self, ids: Iterable[str]) -> None:
@@ -131,6 +145,17 @@ class Subscription:
         with self._lock:
             if self._topics is not None:
                 self._topics -= set(topics)
+                for t in topics:
+                    self._topic_since.pop(t, None)
+
+    def remove_ids(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            self._ids -= set(ids)
+
+    def wanted(self, obj: NbObject) -> bool:
+        """Would ``obj`` be delivered now (by scope or id)?"""
+        with self._lock:
+            return self._wanted(obj, self.last_revision + 1)
 
     @property
     def topics(self) -> set[str] | None:

@@ -20,11 +20,20 @@ Dependency keys:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dragonflow.model import Chassis, NbObject, Network, Port, Router, RouterPort
+from dragonflow.model import (
+    Chassis,
+    FloatingIP,
+    NbObject,
+    Network,
+    Port,
+    Router,
+    RouterPort,
+    Subnet,
+)
 
 DepKey = tuple[str, ...]
 # Neutron represents router interfaces/gateways as ports too; in the pipeline they are the
@@ -160,10 +169,47 @@ class Topology:
     def all(self, cls: type[T]) -> list[T]:
         return [o for o in self.objs[cls.TABLE].values() if isinstance(o, cls)]
 
-    def topics_needed(self) -> set[str]:
-        """Projects this chassis must follow: those of its local ports."""
-        return {p.topic for pid in self.facts.ofports
-                if (p := self.get(Port, pid)) is not None}
+    def scopes_needed(self) -> set[str]:
+        """What this chassis must follow (see :func:`relevance_scopes`): the networks of its
+        local ports, whoever owns them (shared, RBAC-shared, admin-owned provider or
+        external networks alike), every network a router on those reaches, the gateway
+        networks of those routers, and the projects of its local ports (their security
+        groups, floating IPs, QoS policies)."""
+        nets = set(self.local_networks | self.routed_networks)
+        for rid in self.local_routers:
+            router = self.get(Router, rid)
+            if router is not None and router.gateway is not None:
+                nets.add(router.gateway.network_id)
+        out = {f"net:{n}" for n in nets}
+        out |= {f"project:{p.topic}" for pid in self.facts.ofports
+                if (p := self.get(Port, pid)) is not None and p.topic}
+        return out
+
+    def irrelevant(self, wanted: Callable[[NbObject], bool]) -> list[NbObject]:
+        """Cached objects the stream no longer delivers (``wanted`` says no) -- to forget."""
+        return [o for objs in self.objs.values() for o in objs.values() if not wanted(o)]
+
+
+def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
+    """The scopes an object belongs to, for the change stream's filter: networks, not
+    projects. A network, its subnets and ports are in ``net:<network id>``; a router in the
+    scope of every network it has an interface or its gateway on; a floating IP in its
+    external network's and its project's; chassis are global; anything else (security
+    groups, QoS policies) in ``project:<project id>``."""
+    if isinstance(obj, Network):
+        return (f"net:{obj.id}",)
+    if isinstance(obj, (Subnet, Port)):
+        return (f"net:{obj.network_id}",)
+    if isinstance(obj, Router):
+        scopes = [f"net:{rp.network_id}" for rp in obj.ports]
+        if obj.gateway is not None:
+            scopes.append(f"net:{obj.gateway.network_id}")
+        return tuple(scopes)
+    if isinstance(obj, FloatingIP):
+        return (f"net:{obj.floating_network_id}", f"project:{obj.topic}")
+    if isinstance(obj, Chassis) or not obj.topic:
+        return ("",)
+    return (f"project:{obj.topic}",)
 
 
 class View:

@@ -130,10 +130,14 @@ class Deployment:
         self.processes.clear()
 
     # --- NB topology -----------------------------------------------------------------
-    def network(self, name: str, network_type: str, vni: int, cidr: str) -> Network:
-        net = self.nb.create(Network(id=name, topic=self.topic, name=name,
+    def network(self, name: str, network_type: str, vni: int, cidr: str, *,
+                topic: str | None = None) -> Network:
+        """A network and its subnet ``<name>-subnet``, owned by project ``topic`` (default:
+        the deployment's)."""
+        topic = topic or self.topic
+        net = self.nb.create(Network(id=name, topic=topic, name=name,
                                      network_type=network_type, segmentation_id=vni))
-        self.nb.create(Subnet.from_dict({"id": f"{name}-subnet", "topic": self.topic,
+        self.nb.create(Subnet.from_dict({"id": f"{name}-subnet", "topic": topic,
                                          "network_id": name, "cidr": cidr,
                                          "enable_dhcp": False}))
         return net
@@ -147,15 +151,18 @@ class Deployment:
 
     def vm(self, node: Node, name: str, network: str, mac: str, ip: str, prefixlen: int = 24,
            *, gateway: str | None = None, ipv6: str | None = None,
-           ipv6_subnet: str | None = None, gateway6: str | None = None) -> Vm:
-        """Create the NB port bound to ``node`` and plug a namespaced VM with it."""
+           ipv6_subnet: str | None = None, gateway6: str | None = None,
+           topic: str | None = None) -> Vm:
+        """Create the NB port bound to ``node`` and plug a namespaced VM with it (the port
+        of project ``topic``, default the deployment's)."""
         self.created[f"{name}-port"] = time.monotonic()
         ips = [{"subnet_id": f"{network}-subnet", "ip_address": ip}]
         if ipv6:
             ips.append({"subnet_id": ipv6_subnet or f"{network}-subnet6",
                         "ip_address": ipv6.split("/")[0]})
         self.nb.create(Port(
-            id=f"{name}-port", topic=self.topic, name=name, network_id=network, mac=mac,
+            id=f"{name}-port", topic=topic or self.topic, name=name, network_id=network,
+            mac=mac,
             fixed_ips=tuple(FixedIp.from_dict(x) for x in ips),
             binding=Binding(kind="chassis", chassis_id=node.name),
             device_owner="compute:demo", device_id=name))
@@ -163,7 +170,8 @@ class Deployment:
                                ipv6=ipv6, gateway=gateway, gateway6=gateway6)
 
     def router(self, name: str, interfaces: list[tuple[str, list[str]]],
-               routes: list[tuple[str, str]] | None = None) -> Router:
+               routes: list[tuple[str, str]] | None = None, *,
+               topic: str | None = None) -> Router:
         """A router with one interface per (network, [address/prefix, ...])."""
         ports = []
         for i, (network, cidrs) in enumerate(interfaces):
@@ -171,7 +179,7 @@ class Deployment:
             ports.append({"id": f"{name}-if{i}", "mac": f"fa:16:3e:aa:{len(name):02x}:{i:02x}",
                           "network_id": network, "cidrs": cidrs, "subnet_ids": subnets})
         return self.nb.create(Router.from_dict({
-            "id": name, "topic": self.topic, "name": name, "ports": ports,
+            "id": name, "topic": topic or self.topic, "name": name, "ports": ports,
             "routes": [{"destination": d, "nexthop": n} for d, n in routes or ()]}))
 
     def wait_active(self, port_ids: list[str], timeout: float = 30.0) -> dict[str, float]:

@@ -17,7 +17,8 @@ from dragonflow.db import errors
 from dragonflow.db.driver import Put
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
-from dragonflow.model import FixedIp, NbObject, Network, Port, Subnet, ValidationError
+from dragonflow.model import FixedIp, NbObject, Network, Port, Router, Subnet, ValidationError
+from dragonflow.pipeline.topology import relevance_scopes
 from tests.db.conftest import Backend
 
 
@@ -228,6 +229,40 @@ def test_subscription_topic_filtering(backend: Backend) -> None:
         assert mirror.wait(lambda: ("network", "net5") in mirror.objs)
         assert ("network", "net4") not in mirror.objs
         assert mirror.revisions == sorted(mirror.revisions)
+    finally:
+        sub.close()
+
+
+def test_subscription_follows_networks_not_projects(backend: Backend) -> None:
+    """With the controller's relevance scopes, another project's port, subnet and router
+    on a followed network are delivered; the same project's other network is not; a scope
+    added later replays its objects; a removed scope stops delivering."""
+    nb = nb_for(backend)
+    mirror = Mirror()
+    sub = Subscription(nb, mirror.on_change, mirror.on_resync,
+                       from_revision=nb.revision() + 1, topics={"net:net1"},
+                       scope_of=relevance_scopes)
+    try:
+        nb.create(net(1, "p1"))
+        s1 = nb.create(subnet(1, "net1", "p1"))
+        nb.create(net(2, "p2"))
+        s2 = nb.create(subnet(2, "net2", "p2"))
+        nb.create(port(1, "net1", s1, topic="p2"))  # project p2's port on p1's network
+        nb.create(port(2, "net2", s2, topic="p2"))
+        nb.create(Router.from_dict({"id": "r1", "topic": "p3", "ports": [{
+            "id": "rp1", "mac": "fa:16:3e:00:00:99", "network_id": "net1",
+            "cidrs": [str(_nth_ip(s1, 200)) + "/24"]}]}))
+        assert mirror.wait(lambda: ("router", "r1") in mirror.objs)
+        assert {k for k in mirror.objs} == {("network", "net1"), ("subnet", "sub1"),
+                                            ("port", "port1"), ("router", "r1")}
+        sub.add_topics({"net:net2"})  # replayed: net2, its subnet, its port
+        assert {("network", "net2"), ("subnet", "sub2"), ("port", "port2")} <= set(mirror.objs)
+        sub.remove_topics({"net:net2"})
+        nb.update(nb.get_or_raise(Network, "net2").replace(name="unseen"))
+        nb.update(nb.get_or_raise(Network, "net1").replace(name="seen"))
+        assert mirror.wait(lambda: mirror.objs[("network", "net1")].name == "seen")
+        assert mirror.objs[("network", "net2")].name != "unseen"
+        assert not sub.wanted(nb.get_or_raise(Network, "net2"))
     finally:
         sub.close()
 
