@@ -8,7 +8,7 @@ from __future__ import annotations
 from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
 from dragonflow.pipeline.flow import Flow, Move, OutputInPort, SetField
 from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import Topology, View
+from dragonflow.pipeline.topology import OwnersView, View
 
 ARP = 0x0806
 
@@ -32,7 +32,7 @@ class ArpResponderApp:
               miss="next", doc="ARP requests for known addresses answered in place"),
     )
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         return local_network_ports(topo) | local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:

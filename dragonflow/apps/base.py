@@ -21,14 +21,14 @@ from typing import Protocol
 
 from dragonflow.pipeline.flow import Flow
 from dragonflow.pipeline.stages import Stage
-from dragonflow.pipeline.topology import Topology, View
+from dragonflow.pipeline.topology import OwnersView, View
 
 
 class App(Protocol):
     name: str
     stages: tuple[Stage, ...]
 
-    def owners(self, topo: Topology) -> set[str]: ...
+    def owners(self, topo: OwnersView) -> set[str]: ...
 
     def compile(self, view: View, owner: str) -> list[Flow]: ...
 
@@ -38,17 +38,17 @@ def split_owner(owner: str) -> tuple[str, str]:
     return table, obj_id
 
 
-def local_network_ports(topo: Topology) -> set[str]:
+def local_network_ports(topo: OwnersView) -> set[str]:
     """Owners "port/<id>" of every port (local or remote) in a network with a local port."""
     return {f"port/{pid}" for net in topo.local_networks for pid in topo.net_ports.get(net, ())}
 
 
-def scoped_network_ports(topo: Topology) -> set[str]:
+def scoped_network_ports(topo: OwnersView) -> set[str]:
     """Owners "port/<id>" of every port in a local network or a network a local router
     reaches (routed traffic is delivered to those ports from this chassis)."""
     nets = topo.local_networks | topo.routed_networks
     return {f"port/{pid}" for net in nets for pid in topo.net_ports.get(net, ())}
 
 
-def local_router_owners(topo: Topology) -> set[str]:
+def local_router_owners(topo: OwnersView) -> set[str]:
     return {f"router/{r}" for r in topo.local_routers}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dragonflow.apps.base import local_router_owners, split_owner
 from dragonflow.pipeline.flow import Action, Flow, Move, OutputInPort, SetField
 from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import Topology, View
+from dragonflow.pipeline.topology import OwnersView, View
 
 
 def swap(a: str, b: str, bits: int) -> tuple[Move, ...]:
@@ -40,7 +40,7 @@ class IcmpResponderApp:
               miss="next", doc="router interface addresses answer echo requests"),
     )
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         return local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:

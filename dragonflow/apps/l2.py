@@ -12,7 +12,7 @@ from __future__ import annotations
 from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
 from dragonflow.pipeline.flow import Flow, Goto, Resubmit, SetReg
 from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import Topology, View
+from dragonflow.pipeline.topology import OwnersView, View
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 
@@ -27,7 +27,7 @@ class L2App:
               doc="destination MAC -> out_port (or the router); broadcast replication"),
     )
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         return (local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
                 | local_router_owners(topo))
 

@@ -43,7 +43,7 @@ from dragonflow.pipeline.flow import (
 )
 from dragonflow.pipeline.punt import Answer, TokenBucket
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
-from dragonflow.pipeline.topology import DepKey, Topology, View
+from dragonflow.pipeline.topology import DepKey, OwnersView, Topology, View
 
 LOG = logging.getLogger(__name__)
 OFPR_ACTION = 1
@@ -82,7 +82,7 @@ class L3App:
                            else TokenBucket(icmp_rate, icmp_burst, clock))
         self.limited = 0
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         out = set()
         for rid in topo.local_routers:
             router = topo.get(Router, rid)

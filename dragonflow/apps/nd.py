@@ -16,7 +16,7 @@ from dragonflow.pipeline.fields import read_field
 from dragonflow.pipeline.flow import Flow, Meter, ToController
 from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
-from dragonflow.pipeline.topology import Topology, View
+from dragonflow.pipeline.topology import OwnersView, Topology, View
 
 LOG = logging.getLogger(__name__)
 NS = {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135}
@@ -33,7 +33,7 @@ class NdResponderApp:
     # a VM flooding solicitations for known targets costs the controller at most this
     meters = (MeterDecl("punt", rate=500, burst=100),)
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         return local_network_ports(topo) | local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dragonflow.apps.base import scoped_network_ports, split_owner
 from dragonflow.pipeline.flow import Flow, Goto, Next, Output, OutputTunnel, SetReg
 from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import Topology, View
+from dragonflow.pipeline.topology import OwnersView, View
 
 TUNNEL_TYPES = ("vxlan", "geneve", "gre")
 
@@ -27,7 +27,7 @@ class PhysicalApp:
               doc="out_port -> local ofport, or encapsulate to the port's chassis"),
     )
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         return scoped_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
 
     def compile(self, view: View, owner: str) -> list[Flow]:

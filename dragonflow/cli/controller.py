@@ -49,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("df-controller").info(
         "chassis %s up: bridge %s, NB %s", ctl.cfg.chassis_id, ctl.cfg.integration_bridge,
         conf.df.nb_db_url)
-    done.wait()
+    rc = 0
+    while not done.wait(0.5):
+        if ctl.dead.is_set():  # never a live process with a dead loop: let a supervisor act
+            logging.getLogger("df-controller").critical("controller loop died: exiting 1")
+            rc = 1
+            break
     ctl.stop()
     nb.driver.close()
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ from typing import Any
 from dragonflow.apps.base import App
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
+from dragonflow.controller.nbworker import NbWorker
 from dragonflow.controller.reconciler import Reconciler
 from dragonflow.db import errors as db_errors
 from dragonflow.db.driver import DriverError
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
-from dragonflow.model import Binding, Chassis, Port
+from dragonflow.model import Chassis, Port
 from dragonflow.ovs.flows import OFPP_CONTROLLER, OFPP_TABLE, Output
 from dragonflow.ovs.ofchannel import FlowRemoved, OfChannel, PacketIn
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
@@ -39,6 +40,28 @@ from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.topology import ChassisFacts, DepKey, Topology, relevance_scopes
 
 LOG = logging.getLogger(__name__)
+PIN_QUEUE = 1000   # packet-ins waiting at most (more are dropped and counted)
+PIN_BUDGET = 64    # packet-ins handled per loop iteration
+MAX_BATCH = 2000   # events per loop iteration
+
+
+class RateLimitedLog:
+    """At most one line per ``interval`` seconds (the rest are counted in the next one)."""
+
+    def __init__(self, log: logging.Logger, interval: float) -> None:
+        self.log, self.interval = log, interval
+        self.last = -interval
+        self.suppressed = 0
+
+    def warning(self, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            fmt += f" [{self.suppressed} similar lines suppressed]"
+        self.last, self.suppressed = now, 0
+        self.log.warning(fmt, *args)
 
 
 @dataclass
@@ -85,11 +108,23 @@ class LocalController:
         self._ifaces: dict[str, IfaceChange] = {}  # interface name -> last state
         self._active: set[str] = set()  # port ids reported ACTIVE by this controller
         self._sub: Subscription | None = None
+        self.nbw = NbWorker(nb, cfg.chassis_id, self._q.put)
+        # packet-ins have their own bounded queue and a per-iteration budget: a storm of
+        # them never delays NB changes, flow installs or other ports (the meters in OVS
+        # are the first line; this is the second)
+        self._pins: queue.Queue[PacketIn] = queue.Queue(maxsize=PIN_QUEUE)
+        self.pins_dropped = 0
+        self._pin_log = RateLimitedLog(LOG, 10.0)
         self._ovsdb: Ovsdb | None = None
         self._of: OfChannel | None = None
         self._of_up = False
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._of_wanted = threading.Event()  # the loop asks the connector to dial
+        self._of_wanted.set()
+        self._pin_signalled = threading.Event()
+        self.dead = threading.Event()  # the loop thread died (df-controller exits 1)
+        self.loop_errors = 0
         self.ready = threading.Event()  # set after the first full install
         self.synced = threading.Condition()
         self.generation = 0  # bumped after every loop iteration that reached the switch
@@ -103,6 +138,8 @@ class LocalController:
             f"punix:{self.cfg.of_socket}", self.cfg.datapath_id)
         self._apply_touched(self.topo.set_tunnel_ofports(tunnels))
         self._initial_sync()
+        self.nbw.sub = self._sub
+        self.nbw.start(f"df-{self.cfg.chassis_id}-nb")
         self._ovsdb.watch_interfaces(lambda ch: self._q.put(("iface", ch)))
         self._spawn(self._loop, "loop")
         self._spawn(self._heartbeat, "heartbeat")
@@ -111,9 +148,11 @@ class LocalController:
     def stop(self) -> None:
         self._stopping.set()
         self._q.put(("stop", None))
+        self._of_wanted.set()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=10)
+        self.nbw.stop()
         if self._sub is not None:
             self._sub.close()
         if self._of is not None:
@@ -172,7 +211,7 @@ class LocalController:
         needed = self.topo.scopes_needed()
         have = self._sub.topics or set()
         if needed - have:
-            self._sub.add_topics(needed - have)
+            self.nbw.follow(needed - have)  # replayed into the queue by the NB worker
         touched: set[DepKey] = set()
         if have - needed:
             self._sub.remove_topics(have - needed)
@@ -198,11 +237,14 @@ class LocalController:
                 if self._sub is not None:
                     self._sub.add_ids({ch.iface_id})
                 if self.topo.get(Port, ch.iface_id) is None:
-                    # plugged before its topic is followed: read it once, the stream does
-                    # the rest (add_ids above was registered before this read)
-                    port = self.nb.get(Port, ch.iface_id)
-                    if port is not None:
-                        touched |= self.topo.apply("port", port.id, port) or set()
+                    # plugged before its network is followed: read it once (off the
+                    # loop), the stream does the rest (add_ids above came first)
+                    if self._sub is None:
+                        port = self.nb.get(Port, ch.iface_id)  # start-up, before the loop
+                        if port is not None:
+                            touched |= self.topo.apply("port", port.id, port) or set()
+                    else:
+                        self.nbw.fetch_port(ch.iface_id)
         return touched
 
     def _local_port_ids(self) -> set[str]:
@@ -210,15 +252,16 @@ class LocalController:
 
     # --- OpenFlow ------------------------------------------------------------------------
     def _of_connector(self) -> None:
+        """Dials when the loop asks (``_of_wanted``); the loop owns ``_of``/``_of_up``."""
         delay = 0.05
         while not self._stopping.is_set():
-            if self._of_up:
-                self._stopping.wait(0.2)
-                continue
+            self._of_wanted.wait()
+            if self._stopping.is_set():
+                return
             try:
                 ch = OfChannel(f"unix:{self.cfg.of_socket}")
-                ch.on_disconnect = lambda exc: self._q.put(("of_down", exc))
-                ch.on_packet_in = lambda pin: self._q.put(("packet_in", pin))
+                ch.on_disconnect = lambda exc, ch=ch: self._q.put(("of_down", ch))
+                ch.on_packet_in = self._on_packet_in
                 ch.on_flow_removed = lambda msg: self._q.put(("flow_removed", msg))
                 ch.connect()
             except Exception as e:  # OVS not up yet, restarting...: retry
@@ -227,30 +270,59 @@ class LocalController:
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.05
-            self._of_up = True
+            self._of_wanted.clear()
             self._q.put(("of_up", ch))
 
+    def _on_packet_in(self, pin: PacketIn) -> None:
+        """Reader thread: into the bounded packet-in queue (full: dropped and counted)."""
+        try:
+            self._pins.put_nowait(pin)
+        except queue.Full:
+            self.pins_dropped += 1
+            return
+        if not self._pin_signalled.is_set():
+            self._pin_signalled.set()
+            self._q.put(("pins", None))
+
     def _heartbeat(self) -> None:
+        """Liveness, written from this thread (never through the loop)."""
         while not self._stopping.wait(self.cfg.heartbeat_interval):
-            self._q.put(("heartbeat", None))
+            try:
+                self._beat()
+            except Exception:  # never let liveness die with one bad beat
+                LOG.exception("%s: heartbeat failed; next beat retries", self.cfg.chassis_id)
 
     # --- the loop --------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            events = [self._q.get()]
+        """Never a live process with a dead loop: an iteration that raises is logged and
+        followed by a full recompute; if even that raises, the loop goes on (the next
+        event retries); a BaseException marks the controller dead (df-controller exits
+        non-zero)."""
+        try:
             while True:
+                events = [self._q.get()]
+                while len(events) < MAX_BATCH:
+                    try:
+                        events.append(self._q.get_nowait())
+                    except queue.Empty:
+                        break
                 try:
-                    events.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                if not self._handle(events):
-                    return
-            except Exception:
-                LOG.exception("%s: controller loop iteration failed; full recompute next",
-                              self.cfg.chassis_id)
-                self.reconciler.need_full = True
-                self.engine.full()
+                    if not self._handle(events):
+                        return
+                except Exception:
+                    self.loop_errors += 1
+                    LOG.exception("%s: controller loop iteration failed; full recompute "
+                                  "next", self.cfg.chassis_id)
+                    self.reconciler.need_full = True
+                    try:
+                        self.engine.full()
+                    except Exception:
+                        LOG.exception("%s: full recompute failed too; retrying on the next "
+                                      "event", self.cfg.chassis_id)
+        except BaseException as e:
+            LOG.critical("%s: controller loop died: %r", self.cfg.chassis_id, e)
+            self.dead.set()
+            raise
 
     def _handle(self, events: list[tuple[str, Any]]) -> bool:
         touched: set[DepKey] = set()
@@ -271,14 +343,26 @@ class LocalController:
                 if self._of is not None:
                     self._of.close()
                 self._of = payload
+                self._of_up = True
                 self.reconciler.need_full = True
             elif kind == "of_down":
-                self._of_up = False
-            elif kind == "heartbeat":
-                self._beat()
-            elif kind == "packet_in":
-                answers.append(self._packet_in(payload))
-                touched |= answers[-1].touched
+                if payload is self._of:  # not an old channel's late goodbye
+                    self._of_up = False
+                    self._of_wanted.set()
+            elif kind == "fetched":
+                touched |= self.topo.apply("port", payload.id, payload) or set()
+            elif kind == "pins":
+                self._pin_signalled.clear()
+                for _ in range(PIN_BUDGET):
+                    try:
+                        pin = self._pins.get_nowait()
+                    except queue.Empty:
+                        break
+                    answers.append(self._packet_in(pin))
+                    touched |= answers[-1].touched
+                if not self._pins.empty() and not self._pin_signalled.is_set():
+                    self._pin_signalled.set()  # the rest after the other events queued
+                    self._q.put(("pins", None))
             elif kind == "flow_removed":
                 touched |= self._flow_removed(payload)
         touched |= self._ensure_scopes()
@@ -314,10 +398,11 @@ class LocalController:
         try:
             answer: Answer = handler(self.topo, owned.stage.name, pin)
             return answer
-        except Exception:  # one bad packet never stops the loop
+        except Exception as e:  # one bad packet never stops the loop, nor floods the log
             self.punt_errors += 1
-            LOG.exception("%s: app %s: packet-in from %s not handled", self.cfg.chassis_id,
-                          owned.app, owned.stage.name)
+            self._pin_log.warning(
+                "%s: app %s: a packet-in from %s could not be handled (%d so far): %r",
+                self.cfg.chassis_id, owned.app, owned.stage.name, self.punt_errors, e)
             return Answer()
 
     def _flow_removed(self, msg: FlowRemoved) -> set[DepKey]:
@@ -453,26 +538,8 @@ class LocalController:
             self._set_status(pid, "DOWN")
 
     def _set_status(self, port_id: str, status: str) -> None:
-        for _ in range(5):
-            port = self.nb.get(Port, port_id)
-            if port is None or (port.binding is not None
-                                and port.binding.chassis_id != self.cfg.chassis_id):
-                # gone, or bound to another chassis (moved): only that chassis reports it
-                self._active.discard(port_id)
-                return
-            changes: dict[str, Any] = {"status": status}
-            if status == "ACTIVE" and port.binding is None:
-                changes["binding"] = Binding(kind="chassis", chassis_id=self.cfg.chassis_id)
-            try:
-                if port.status != status or "binding" in changes:
-                    self.nb.update(port.replace(**changes))
-                break
-            except db_errors.StaleVersion:
-                continue
-            except (db_errors.NbError, DriverError, ValueError) as e:
-                LOG.warning("%s: status of port %s not written: %s",
-                            self.cfg.chassis_id, port_id, e)
-                return
+        """The loop's wish; the NB worker writes it (coalesced, retried, off the loop)."""
+        self.nbw.set_status(port_id, status)
         if status == "ACTIVE":
             self._active.add(port_id)
         else:

@@ -27,7 +27,7 @@ from dragonflow.ovs.flows import OfMeter
 from dragonflow.pipeline.flow import Flow
 from dragonflow.pipeline.lower import PIPELINE_APP, Lowering
 from dragonflow.pipeline.stages import Pipeline
-from dragonflow.pipeline.topology import DepKey, Topology, View
+from dragonflow.pipeline.topology import DepKey, OwnersView, Topology, View
 
 LOG = logging.getLogger(__name__)
 MISS_OWNER: OwnerKey = (PIPELINE_APP, "miss")
@@ -46,7 +46,8 @@ class Engine:
         self.by_dep: dict[DepKey, set[OwnerKey]] = defaultdict(set)
         self.failed: dict[OwnerKey, str] = {}
         self.app_failed: dict[str, str] = {}
-        self._owners: dict[str, set[str]] = {}
+        self._owners: dict[str, set[str]] = {}       # app -> its owners now
+        self._owner_deps: dict[str, set[DepKey]] = {}  # app -> what its owners() read
         self.errors = 0
         self.compiled = 0  # owners compiled since start (work done, for benches)
         self.table.put(MISS_OWNER, self.lowering.miss_flows())
@@ -87,40 +88,58 @@ class Engine:
                 if not owners:
                     del self.by_dep[d]
 
-    def _current_owners(self) -> set[OwnerKey]:
-        out: set[OwnerKey] = set()
-        for name, app in self.apps.items():
-            try:
-                owners = set(app.owners(self.topo))
-                self.app_failed.pop(name, None)
-                self._owners[name] = owners
-            except Exception as e:
-                if name not in self.app_failed:
-                    LOG.exception("app %s: owners() failed; keeping its previous owners",
-                                  name)
-                self.errors += 1
-                self.app_failed[name] = f"{type(e).__name__}: {e}"
-                owners = self._owners.get(name, set())
-            out |= {(name, o) for o in owners}
-        return out
+    def _app_owners(self, name: str) -> tuple[set[str], set[str]]:
+        """Ask app ``name`` for its owners again: (added, removed) since last time."""
+        app = self.apps[name]
+        old = self._owners.get(name, set())
+        view = OwnersView(self.topo)
+        try:
+            owners = set(app.owners(view))
+            self.app_failed.pop(name, None)
+        except Exception as e:
+            if name not in self.app_failed:
+                LOG.exception("app %s: owners() failed; keeping its previous owners", name)
+            self.errors += 1
+            self.app_failed[name] = f"{type(e).__name__}: {e}"
+            return set(), set()
+        self._owners[name] = owners
+        self._owner_deps[name] = view.deps
+        return owners - old, old - owners
 
     def full(self) -> None:
         for key in list(self.flows):
             self._drop(key)
         self.deps.clear()
         self.by_dep.clear()
-        for key in sorted(self._current_owners()):
+        self._owners.clear()
+        todo: set[OwnerKey] = set()
+        for name in self.apps:
+            added, _ = self._app_owners(name)
+            todo |= {(name, o) for o in added}
+        for key in sorted(todo):
             self._compile(key)
 
     def changed(self, touched: Iterable[DepKey]) -> int:
-        """Recompile what ``touched`` affects; returns how many owners were recompiled."""
-        owners = self._current_owners()
+        """Recompile what ``touched`` affects; returns how many owners were recompiled.
+
+        Work in proportion to the change: an app is asked for its owners again only when
+        something its ``owners()`` read was touched (or it failed last time), and only the
+        owners whose compile read a touched key are recompiled."""
+        touched = set(touched)
         dirty = set(self.failed)
+        for name in self.apps:
+            if name in self.app_failed or not touched.isdisjoint(
+                    self._owner_deps.get(name, ())):
+                added, removed = self._app_owners(name)
+                for o in removed:
+                    if (name, o) in self.flows:
+                        self._drop((name, o))
+                dirty |= {(name, o) for o in added}
         for d in touched:
-            dirty |= self.by_dep.get(d, set())
-        for key in set(self.flows) - owners:
-            self._drop(key)
-        todo = (dirty & owners) | (owners - set(self.flows))
+            found = self.by_dep.get(d)
+            if found:
+                dirty |= found
+        todo = {k for k in dirty if k[1] in self._owners.get(k[0], ())}
         for key in sorted(todo):
             self._compile(key)
         return len(todo)

@@ -75,6 +75,9 @@ class Topology:
             return None  # stale: an older version arrived after a newer one
         if obj is None and cur is None:
             return None
+        if obj is not None and cur is not None and _same_but_liveness(cur, obj):
+            self.objs[table][obj_id] = obj  # a heartbeat or a status write: apps never
+            return set()                    # read those, so nothing recompiles
         touched: set[DepKey] = {("obj", table, obj_id)}
         if isinstance(cur, Port):
             self.net_ports[cur.network_id].discard(obj_id)
@@ -190,6 +193,23 @@ class Topology:
         return [o for objs in self.objs.values() for o in objs.values() if not wanted(o)]
 
 
+# Fields no app reads: liveness and status, written all the time by controllers and
+# Neutron. A change of only these (and the version) recompiles nothing (OVN keeps them in
+# Chassis_Private / port status for the same reason).
+LIVENESS_FIELDS: dict[type, tuple[str, ...]] = {
+    Chassis: ("heartbeat",),
+    Port: ("status",),
+}
+
+
+def _same_but_liveness(cur: NbObject, new: NbObject) -> bool:
+    volatile = LIVENESS_FIELDS.get(type(new))
+    if volatile is None or type(cur) is not type(new):
+        return False
+    reset = dict.fromkeys(("version", *volatile))
+    return cur.replace(**{f: getattr(new, f) for f in reset}) == new
+
+
 def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
     """The scopes an object belongs to, for the change stream's filter: networks, not
     projects. A network, its subnets and ports are in ``net:<network id>``; a router in the
@@ -210,6 +230,50 @@ def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
     if isinstance(obj, Chassis) or not obj.topic:
         return ("",)
     return (f"project:{obj.topic}",)
+
+
+class _RecordingPorts:
+    """``topo.net_ports`` for an :class:`OwnersView`: each network looked up is a dep."""
+
+    def __init__(self, ports: dict[str, set[str]], deps: set[DepKey]) -> None:
+        self._ports, self._deps = ports, deps
+
+    def get(self, net_id: str, default: Iterable[str] = ()) -> Iterable[str]:
+        self._deps.add(("net_ports", net_id))
+        return self._ports.get(net_id, default)
+
+
+class OwnersView:
+    """What an app's ``owners()`` reads, recording it: the engine asks an app for its
+    owners again only when one of these changed -- a change elsewhere costs nothing."""
+
+    def __init__(self, topo: Topology) -> None:
+        self._t = topo
+        self.deps: set[DepKey] = set()
+        self.net_ports = _RecordingPorts(topo.net_ports, self.deps)
+
+    @property
+    def facts(self) -> ChassisFacts:
+        return self._t.facts
+
+    @property
+    def local_networks(self) -> frozenset[str]:
+        self.deps.add(("local_networks",))
+        return self._t.local_networks
+
+    @property
+    def routed_networks(self) -> frozenset[str]:
+        self.deps.add(("l3_scope",))
+        return self._t.routed_networks
+
+    @property
+    def local_routers(self) -> frozenset[str]:
+        self.deps.add(("l3_scope",))
+        return self._t.local_routers
+
+    def get(self, cls: type[T], obj_id: str) -> T | None:
+        self.deps.add(("obj", cls.TABLE, obj_id))
+        return self._t.get(cls, obj_id)
 
 
 class View:

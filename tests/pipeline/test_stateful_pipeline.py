@@ -24,7 +24,7 @@ from dragonflow.ovs.ofchannel import OfChannel
 from dragonflow.pipeline import flow as lf
 from dragonflow.pipeline.fields import CT_ESTABLISHED, CT_INVALID, CT_NEW, CT_TRACKED
 from dragonflow.pipeline.stages import Pipeline, Stage, fields
-from dragonflow.pipeline.topology import ChassisFacts, Topology, View
+from dragonflow.pipeline.topology import ChassisFacts, OwnersView, Topology, View
 from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
 
 MACS = {"vm1": "fa:16:3e:00:00:01", "vm2": "fa:16:3e:00:00:02"}
@@ -46,7 +46,8 @@ class BulkApp:
         self.fixed = False
         self.count = 1000
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
+        topo.get(Port, "bulk-count")  # a dependency: owners() asked again when it changes
         return {f"item/{i}" for i in range(self.count)}
 
     def compile(self, view: View, owner: str) -> list[lf.Flow]:
@@ -112,7 +113,7 @@ def test_one_refused_flow_among_1000_leaves_the_other_999_installed(env: OvsBrid
         assert f"table={table}" not in t or "tp_dst=10001" in t
         # the chassis keeps converging: a new owner goes in, the refused one stays out
         bulk.count = 1001
-        engine.changed(set())
+        engine.changed({("obj", "port", "bulk-count")})
         assert rec.sync(channel, engine.table, meters=engine.meters) == 1
         assert sum("tp_dst=" in f for f in env.dump_flows(f"table={table}")) == 1000
         # its next change retries it: fixed, it is installed and no longer reported
@@ -145,7 +146,7 @@ class StatefulApp:
     def __init__(self, in_port: int, out_port: int) -> None:
         self.in_port, self.out_port = in_port, out_port
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         return {"fw/1"}
 
     def compile(self, view: View, owner: str) -> list[lf.Flow]:

@@ -244,3 +244,27 @@ def test_recompiles_only_affected_owners() -> None:
     touched = w.topo.apply("port", p.id, p.replace(name="renamed", version=p.version + 1))
     recompiled = w.engine.changed(touched or set())
     assert 0 < recompiled < total
+
+
+def test_heartbeats_and_status_writes_recompile_nothing() -> None:
+    for seed in range(50):
+        w = World(seed)
+        for _ in range(60):
+            w.step()
+        ports = [p for p in w.of("port") if isinstance(p, Port)
+                 and ("obj", "port", p.id) in w.engine.by_dep]  # some owner reads them
+        if ports:
+            break
+    chassis = [c for c in w.of("chassis") if isinstance(c, Chassis)]
+    before = w.engine.compiled
+    for c in chassis:
+        w.put(c.replace(heartbeat=c.heartbeat + 10))
+    for p in ports:
+        w.put(p.replace(status="ACTIVE" if p.status != "ACTIVE" else "DOWN"))
+    assert w.engine.compiled == before  # nothing recompiled, nothing lowered
+    oracle = Engine(default_apps(), w.topo)
+    oracle.full()
+    assert w.engine.desired() == oracle.desired()
+    assert w.topo.get(Port, ports[0].id) == w.objs[("port", ports[0].id)]  # but stored
+    w.put(ports[0].replace(mac="fa:16:3e:77:77:77"))  # a real change still recompiles
+    assert w.engine.compiled > before

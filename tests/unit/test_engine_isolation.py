@@ -16,7 +16,7 @@ from dragonflow.controller.engine import Engine
 from dragonflow.model import Chassis, FixedIp, Network, Port, Subnet
 from dragonflow.pipeline import flow as lf
 from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import ChassisFacts, Topology, View
+from dragonflow.pipeline.topology import ChassisFacts, OwnersView, Topology, View
 
 
 class Flaky:
@@ -29,7 +29,8 @@ class Flaky:
         self.owners_broken = False
         self.bad_stage = False
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
+        topo.get(Port, "knob")  # owners() asked again when the knob changes
         if self.owners_broken:
             raise RuntimeError("owners exploded")
         return {"x/1", "x/2", "x/3"}
@@ -92,7 +93,7 @@ def test_owners_raising_keeps_the_previous_owners() -> None:
     e.table.resolve()
     assert e.table.desired == before  # nothing withdrawn because owners() failed
     app.owners_broken = False
-    e.changed(set())
+    e.changed(set())  # a failed app is asked again on any change
     assert not e.app_failed
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dragonflow.pipeline.flow import Flow
 from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import Topology, View
+from dragonflow.pipeline.topology import OwnersView, View
 
 OWNER = "chassis/block_ipv6"
 
@@ -24,7 +24,7 @@ class BlockIpv6App:
               doc="IPv6 from local VMs is dropped"),
     )
 
-    def owners(self, topo: Topology) -> set[str]:
+    def owners(self, topo: OwnersView) -> set[str]:
         return {OWNER} if topo.local_networks else set()
 
     def compile(self, view: View, owner: str) -> list[Flow]:
