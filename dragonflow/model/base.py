@@ -18,8 +18,8 @@ from typing import Any, ClassVar, Self, TypeVar
 from dragonflow.model.errors import ValidationError
 from dragonflow.model.fields import (
     ID,
-    ID_OR_EMPTY,
     NAME,
+    PROJECT_ID,
     Codec,
     Int,
     Invalid,
@@ -158,7 +158,7 @@ class NbObject(Record):
     UNIQUE_KEY_NS: ClassVar[str | None] = None
 
     id: str = fld(ID)
-    topic: str = fld(ID_OR_EMPTY, "")  # project id; "" for global objects
+    topic: str = fld(PROJECT_ID, "")  # project id (as Neutron takes it); "" for global objects
     name: str = fld(NAME, "")
     version: int = fld(Int(0, 2**63 - 1), 0)
 

@@ -112,6 +112,23 @@ class Ident(Codec):
         return value
 
 
+_CONTROL_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class ProjectId(Codec):
+    """A project (tenant) id as Neutron takes it: any printable string of up to 255
+    characters -- spaces and '/' included (it is never part of a DB key); "" = global."""
+
+    def norm(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _wrong_type("a string project id", value)
+        if len(value) > MAX_ID_LEN:
+            raise Invalid("", f"longer than {MAX_ID_LEN} characters")
+        if _CONTROL_CHAR.search(value):
+            raise Invalid("", f"{value!r} must not contain control characters")
+        return value
+
+
 class Bool(Codec):
     def norm(self, value: Any) -> bool:
         if not isinstance(value, bool):
@@ -378,6 +395,7 @@ class PairsOf(Codec):
 ID = Ident()
 OPT_ID = Opt(Ident())
 ID_OR_EMPTY = Ident(allow_empty=True)
+PROJECT_ID = ProjectId()
 NAME = Str()
 BOOL = Bool()
 IP = IpAddr()

@@ -145,10 +145,13 @@ def test_bad_ids(bad_id: str, reason: str) -> None:
                    "network_id", reason)
 
 
-def test_topic_must_be_an_id_or_empty() -> None:
-    assert get("network", "net1").replace(topic="").topic == ""
-    expect_invalid(lambda: get("network", "net1").replace(topic="a/b"), "network", "topic",
-                   "'/'")
+def test_topic_is_any_project_id_neutron_takes() -> None:
+    net = get("network", "net1")
+    assert net.replace(topic="").topic == ""
+    for project in ("a b", "dept/team", "Ünïcode project", "x" * 255):
+        assert net.replace(topic=project).topic == project  # Neutron takes all of these
+    expect_invalid(lambda: net.replace(topic="a\nb"), "network", "topic", "control")
+    expect_invalid(lambda: net.replace(topic="x" * 256), "network", "topic", "longer than 255")
 
 
 def test_not_an_object_and_unknown_table() -> None:

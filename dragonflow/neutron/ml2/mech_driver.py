@@ -17,6 +17,7 @@ integration_bridge`` / ``datapath_type`` (the VIF details Nova plugs with).
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from neutron.db import provisioning_blocks
@@ -34,6 +35,14 @@ from dragonflow.neutron.writer import NbWriter
 LOG = logging.getLogger(__name__)
 
 SUPPORTED_VNIC_TYPES = (portbindings.VNIC_NORMAL,)
+RBAC_REREAD_DELAY = 0.3  # seconds after an RBAC policy request: the policy is written
+# Network types whose ports the datapath carries between chassis today (overlays), and
+# "local" (a network on one host: local delivery is all it promises). VLAN and flat are
+# written to the NB but NOT bound until provider networks are in the datapath: a port
+# that goes ACTIVE with nothing behind it would be a lie to Nova and the user.
+DATAPATH_NETWORK_TYPES = ("vxlan", "geneve", "gre", "local")
+# Security groups are not enforced by the datapath yet: Nova must not be told they are.
+PORT_FILTER = False
 
 
 class DfMechanismDriver(api.MechanismDriver):
@@ -45,7 +54,7 @@ class DfMechanismDriver(api.MechanismDriver):
         self.writer = NbWriter(self.nb, source.fresh)
         self.vif_type = portbindings.VIF_TYPE_OVS
         self.vif_details = {
-            portbindings.CAP_PORT_FILTER: True,
+            portbindings.CAP_PORT_FILTER: PORT_FILTER,
             portbindings.OVS_HYBRID_PLUG: False,
             portbindings.VIF_DETAILS_BRIDGE_NAME: conf.controller.integration_bridge,
             portbindings.OVS_DATAPATH_TYPE: conf.controller.datapath_type,
@@ -67,6 +76,35 @@ class DfMechanismDriver(api.MechanismDriver):
         for event in (events.AFTER_CREATE, events.AFTER_DELETE):
             registry.subscribe(self._on_security_group_rule, resources.SECURITY_GROUP_RULE,
                                event)
+        # An RBAC policy makes a network shared with / external to other projects without
+        # a network update (router:external follows access_as_external policies). Neutron
+        # 29 publishes only BEFORE_CREATE / BEFORE_UPDATE / BEFORE_DELETE / AFTER_DELETE
+        # for policies: re-read the network once the policy is written.
+        for event in (events.BEFORE_CREATE, events.BEFORE_UPDATE, events.BEFORE_DELETE,
+                      events.AFTER_DELETE):
+            registry.subscribe(self._on_rbac_policy, resources.RBAC_POLICY, event)
+
+    def _on_rbac_policy(self, resource: str, event: str, trigger: Any,
+                        payload: Any = None) -> None:
+        if payload is None or payload.metadata.get("object_type") != "network":
+            return
+        policy = payload.request_body if event == events.BEFORE_CREATE else (
+            payload.states[0] if payload.states else None)
+        net_id = (policy.get("object_id") if isinstance(policy, dict)
+                  else getattr(policy, "object_id", None))
+        if not net_id:
+            return
+        if event == events.AFTER_DELETE:
+            self._refresh_network(net_id)
+        else:  # the policy is not written yet: re-read when it is
+            threading.Timer(RBAC_REREAD_DELAY, self._refresh_network, (net_id,)).start()
+
+    def _refresh_network(self, net_id: str) -> None:
+        try:
+            fresh = source.fresh("network", net_id)
+            self.writer.put("network", net_id, fresh, fresh)
+        except Exception:  # a deleted network, the NB down: sync repairs it
+            LOG.exception("network %s: re-read after an RBAC change failed", net_id)
 
     # --- port status -------------------------------------------------------------------
     def _on_process_init(self, resource: str, event: str, trigger: Any,
@@ -191,17 +229,22 @@ class DfMechanismDriver(api.MechanismDriver):
 
     # --- binding -----------------------------------------------------------------------
     def bind_port(self, context: Any) -> None:
-        """Agentless: bind on any host, to the first segment of a type the NB carries."""
+        """Agentless: bind on any host, to the first segment of a type the datapath
+        implements; otherwise refuse with the reason (Neutron marks the binding failed)."""
         port = context.current
-        if port.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL) not in \
-                SUPPORTED_VNIC_TYPES:
+        vnic = port.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL)
+        if vnic not in SUPPORTED_VNIC_TYPES:
+            LOG.warning("port %s: not bound by df: vnic_type %r is not supported (only %s)",
+                        port["id"], vnic, ", ".join(SUPPORTED_VNIC_TYPES))
             return
         for segment in context.segments_to_bind:
-            if segment[api.NETWORK_TYPE] in translate.SUPPORTED_NETWORK_TYPES:
+            if segment[api.NETWORK_TYPE] in DATAPATH_NETWORK_TYPES:
                 context.set_binding(segment[api.ID], self.vif_type, dict(self.vif_details))
                 return
-        LOG.debug("port %s: no segment of a supported type in %s", port["id"],
-                  context.segments_to_bind)
+        types = sorted({str(s[api.NETWORK_TYPE]) for s in context.segments_to_bind})
+        LOG.warning("port %s on host %s: not bound by df: network type(s) %s not carried "
+                    "by the Dragonflow datapath yet (it carries %s)", port["id"],
+                    context.host, ", ".join(types), ", ".join(DATAPATH_NETWORK_TYPES))
 
     # --- security groups (callback registry) --------------------------------------------
     def _put_security_group(self, sg_id: str, sg: dict[str, Any] | None) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 from neutron.objects import provisioning_blocks as pb_obj
@@ -37,6 +39,15 @@ PROVIDER = ("provider:network_type", "provider:physical_network", "provider:segm
 PORT_ARGS = (portbindings.HOST_ID, "security_groups", "allowed_address_pairs",
              "extra_dhcp_opts", "device_owner", "device_id", "port_security_enabled", "name",
              "mac_address")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class DfMl2Case(DfNbMixin, test_plugin.Ml2PluginV2TestCase):
@@ -92,6 +103,34 @@ class TestNetworks(DfMl2Case):
                              (nb.name, nb.topic, nb.mtu, nb.external))
             self.assertEqual(self.version("network", net["id"]), nb.version)
         self.assertEqual(6, len(self.nb.list(Network)))
+        self.assert_synced()
+
+    def test_project_ids_neutron_takes_reach_the_nb(self) -> None:
+        for project in ("my project", "dept/team-1"):
+            net = self._make_network(self.fmt, f"net of {project}", True,
+                                     project_id=project, as_admin=True)["network"]
+            self.assertEqual(project, net["project_id"])
+            nb = self.nb.get_or_raise(Network, net["id"])
+            self.assertEqual(project, nb.topic)
+        self.assert_synced()
+
+    def test_rbac_external_and_shared_policies_reach_the_nb(self) -> None:
+        net = self.network("rbac-net")
+        self.assertFalse(self.nb.get_or_raise(Network, net["id"]).external)
+        req = self.new_create_request("rbac-policies", {"rbac_policy": {
+            "object_type": "network", "object_id": net["id"],
+            "action": "access_as_external", "target_tenant": "*"}},
+            self.fmt, as_admin=True)
+        res = req.get_response(self.api)
+        self.assertEqual(201, res.status_int, res.body)
+        policy = self.deserialize(self.fmt, res)["rbac_policy"]
+        self.assertTrue(self.neutron("network", net["id"])["router:external"])
+        self.assertTrue(wait_for(lambda: self.nb.get_or_raise(Network, net["id"]).external))
+        req = self.new_delete_request("rbac-policies", policy["id"], as_admin=True)
+        self.assertEqual(204, req.get_response(self.api).status_int)
+        self.assertFalse(self.neutron("network", net["id"])["router:external"])
+        self.assertTrue(wait_for(
+            lambda: not self.nb.get_or_raise(Network, net["id"]).external))
         self.assert_synced()
 
     def test_project_network_default_type_update_and_delete(self) -> None:
@@ -198,7 +237,7 @@ class TestPorts(DfMl2Case):
         got = self.neutron("port", port["id"])
         self.assertEqual(portbindings.VIF_TYPE_OVS, got[portbindings.VIF_TYPE])
         details = got[portbindings.VIF_DETAILS]
-        self.assertEqual((True, False, "br-int", "system"),
+        self.assertEqual((False, False, "br-int", "system"),  # no SG enforced: no filter
                          (details[portbindings.CAP_PORT_FILTER],
                           details[portbindings.OVS_HYBRID_PLUG],
                           details[portbindings.VIF_DETAILS_BRIDGE_NAME],
@@ -207,6 +246,21 @@ class TestPorts(DfMl2Case):
         blocks = pb_obj.ProvisioningBlock.get_objects(
             self.admin(), standard_attr_id=got["standard_attr_id"])
         self.assertEqual([DF_ENTITY], [b.entity for b in blocks])
+
+    def test_vlan_and_flat_ports_are_refused_until_the_datapath_carries_them(self) -> None:
+        for kind, attrs in (("vlan", {"provider:physical_network": "physnet1",
+                                      "provider:segmentation_id": 42}),
+                            ("flat", {"provider:physical_network": "physnet2"})):
+            net = self.network(f"net-{kind}", **{"provider:network_type": kind, **attrs})
+            self.subnet(net, cidr="10.42.0.0/24" if kind == "vlan" else "10.43.0.0/24")
+            with self.assertLogs("dragonflow.neutron.ml2.mech_driver", "WARNING") as logs:
+                port = self.port(net, **{portbindings.HOST_ID: "hv1"})
+            got = self.neutron("port", port["id"])
+            self.assertEqual(portbindings.VIF_TYPE_BINDING_FAILED, got[portbindings.VIF_TYPE])
+            self.assertTrue(any(f"network type(s) {kind} not carried" in line
+                                for line in logs.output), logs.output)
+            self.assertNotEqual("ACTIVE", got["status"])
+        self.assert_synced()
 
     def test_move_unbind_port_security_off_and_delete(self) -> None:
         net = self.network()
