@@ -58,28 +58,34 @@ class Diff:
     missing: dict[str, dict[str, NbObject]]  # table -> id -> Neutron's version
     differing: dict[str, dict[str, NbObject]]
     stray: dict[str, list[str]]  # table -> NB ids Neutron does not have
+    # Neutron objects the NB model cannot carry: a difference too, reported, never hidden
+    untranslatable: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not any(self.missing.values()) and not any(self.differing.values()) \
-            and not any(self.stray.values())
+            and not any(self.stray.values()) and not self.untranslatable
 
 
 def diff(nb: NbApi, ctx: Any, report: Report | None = None) -> Diff:
     """Compare Neutron (listed in ``ctx``) with the NB; untranslatable objects go to report."""
+    untranslatable: list[tuple[str, str, str]] = []
+
     def on_error(table: str, obj_id: str, e: Exception) -> None:
         LOG.error("sync: Neutron %s %s cannot be translated: %s", table, obj_id, e)
+        untranslatable.append((table, obj_id, str(e)))
         if report is not None:
             report.untranslatable.append((table, obj_id, str(e)))
 
     neutron = source.list_all(ctx, on_error)
-    bad = {(t, i) for t, i, _ in report.untranslatable} if report is not None else set()
+    bad = {(t, i) for t, i, _ in untranslatable}
     objs, _ = nb.snapshot()
     stored: dict[str, dict[str, NbObject]] = {t: {} for t in TABLES}
     for o in objs:
         if o.TABLE in stored:
             stored[o.TABLE][o.id] = o
-    d = Diff({t: {} for t in TABLES}, {t: {} for t in TABLES}, {t: [] for t in TABLES})
+    d = Diff({t: {} for t in TABLES}, {t: {} for t in TABLES}, {t: [] for t in TABLES},
+             untranslatable)
     for table in TABLES:
         if table in ("router", "floatingip") and source.l3_plugin() is None:
             continue  # not ours to manage without df-l3
