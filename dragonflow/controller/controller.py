@@ -528,10 +528,15 @@ class LocalController:
     def _report_port_status(self) -> None:
         """ACTIVE for local ports whose flows are installed (we are after the barrier);
         DOWN for ports this controller reported ACTIVE whose VIF went away."""
-        table = self.engine.table
-        local = {pid for pid in self._local_port_ids()
-                 if (key := ("physical", f"port/{pid}")) in table.contrib
-                 and key not in table.rejected}
+        table, engine = self.engine.table, self.engine
+        apps = list(engine.apps)
+
+        def works(pid: str) -> bool:  # its flows are in, and no app failed on it
+            owner = f"port/{pid}"
+            return ("physical", owner) in table.contrib and not any(
+                (a, owner) in table.rejected or (a, owner) in engine.failed for a in apps)
+
+        local = {pid for pid in self._local_port_ids() if works(pid)}
         for pid in sorted(local - self._active):
             self._set_status(pid, "ACTIVE")
         for pid in sorted(self._active - local):

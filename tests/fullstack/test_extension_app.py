@@ -8,9 +8,7 @@ IPv6 pings stop and IPv4 goes on."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from stevedore import ExtensionManager
@@ -20,15 +18,7 @@ from dragonflow.db.connect import open_nb
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed
 from tests.fixtures.redis_server import RedisServer
-
-
-def eventually(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
+from tests.fixtures.wait import eventually
 
 
 def build(dep: Deployment) -> tuple:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +16,7 @@ from dragonflow.db.connect import open_nb
 from dragonflow.model import Port
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import BR_INT, Node, Testbed
+from tests.fixtures.wait import eventually
 
 NODES = [("hv1", "10.255.0.11"), ("hv2", "10.255.0.12"), ("hv3", "10.255.0.13")]
 TAG = {"vxlan": "v", "geneve": "g", "gre": "e"}
@@ -40,12 +41,6 @@ def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment
         d.stop()
         d.nb.driver.close()
 
-
-def eventually(condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> None:
-    """Wait until ``condition()`` holds or ``timeout`` passed (the caller then asserts)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not condition():
-        time.sleep(poll)
 
 
 def flows_of(node: Node) -> set[str]:

@@ -10,7 +10,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,17 +18,10 @@ from dragonflow.db.connect import open_nb
 from dragonflow.model import Port
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import BR_INT, Node, Testbed
+from tests.fixtures.wait import eventually
 
 NODES = [("hv1", "10.255.0.11"), ("hv2", "10.255.0.12"), ("hv3", "10.255.0.13")]
 
-
-def eventually(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def vni_flows(node: Node, vni: int) -> int:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 from neutron.objects import provisioning_blocks as pb_obj
@@ -33,6 +31,7 @@ from dragonflow.model import (
 from dragonflow.neutron import source, sync, translate
 from dragonflow.neutron.status import DF_ENTITY
 from dragonflow.neutron.writer import NbWriter, Outcome
+from tests.fixtures.wait import eventually
 from tests.neutron.server.base import DfNbMixin
 
 PROVIDER = ("provider:network_type", "provider:physical_network", "provider:segmentation_id")
@@ -40,14 +39,6 @@ PORT_ARGS = (portbindings.HOST_ID, "security_groups", "allowed_address_pairs",
              "extra_dhcp_opts", "device_owner", "device_id", "port_security_enabled", "name",
              "mac_address")
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 class DfMl2Case(DfNbMixin, test_plugin.Ml2PluginV2TestCase):
@@ -125,12 +116,13 @@ class TestNetworks(DfMl2Case):
         self.assertEqual(201, res.status_int, res.body)
         policy = self.deserialize(self.fmt, res)["rbac_policy"]
         self.assertTrue(self.neutron("network", net["id"])["router:external"])
-        self.assertTrue(wait_for(lambda: self.nb.get_or_raise(Network, net["id"]).external))
+        self.assertTrue(eventually(
+            lambda: self.nb.get_or_raise(Network, net["id"]).external, 5, 0.05))
         req = self.new_delete_request("rbac-policies", policy["id"], as_admin=True)
         self.assertEqual(204, req.get_response(self.api).status_int)
         self.assertFalse(self.neutron("network", net["id"])["router:external"])
-        self.assertTrue(wait_for(
-            lambda: not self.nb.get_or_raise(Network, net["id"]).external))
+        self.assertTrue(eventually(
+            lambda: not self.nb.get_or_raise(Network, net["id"]).external, 5, 0.05))
         self.assert_synced()
 
     def test_project_network_default_type_update_and_delete(self) -> None:
