@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -25,7 +24,7 @@ from dragonflow.pipeline import flow as lf
 from dragonflow.pipeline.fields import CT_ESTABLISHED, CT_INVALID, CT_NEW, CT_TRACKED
 from dragonflow.pipeline.stages import Pipeline, Stage, fields
 from dragonflow.pipeline.topology import ChassisFacts, OwnersView, Topology, View
-from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
+from tests.fixtures.ovs_bridge import OvsBridgeEnv
 
 MACS = {"vm1": "fa:16:3e:00:00:01", "vm2": "fa:16:3e:00:00:02"}
 BAD = 500  # the owner whose flow OVS refuses
@@ -72,13 +71,8 @@ def nb_objects() -> list:
 
 
 @pytest.fixture
-def env() -> Iterator[OvsBridgeEnv]:
-    require_ovs()
-    e = OvsBridgeEnv().start()
-    try:
-        yield e
-    finally:
-        e.stop()
+def env(ovs_bridge: OvsBridgeEnv) -> OvsBridgeEnv:
+    return ovs_bridge
 
 
 def outputs(trace: str) -> list[str]:
