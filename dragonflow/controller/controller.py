@@ -125,6 +125,7 @@ class LocalController:
         self._pin_signalled = threading.Event()
         self.dead = threading.Event()  # the loop thread died (df-controller exits 1)
         self.loop_errors = 0
+        self.full_compile_ms = 0.0
         self.ready = threading.Event()  # set after the first full install
         self.synced = threading.Condition()
         self.generation = 0  # bumped after every loop iteration that reached the switch
@@ -200,7 +201,12 @@ class LocalController:
             scope_of=relevance_scopes)
         self._sub.add_ids(local_ids)
         self.topo.replace_all(o for o in objs if self._sub.wanted(o))
+        t0 = time.perf_counter()
         self.engine.full()
+        self.full_compile_ms = (time.perf_counter() - t0) * 1000
+        LOG.info("%s: full compile of %d owners in %.0f ms (%d NB objects followed of %d)",
+                 self.cfg.chassis_id, len(self.engine.flows), self.full_compile_ms,
+                 sum(len(v) for v in self.topo.objs.values()), len(objs))
 
     def _ensure_scopes(self) -> set[DepKey]:
         """Follow what the local ports need now (networks, not projects), forget the rest:
@@ -461,6 +467,8 @@ class LocalController:
                          for n in self.pipeline.order for o in (self.pipeline.stages[n],)],
             "flows_installed": len(self.reconciler.installed),
             "owners": len(self.engine.flows),
+            "objects_followed": sum(len(v) for v in self.topo.objs.values()),
+            "full_compile_ms": round(self.full_compile_ms, 1),
             "conflicts_total": table.conflicts_total,
             "conflicts": [{"flow": flow_info(k), "owners": [f"{a} {o}" for a, o in owners]}
                           for k, owners in sorted(table.conflicts.items(),
