@@ -215,6 +215,7 @@ def main() -> None:
                            full=st["full_compile_ms"], followed=st["objects_followed"])
 
         def measure(kind: str, action, settle: float = 0.3) -> None:  # type: ignore[no-untyped-def]
+            print(f"measuring {kind} ...", flush=True)
             before = {c: cpu_seconds(p) for c, p in pids.items()}
             t = time.monotonic()
             action()

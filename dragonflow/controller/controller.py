@@ -126,6 +126,9 @@ class LocalController:
         self.dead = threading.Event()  # the loop thread died (df-controller exits 1)
         self.loop_errors = 0
         self.full_compile_ms = 0.0
+        self._marks: tuple[int, ...] = ()
+        self._scopes_version = 0
+        self._follow_pending = False
         self.ready = threading.Event()  # set after the first full install
         self.synced = threading.Condition()
         self.generation = 0  # bumped after every loop iteration that reached the switch
@@ -208,22 +211,41 @@ class LocalController:
                  self.cfg.chassis_id, len(self.engine.flows), self.full_compile_ms,
                  sum(len(v) for v in self.topo.objs.values()), len(objs))
 
-    def _ensure_scopes(self) -> set[DepKey]:
+    def _scopes_dirty(self, touched: set[DepKey]) -> bool:
+        """Can ``touched`` change what this chassis must follow? (local networks, routers,
+        the local ports themselves, or a follow request still in flight)"""
+        if self._follow_pending or not touched:
+            return self._follow_pending
+        local = self.topo.facts.ofports
+        for key in touched:
+            kind = key[0]
+            if kind in ("local_networks", "l3_scope", "ofport"):
+                return True
+            if kind == "obj" and (key[1] == "router" or (key[1] == "port" and key[2] in local)):
+                return True
+        return False
+
+    def _ensure_scopes(self, touched: set[DepKey]) -> set[DepKey]:
         """Follow what the local ports need now (networks, not projects), forget the rest:
         new scopes are replayed by the stream (as changes, next iteration); objects of
         scopes no longer needed leave the topology (their owners recompile)."""
         if self._sub is None:
             return set()
+        if not self._scopes_dirty(touched):
+            return set()
         needed = self.topo.scopes_needed()
         have = self._sub.topics or set()
+        if needed != have:
+            self._scopes_version += 1
+        self._follow_pending = bool(needed - have)
         if needed - have:
             self.nbw.follow(needed - have)  # replayed into the queue by the NB worker
-        touched: set[DepKey] = set()
+        forgotten: set[DepKey] = set()
         if have - needed:
             self._sub.remove_topics(have - needed)
             for o in self.topo.irrelevant(self._sub.wanted):
-                touched |= self.topo.apply(o.TABLE, o.id, None) or set()
-        return touched
+                forgotten |= self.topo.apply(o.TABLE, o.id, None) or set()
+        return forgotten
 
     # --- OVSDB -------------------------------------------------------------------------
     def _iface_to_topology(self, ch: IfaceChange) -> set[DepKey]:
@@ -371,7 +393,8 @@ class LocalController:
                     self._q.put(("pins", None))
             elif kind == "flow_removed":
                 touched |= self._flow_removed(payload)
-        touched |= self._ensure_scopes()
+        touched |= self._ensure_scopes(touched | ({("local_networks",)} if full_compile
+                                                  else set()))
         if full_compile:
             self.engine.full()
         elif touched:
@@ -436,16 +459,24 @@ class LocalController:
     def _sync_switch(self) -> None:
         if self._of is None or not self._of_up:
             return
+        first = not self.ready.is_set()
         try:
-            self.reconciler.sync(self._of, self.engine.table, meters=self.engine.meters)
+            sent = self.reconciler.sync(self._of, self.engine.table, meters=self.engine.meters)
         except Exception as e:
             LOG.error("%s: flow install failed (%s); full reinstall on next event",
                       self.cfg.chassis_id, e)
             self._write_status()
             return
         self.ready.set()
-        self._write_status()
-        self._report_port_status()
+        # per-iteration work in proportion to the change: port status and the status file
+        # can only change when flows went in or out, or owners failed / were refused
+        marks = (self.engine.errors, self.reconciler.rejections,
+                 self.engine.table.conflicts_total, len(self.engine.table.rejected),
+                 len(self.engine.failed), self._scopes_version)
+        if sent or first or marks != self._marks:
+            self._marks = marks
+            self._write_status()
+            self._report_port_status()
         with self.synced:
             self.generation += 1
             self.synced.notify_all()
