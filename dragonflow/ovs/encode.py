@@ -451,6 +451,19 @@ def template(flow: fl.OfFlow) -> Template:
 
 
 # ---- messages -----------------------------------------------------------------------------
+# A flow with more actions than this is serialized by os-ken directly instead of getting a
+# template of its own: such flows (broadcast replication: two actions per port of a
+# network) change shape with every port added, and a template costs ~3 ms to build while
+# os-ken serializes one long flow in a fraction of that -- and the cache stays bounded.
+MAX_TEMPLATE_ACTIONS = 12
+
+
+def _direct(f: fl.OfFlow, command: Command, xid: int) -> bytes:
+    msg = osken_flow_mod(f, command, xid)
+    msg.serialize()
+    return bytes(msg.buf)
+
+
 def encode_flow_mods(flows: Iterable[fl.OfFlow], command: Command, xid_start: int) -> bytes:
     """Concatenated OFPT_FLOW_MOD messages; flow i gets xid ``xid_start + i``."""
     cmd = COMMANDS[command]
@@ -458,6 +471,10 @@ def encode_flow_mods(flows: Iterable[fl.OfFlow], command: Command, xid_start: in
     xid = xid_start
     templates = _TEMPLATES
     for f in flows:
+        if len(f.actions) > MAX_TEMPLATE_ACTIONS:
+            out += _direct(f, command, xid)
+            xid = (xid + 1) & 0xFFFFFFFF
+            continue
         t = templates.get(f.shape) or template(f)
         off = len(out)
         out += t.blank
@@ -507,6 +524,14 @@ def encode_bundle_adds(ops: Sequence[tuple[Command, fl.OfFlow]], bundle_id: int,
     templates = _TEMPLATES
     prefix = _BUNDLE_ADD.size
     for command, f in ops:
+        if len(f.actions) > MAX_TEMPLATE_ACTIONS:
+            inner = _direct(f, command, xid)
+            off = len(out)
+            out += _BUNDLE_ADD_PAD
+            out += inner
+            _wrap(out, off, len(inner), xid, bundle_id, flags)
+            xid = (xid + 1) & 0xFFFFFFFF
+            continue
         t = templates.get(f.shape) or template(f)
         off = len(out)
         out += _BUNDLE_ADD_PAD

@@ -179,6 +179,32 @@ def test_realistic_shapes_match_osken() -> None:
         assert_same_bytes(flow)
 
 
+@pytest.mark.parametrize("ports", [6, 7, 20, 64])
+def test_long_flood_flows_are_serialized_without_a_template_each(ports: int) -> None:
+    """Broadcast replication: 2 actions per port. Past MAX_TEMPLATE_ACTIONS no template is
+    built per length (the cache stays bounded); bytes still equal os-ken's, alone and
+    between templated flows in one batch and one bundle."""
+    actions: list[Action] = []
+    for k in range(ports):
+        actions += [SetField("reg7", 100 + k), Resubmit(6)]
+    flood = OfFlow(table=3, priority=200, cookie=0xABC,
+                   match=match(metadata=(7, 0xFFFFFFFF), eth_dst=("01:00:00:00:00:00",
+                                                                  "01:00:00:00:00:00")),
+                   actions=tuple(actions))
+    before = len(encode._TEMPLATES)
+    assert_same_bytes(flood)
+    if len(actions) > encode.MAX_TEMPLATE_ACTIONS:
+        assert len(encode._TEMPLATES) == before and flood.shape not in encode._TEMPLATES
+    else:
+        assert flood.shape in encode._TEMPLATES
+    flows = [*realistic_flows(3), flood, *realistic_flows(2)]
+    want = b"".join(oracle_bytes(oracle_flow_mod(f, "add", 40 + i)) for i, f in enumerate(flows))
+    assert encode.encode_flow_mods(flows, "add", 40) == want
+    ops = [("add", f) for f in flows]
+    want = b"".join(oracle_bundle_add(f, "add", 5, 40 + i) for i, f in enumerate(flows))
+    assert encode.encode_bundle_adds(ops, 5, 40) == want  # type: ignore[arg-type]
+
+
 def test_batch_is_concatenation_with_consecutive_xids() -> None:
     flows = realistic_flows(25)
     want = b"".join(oracle_bytes(oracle_flow_mod(f, "add", 500 + i))
