@@ -34,6 +34,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from port_ping_bench import pct
+
 from dragonflow.db.connect import open_nb
 from dragonflow.db.nbapi import NbApi
 from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Router, Subnet
@@ -55,11 +57,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 @dataclass
