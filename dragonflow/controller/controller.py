@@ -371,7 +371,9 @@ class LocalController:
                 if self._of is not None:
                     self._of.close()
                 self._of = payload
-                self._of_up = True
+                self._of_up = payload.connected  # it may have died before we got here
+                if not self._of_up:
+                    self._of_wanted.set()
                 self.reconciler.need_full = True
             elif kind == "of_down":
                 if payload is self._of:  # not an old channel's late goodbye
@@ -465,6 +467,9 @@ class LocalController:
         except Exception as e:
             LOG.error("%s: flow install failed (%s); full reinstall on next event",
                       self.cfg.chassis_id, e)
+            if not self._of.connected:  # its goodbye may have been ignored as stale
+                self._of_up = False
+                self._of_wanted.set()
             self._write_status()
             return
         self.ready.set()
