@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 
 from dragonflow.apps.base import split_owner
@@ -78,8 +79,7 @@ class L3App:
 
     def __init__(self, icmp_rate: float = 100.0, icmp_burst: float = 50.0,
                  clock: Callable[[], float] | None = None) -> None:
-        self.icmp_limit = (TokenBucket(icmp_rate, icmp_burst) if clock is None
-                           else TokenBucket(icmp_rate, icmp_burst, clock))
+        self.icmp_limit = TokenBucket(icmp_rate, icmp_burst, clock or time.monotonic)
         self.limited = 0
 
     def owners(self, topo: OwnersView) -> set[str]:
@@ -189,7 +189,7 @@ class L3App:
 
     def flow_removed(self, topo: Topology, stage: str, msg: FlowRemoved) -> set[DepKey]:
         """A reactive host flow idled out: forget its destination."""
-        router = _router_by_key(topo, read_field(msg.match, "router"))
+        router = topo.by_unique_key(Router, read_field(msg.match, "router"))
         ip = msg.match.get("ipv4_dst") or msg.match.get("ipv6_dst")
         if router is None or ip is None:
             return set()
@@ -200,7 +200,7 @@ class L3App:
         """Reactive L3: True if the packet is for a known host of an attached subnet."""
         if topo.facts.l3_mode != "reactive" or req.ip_dst is None:
             return False
-        router = _router_by_key(topo, read_field(pin.match, "router"))
+        router = topo.by_unique_key(Router, read_field(pin.match, "router"))
         if router is None:
             return False
         dst = ipaddress.ip_address(req.ip_dst)
@@ -218,8 +218,8 @@ class L3App:
 
     def _icmp_error(self, topo: Topology, pin: PacketIn, req: packets.Parsed) -> bytes | None:
         key = read_field(pin.match, "network")
-        net = next((n for n in topo.all(Network) if n.unique_key == key), None)
-        router = _router_by_key(topo, read_field(pin.match, "router"))
+        net = topo.by_unique_key(Network, key)
+        router = topo.by_unique_key(Router, read_field(pin.match, "router"))
         if net is None or router is None or req.ip_version is None:
             return None
         rp = next((rp for rp in router.ports if rp.network_id == net.id), None)
@@ -235,6 +235,3 @@ class L3App:
             packets.NET_UNREACHABLE
         return packets.icmp_error(req, kind, rp.mac, str(src))
 
-
-def _router_by_key(topo: Topology, key: int | None) -> Router | None:
-    return next((r for r in topo.all(Router) if r.unique_key == key), None)

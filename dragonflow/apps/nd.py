@@ -55,7 +55,7 @@ class NdResponderApp:
         answer = Answer()
         req = packets.parse(pin.data)
         key = read_field(pin.match, "network")
-        net = next((n for n in topo.all(Network) if n.unique_key == key), None)
+        net = topo.by_unique_key(Network, key)
         if net is None or req.ns_target is None or pin.in_port is None:
             return answer
         frame = None

@@ -37,6 +37,7 @@ from dragonflow.ovs.ofchannel import FlowRemoved, OfChannel, PacketIn
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
 from dragonflow.pipeline.lower import app_cookie
 from dragonflow.pipeline.punt import Answer
+from dragonflow.pipeline.stages import OwnedStage
 from dragonflow.pipeline.topology import ChassisFacts, DepKey, Topology, relevance_scopes
 
 LOG = logging.getLogger(__name__)
@@ -417,15 +418,21 @@ class LocalController:
         except Exception as e:  # the channel went away: the sender will retry
             LOG.warning("%s: packet-out failed: %s", self.cfg.chassis_id, e)
 
+    def _handler(self, table_id: int, method: str) -> tuple[OwnedStage, Any] | None:
+        """The stage of ``table_id`` and its app's ``method`` (None if it has none)."""
+        owned = self.pipeline.stage_of_table(table_id)
+        app = self.engine.apps.get(owned.app) if owned is not None else None
+        handler = getattr(app, method, None)
+        return (owned, handler) if owned is not None and handler is not None else None
+
     def _packet_in(self, pin: PacketIn) -> Answer:
         """Dispatched by table to the app owning that stage (declared punt=True)."""
-        owned = self.pipeline.stage_of_table(pin.table_id)
-        app = self.engine.apps.get(owned.app) if owned is not None else None
-        handler = getattr(app, "packet_in", None)
-        if owned is None or handler is None or not owned.stage.punt:
+        found = self._handler(pin.table_id, "packet_in")
+        if found is None or not found[0].stage.punt:
             LOG.warning("%s: unexpected packet-in from table %s", self.cfg.chassis_id,
                         pin.table_id)
             return Answer()
+        owned, handler = found
         try:
             answer: Answer = handler(self.topo, owned.stage.name, pin)
             return answer
@@ -437,11 +444,10 @@ class LocalController:
             return Answer()
 
     def _flow_removed(self, msg: FlowRemoved) -> set[DepKey]:
-        owned = self.pipeline.stage_of_table(msg.table_id)
-        app = self.engine.apps.get(owned.app) if owned is not None else None
-        handler = getattr(app, "flow_removed", None)
-        if owned is None or handler is None:
+        found = self._handler(msg.table_id, "flow_removed")
+        if found is None:
             return set()
+        owned, handler = found
         try:
             touched: set[DepKey] = handler(self.topo, owned.stage.name, msg)
             return touched

@@ -65,10 +65,6 @@ class NbWorker:
             self._follow |= scopes
             self._cv.notify()
 
-    def pending(self) -> int:
-        with self._cv:
-            return len(self._status) + len(self._fetch) + len(self._follow)
-
     # --- the thread ----------------------------------------------------------------------
     def start(self, name: str) -> None:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -60,7 +60,6 @@ LOGICAL_FIELDS: dict[str, LogicalField] = {f.name: f for f in (
 )}
 # Flag bits reg10[1..15] are reserved for named flags; add them to LOGICAL_FIELDS as 1-bit
 # fields (as from_tunnel) when a service needs one.
-FLAGS_REGISTER = "reg10"
 
 # Registers any stage may use as temporaries WITHIN one flow's actions.
 SCRATCH = ("reg0", "reg1", "reg2", "reg3", "reg8", "reg9")

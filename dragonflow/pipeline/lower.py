@@ -87,9 +87,6 @@ class Lowering:
                                  cookie=cookie(PIPELINE_APP, f"miss/{name}")))
         return out
 
-    def lower_all(self, app: str, flows: Iterable[lf.Flow]) -> list[of.OfFlow]:
-        return [self.lower(app, f) for f in flows]
-
     def lower(self, app: str, f: lf.Flow) -> of.OfFlow:
         def bad(reason: str) -> PipelineError:
             return PipelineError(f"app {app}: flow {f}: {reason}")

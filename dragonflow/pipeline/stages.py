@@ -179,10 +179,6 @@ class Pipeline:
         found = self.meters.get((app, name))
         return found[0] if found else None
 
-    @property
-    def tables(self) -> list[int]:
-        return [self.stages[n].table for n in self.order]
-
     def describe(self) -> str:
         """One line per stage: table, name, owner, miss."""
         return "\n".join(f"  table {o.table:>3}  {n:<20} app={o.app:<10} miss={o.stage.miss}"

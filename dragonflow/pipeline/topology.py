@@ -172,6 +172,14 @@ class Topology:
     def all(self, cls: type[T]) -> list[T]:
         return [o for o in self.objs[cls.TABLE].values() if isinstance(o, cls)]
 
+    def by_unique_key(self, cls: type[T], key: int | None) -> T | None:
+        """The object of ``cls`` whose datapath key is ``key`` (from a packet-in's
+        registers); None if unknown."""
+        if key is None:
+            return None
+        return next((o for o in self.all(cls) if getattr(o, "unique_key", None) == key),
+                    None)
+
     def scopes_needed(self) -> set[str]:
         """What this chassis must follow (see :func:`relevance_scopes`): the networks of its
         local ports, whoever owns them (shared, RBAC-shared, admin-owned provider or
