@@ -157,8 +157,14 @@ class Watcher:
         self.proc = subprocess.Popen(cli.argv("watch", *args), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
-        ready = self.proc.stderr.readline()  # printed once the subscription is in place
-        assert ready.startswith("df-db: watching from revision"), ready
+        # printed once the subscription is in place; the stream's own warnings (e.g. "NB
+        # history gone ... resyncing", logged from its thread) may come before it
+        seen = []
+        for ready in iter(self.proc.stderr.readline, ""):
+            seen.append(ready)
+            if ready.startswith("df-db: watching from revision"):
+                break
+        assert seen and seen[-1].startswith("df-db: watching from revision"), seen
 
     def lines(self) -> list[str]:
         out, err = self.proc.communicate(timeout=TIMEOUT)
