@@ -77,7 +77,8 @@ def build_nb(nb: NbApi, args: argparse.Namespace) -> World:
     chassis = [f"hv{i}" for i in range(args.chassis)]
     for i, c in enumerate(chassis):
         nb.create(Chassis(id=c, ip=f"10.255.{1 + i // 200}.{10 + i % 200}",
-                          tunnel_types=("vxlan",), heartbeat=time.time()))
+                          tunnel_types=("vxlan",)))
+        nb.beat(c, time.time())
     nets = [f"n{i}" for i in range(args.networks)]
     for i, n in enumerate(nets):
         nb.create(Network(id=n, topic=f"proj{i % 7}", network_type="vxlan",
@@ -150,10 +151,8 @@ class Heartbeats(threading.Thread):
             for c in self.chassis:
                 if self.stop.wait(gap):
                     return
-                cur = self.nb.get(Chassis, c)
-                if cur is not None:
-                    self.nb.update(cur.replace(heartbeat=time.time()))
-                    self.beats += 1
+                self.nb.beat(c, time.time())
+                self.beats += 1
 
 
 def status_of(node: Node) -> dict:
@@ -232,8 +231,7 @@ def main() -> None:
 
         def heartbeats() -> None:
             for i in range(args.events):
-                cur = nb.get_or_raise(Chassis, remote[i % len(remote)])
-                nb.update(cur.replace(heartbeat=time.time()))
+                nb.beat(remote[i % len(remote)], time.time())
 
         measure("heartbeat", heartbeats)
 

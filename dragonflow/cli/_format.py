@@ -7,6 +7,7 @@ short summary, ``None`` a dash.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -44,6 +45,12 @@ def cell(value: Any) -> str:
 
 def field(name: str) -> Callable[[Row], str]:
     return lambda row: cell(row[name])
+
+
+def _beat_age(row: Row) -> str:
+    """How long ago the chassis' controller last beat (liveness is kept beside the object)."""
+    at = row.get("heartbeat")
+    return "never" if at is None else f"{max(0.0, time.time() - at):.0f}s ago"
 
 
 def _ips(row: Row) -> str:
@@ -84,7 +91,7 @@ def _qos_rules(row: Row) -> str:
 COLUMNS: dict[str, list[Column]] = {
     "chassis": [("IP", field("ip")), ("TUNNELS", field("tunnel_types")),
                 ("EXT_IP", field("external_host_ip")),
-                ("BRIDGES", field("bridge_mappings")), ("HEARTBEAT", field("heartbeat"))],
+                ("BRIDGES", field("bridge_mappings")), ("LAST_BEAT", _beat_age)],
     "network": [("TYPE", field("network_type")), ("SEGID", field("segmentation_id")),
                 ("PHYSNET", field("physical_network")), ("MTU", field("mtu")),
                 ("EXTERNAL", field("external")), ("KEY", field("unique_key"))],

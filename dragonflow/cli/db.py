@@ -213,10 +213,15 @@ def cmd_tables(nb: NbApi, args: argparse.Namespace) -> int:
 def cmd_ls(nb: NbApi, args: argparse.Namespace) -> int:
     table = table_of(args.table)
     objs: list[NbObject] = nb.list(table, topic=args.topic)
+    rows = [_with_table(o) for o in objs]
+    if table == "chassis":  # liveness is kept beside the objects (NbApi.beat)
+        live = nb.liveness()
+        for row in rows:
+            row["heartbeat"] = live.get(row["id"])
     if args.json:
-        _out(_as_json([_with_table(o) for o in objs]))
+        _out(_as_json(rows))
     else:
-        _out(_format.render_objects(table, [o.to_dict() for o in objs]))
+        _out(_format.render_objects(table, rows))
     return 0
 
 

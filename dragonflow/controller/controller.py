@@ -176,14 +176,15 @@ class LocalController:
             "id": self.cfg.chassis_id, "ip": self.cfg.tunnel_ip,
             "tunnel_types": list(self.cfg.tunnel_types),
             "external_host_ip": self.cfg.external_host_ip,
-            "bridge_mappings": dict(self.cfg.bridge_mappings), "heartbeat": time.time()})
+            "bridge_mappings": dict(self.cfg.bridge_mappings)})
         for _ in range(5):
             cur = self.nb.get(Chassis, c.id)
             try:
                 if cur is None:
                     self.nb.create(c)
-                else:
+                elif cur.replace(version=0) != c:  # unchanged: no write, no event
                     self.nb.update(c.replace(version=cur.version))
+                self.nb.beat(c.id, time.time())
                 return
             except (db_errors.AlreadyExists, db_errors.StaleVersion):
                 continue
@@ -566,12 +567,13 @@ class LocalController:
         return True
 
     def _beat(self) -> None:
+        """Liveness beside the Chassis record, not in it: no controller's change stream
+        carries it (see NbApi.beat). A chassis record that went away is registered again."""
         try:
-            cur = self.nb.get(Chassis, self.cfg.chassis_id)
-            if cur is None:
+            if self.nb.get(Chassis, self.cfg.chassis_id) is None:
                 self._register_chassis()
                 return
-            self.nb.update(cur.replace(heartbeat=time.time()))
+            self.nb.beat(self.cfg.chassis_id, time.time())
         except (db_errors.NbError, DriverError) as e:  # NB down: the next beat retries
             LOG.warning("%s: heartbeat not written: %s", self.cfg.chassis_id, e)
 

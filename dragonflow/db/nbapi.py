@@ -7,6 +7,9 @@ Layout of the key space under ``root`` (default ``/df/``)::
     claim/<claim>                          unique claim -> "<table>/<id>" (IP in a subnet,
                                            MAC in a network, unique keys "ukey/<ns>/<n>")
     ctr/ukey/<ns>                          unique-key counter
+    live/<chassis id>                      liveness: {"heartbeat": epoch seconds}, written
+                                           by each controller, outside obj/ so no
+                                           controller receives another's heartbeat
 
 A write is ONE driver commit: the object, its index entries and its claims change together,
 guarded by checks -- the object's own mod_revision (optimistic concurrency), the mod_revision
@@ -202,6 +205,40 @@ class NbApi:
     def revision(self) -> int:
         return self.driver.current_revision()
 
+    # --- liveness (outside obj/: nobody's change stream carries it) --------------------
+    def _live_key(self, chassis_id: str) -> str:
+        return f"{self.root}live/{chassis_id}"
+
+    def beat(self, chassis_id: str, at: float) -> None:
+        """Record that ``chassis_id`` was alive at ``at`` (epoch seconds). Not an NB object:
+        a heartbeat changes no object, wakes no controller and recompiles nothing (as OVN
+        keeps liveness in Chassis_Private)."""
+        if not chassis_id or "/" in chassis_id:
+            raise errors.NbError("chassis", chassis_id, "id", "must be non-empty, without '/'")
+        self.driver.commit([], [Put(self._live_key(chassis_id),
+                                    json.dumps({"heartbeat": at}).encode())])
+
+    def liveness(self) -> dict[str, float]:
+        """Last heartbeat of every chassis that ever beat (a value that cannot be read is
+        logged and left out, never an error)."""
+        prefix = self._live_key("")
+        kvs, _ = self.driver.get_prefix(prefix)
+        out: dict[str, float] = {}
+        for kv in kvs:
+            try:
+                at = json.loads(kv.value)["heartbeat"]
+                if isinstance(at, (int, float)) and not isinstance(at, bool):
+                    out[kv.key[len(prefix):]] = float(at)
+                    continue
+            except (ValueError, KeyError, TypeError):
+                pass
+            LOG.warning("NB liveness %s: unreadable value %r: ignored", kv.key, kv.value[:80])
+        return out
+
+    def forget_liveness(self, chassis_id: str) -> None:
+        if self.driver.get(self._live_key(chassis_id)) is not None:
+            self.driver.commit([], [Delete(self._live_key(chassis_id))])
+
     # --- writes ----------------------------------------------------------------------
     def create(self, obj: T) -> T:
         return self._retry(lambda fresh: self._create_once(obj, fresh))
@@ -224,6 +261,8 @@ class NbApi:
                ) -> None:
         name = table_of(table)
         self._retry(lambda fresh: self._delete_once(name, obj_id, expect_version, fresh))
+        if name == "chassis":
+            self.forget_liveness(obj_id)
 
     def _retry(self, attempt: Callable[[bool], Any]) -> Any:
         """Run ``attempt(fresh)``: first on cached reads, again on fresh reads if a check

@@ -20,7 +20,6 @@ from dragonflow.model.fields import (
     OPT_IP,
     UNIQUE_KEY,
     Cidr,
-    Float,
     Ident,
     Int,
     Invalid,
@@ -60,7 +59,6 @@ class Chassis(NbObject):
                                                 non_empty=True))
     external_host_ip: IPAddress | None = fld(OPT_IP, None)
     bridge_mappings: tuple[tuple[str, str], ...] = fld(PairsOf(Ident(), Ident()), ())
-    heartbeat: float = fld(Float(0.0), 0.0)  # epoch seconds
 
     def _check(self) -> None:
         if self.topic:

@@ -201,11 +201,10 @@ class Topology:
         return [o for objs in self.objs.values() for o in objs.values() if not wanted(o)]
 
 
-# Fields no app reads: liveness and status, written all the time by controllers and
-# Neutron. A change of only these (and the version) recompiles nothing (OVN keeps them in
-# Chassis_Private / port status for the same reason).
+# Fields no app reads: port status, written by controllers and Neutron. A change of only
+# these (and the version) recompiles nothing. (Chassis liveness is not in the NB objects at
+# all: NbApi.beat keeps it outside the watched prefix, as OVN's Chassis_Private.)
 LIVENESS_FIELDS: dict[type, tuple[str, ...]] = {
-    Chassis: ("heartbeat",),
     Port: ("status",),
 }
 

@@ -99,8 +99,9 @@ class Deployment:
             if cp.proc.poll() is not None:
                 raise RuntimeError(f"df-controller of {cp.node.name} exited "
                                    f"({cp.proc.returncode}):\n{cp.log.read_text()[-3000:]}")
-            chassis = self.nb.get(Chassis, cp.node.name)
-            if chassis is not None and chassis.heartbeat >= since - 1 and subprocess.run(
+            beat = self.nb.liveness().get(cp.node.name, 0.0)
+            registered = self.nb.get(Chassis, cp.node.name) is not None and beat >= since - 1
+            if registered and subprocess.run(
                     ["ovs-vsctl", "br-exists", BR_INT], env=cp.node.env()).returncode == 0:
                 return
             time.sleep(0.05)

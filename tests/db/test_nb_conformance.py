@@ -17,7 +17,16 @@ from dragonflow.db import errors
 from dragonflow.db.driver import Put
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
-from dragonflow.model import FixedIp, NbObject, Network, Port, Router, Subnet, ValidationError
+from dragonflow.model import (
+    Chassis,
+    FixedIp,
+    NbObject,
+    Network,
+    Port,
+    Router,
+    Subnet,
+    ValidationError,
+)
 from dragonflow.pipeline.topology import relevance_scopes
 from tests.db.conftest import Backend
 
@@ -263,6 +272,30 @@ def test_subscription_follows_networks_not_projects(backend: Backend) -> None:
         assert mirror.wait(lambda: mirror.objs[("network", "net1")].name == "seen")
         assert mirror.objs[("network", "net2")].name != "unseen"
         assert not sub.wanted(nb.get_or_raise(Network, "net2"))
+    finally:
+        sub.close()
+
+
+def test_heartbeats_reach_no_subscriber(backend: Backend) -> None:
+    """Liveness lives beside the objects: a subscriber following everything sees the
+    chassis record once, none of its heartbeats; ``liveness()`` has the last beat; deleting
+    the chassis forgets it."""
+    nb = nb_for(backend)
+    mirror = Mirror()
+    sub = Subscription(nb, mirror.on_change, mirror.on_resync,
+                       from_revision=nb.revision() + 1)
+    try:
+        nb.create(Chassis(id="hv-live", ip="192.0.2.7", tunnel_types=("vxlan",)))
+        for i in range(20):
+            nb.beat("hv-live", 1000.0 + i)
+        nb.create(net(1))
+        assert mirror.wait(lambda: ("network", "net1") in mirror.objs)
+        assert len(mirror.revisions) == 2  # the chassis and the network: no heartbeat
+        assert nb.liveness()["hv-live"] == 1019.0
+        with pytest.raises(errors.NbError, match="field 'id'"):
+            nb.beat("a/b", 1.0)
+        nb.delete(Chassis, "hv-live")
+        assert "hv-live" not in nb.liveness()
     finally:
         sub.close()
 

@@ -116,8 +116,6 @@ WRONG_TYPES: list[tuple[str, str, str, Any, str]] = [
     ("port", "port1", "extra_dhcp_opts[0].ip_version", True, "not one of 4|6"),
     ("network", "net1", "mtu", "1450", "must be an integer"),
     ("network", "net1", "external", None, "must be a bool"),
-    ("chassis", "hv1", "heartbeat", "now", "must be a number"),
-    ("chassis", "hv1", "heartbeat", -1.0, ">= 0"),
     ("chassis", "hv1", "bridge_mappings", "physnet1:br-phy", "must be a list"),
     ("chassis", "hv1", "bridge_mappings.physnet1", 5, "must be a string id"),
     ("subnet", "sub4", "dns_nameservers[0]", "8.8.8", "not an IP address"),
