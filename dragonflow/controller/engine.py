@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from dragonflow.apps.base import App
 from dragonflow.controller.flowtable import FlowTable, OwnerKey
-from dragonflow.ovs.flows import OfMeter
+from dragonflow.ovs.flows import OfFlow, OfMeter
 from dragonflow.pipeline.flow import Flow
 from dragonflow.pipeline.lower import PIPELINE_APP, Lowering
 from dragonflow.pipeline.stages import Pipeline
@@ -45,6 +45,7 @@ class Engine:
         self.deps: dict[OwnerKey, set[DepKey]] = {}
         self.by_dep: dict[DepKey, set[OwnerKey]] = defaultdict(set)
         self.failed: dict[OwnerKey, str] = {}
+        self._lowered: dict[OwnerKey, dict[Flow, OfFlow]] = {}  # per owner: flow -> lowered
         self.app_failed: dict[str, str] = {}
         self._owners: dict[str, set[str]] = {}       # app -> its owners now
         self._owner_deps: dict[str, set[DepKey]] = {}  # app -> what its owners() read
@@ -59,17 +60,22 @@ class Engine:
         self._forget_deps(key)
         view = View(self.topo)
         self.compiled += 1
+        # a flow the owner had before is not lowered again (an owner of one flow per host
+        # of a network that gained a host lowers one flow, not all of them)
+        before = self._lowered.get(key, {})
         try:
             flows = frozenset(self.apps[key[0]].compile(view, key[1]))
-            lowered = [self.lowering.lower(key[0], f) for f in flows]
+            lowered = {f: before[f] if f in before else self.lowering.lower(key[0], f)
+                       for f in flows}
             self.failed.pop(key, None)
         except Exception as e:
             LOG.exception("app %s failed to compile %s; it keeps no flows until fixed", *key)
             self.errors += 1
-            flows, lowered = frozenset(), []
+            flows, lowered = frozenset(), {}
             self.failed[key] = f"{type(e).__name__}: {e}"
         self.flows[key] = flows
-        self.table.put(key, lowered)
+        self._lowered[key] = lowered
+        self.table.put(key, tuple(lowered.values()))
         self.deps[key] = view.deps
         for d in view.deps:
             self.by_dep[d].add(key)
@@ -77,6 +83,7 @@ class Engine:
     def _drop(self, key: OwnerKey) -> None:
         self._forget_deps(key)
         del self.flows[key]
+        self._lowered.pop(key, None)
         self.failed.pop(key, None)
         self.table.put(key, ())
 

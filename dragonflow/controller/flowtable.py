@@ -25,7 +25,7 @@ The table works in proportion to the change: :meth:`put` marks the keys an owner
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from dragonflow.ovs.flows import Conjunction, OfFlow
@@ -64,17 +64,29 @@ class FlowTable:
             self._dirty.update(f.key for f in old)
         elif old == new:
             return
-        for f in old:
+        # only the flows that differ touch their keys: an owner of 50 flows that gained
+        # one re-resolves one key, not 51
+        gone, came = Counter(old), Counter(new)
+        gone.subtract(new)
+        came.subtract(old)
+        for f, n in gone.items():
             entry = self.by_key.get(f.key)
-            if entry is not None and entry.pop(owner, None) is not None:
+            mine = entry.get(owner) if entry is not None else None
+            for _ in range(n if mine else 0):
+                if f in mine:  # type: ignore[operator]
+                    mine.remove(f)  # type: ignore[union-attr]
+            if entry is not None and mine is not None and n > 0:
                 self._dirty.add(f.key)
-                if not entry:
-                    del self.by_key[f.key]
-        if new:
-            self.contrib[owner] = new
-            for f in new:
+                if not mine:
+                    del entry[owner]
+                    if not entry:
+                        del self.by_key[f.key]
+        for f, n in came.items():
+            for _ in range(n):
                 self.by_key[f.key].setdefault(owner, []).append(f)
                 self._dirty.add(f.key)
+        if new:
+            self.contrib[owner] = new
         else:
             self.contrib.pop(owner, None)
 
