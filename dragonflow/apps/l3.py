@@ -75,7 +75,7 @@ class L3App:
               punt=True, miss="drop",
               doc="longest prefix: host flows, attached subnets, extra routes"),
     )
-    meters = (MeterDecl("punt", rate=1000, burst=200),)
+    meters = (MeterDecl("punt", rate=1000, burst=200, per_port=200, per_port_burst=40),)
 
     def __init__(self, icmp_rate: float = 100.0, icmp_burst: float = 50.0,
                  clock: Callable[[], float] | None = None) -> None:

@@ -31,7 +31,7 @@ class NdResponderApp:
               punt=True, miss="next", doc="solicitations for known IPv6 addresses punted"),
     )
     # a VM flooding solicitations for known targets costs the controller at most this
-    meters = (MeterDecl("punt", rate=500, burst=100),)
+    meters = (MeterDecl("punt", rate=500, burst=100, per_port=100, per_port_burst=20),)
 
     def owners(self, topo: OwnersView) -> set[str]:
         return local_network_ports(topo) | local_router_owners(topo)

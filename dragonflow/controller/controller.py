@@ -35,9 +35,9 @@ from dragonflow.model import Chassis, Port
 from dragonflow.ovs.flows import OFPP_CONTROLLER, OFPP_TABLE, Output
 from dragonflow.ovs.ofchannel import FlowRemoved, OfChannel, PacketIn
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
-from dragonflow.pipeline.lower import app_cookie
+from dragonflow.pipeline.lower import app_cookie, punt_origin
 from dragonflow.pipeline.punt import Answer
-from dragonflow.pipeline.stages import OwnedStage
+from dragonflow.pipeline.stages import COPP_KIND_TABLE, OwnedStage
 from dragonflow.pipeline.topology import ChassisFacts, DepKey, Topology, relevance_scopes
 
 LOG = logging.getLogger(__name__)
@@ -427,8 +427,10 @@ class LocalController:
         return (owned, handler) if owned is not None and handler is not None else None
 
     def _packet_in(self, pin: PacketIn) -> Answer:
-        """Dispatched by table to the app owning that stage (declared punt=True)."""
-        found = self._handler(pin.table_id, "packet_in")
+        """Dispatched by table to the app owning that stage (declared punt=True); a punt
+        policed in the CoPP tables says in its registers which table punted it."""
+        table = punt_origin(pin.match) if pin.table_id == COPP_KIND_TABLE else pin.table_id
+        found = self._handler(table, "packet_in") if table is not None else None
         if found is None or not found[0].stage.punt:
             LOG.warning("%s: unexpected packet-in from table %s", self.cfg.chassis_id,
                         pin.table_id)

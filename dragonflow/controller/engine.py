@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from dragonflow.apps.base import App
 from dragonflow.controller.flowtable import FlowTable, OwnerKey
+from dragonflow.model import Port
 from dragonflow.ovs.flows import OfFlow, OfMeter
 from dragonflow.pipeline.flow import Flow
 from dragonflow.pipeline.lower import PIPELINE_APP, Lowering
@@ -31,6 +32,9 @@ from dragonflow.pipeline.topology import DepKey, OwnersView, Topology, View
 
 LOG = logging.getLogger(__name__)
 MISS_OWNER: OwnerKey = (PIPELINE_APP, "miss")
+COPP_OWNER: OwnerKey = (PIPELINE_APP, "copp")
+PORT_METER_BASE = 0x1000  # per-port punt meters; app meters are 1..255
+MAX_METER_ID = 0xFFFF0000  # OpenFlow's last meter id
 
 
 class Engine:
@@ -52,9 +56,53 @@ class Engine:
         self.errors = 0
         self.compiled = 0  # owners compiled since start (work done, for benches)
         self.table.put(MISS_OWNER, self.lowering.miss_flows())
-        # the apps' declared meters, by the ids the pipeline gave them
+        self.table.put(COPP_OWNER, self.lowering.copp_flows())
+        # the apps' declared meters, by the ids the pipeline gave them, and the per-port
+        # punt meters of the local ports
         self.meters = {mid: OfMeter(mid, m.rate, m.burst, m.unit)
                        for mid, m in self.pipeline.meters.values()}
+        self._per_port = self.pipeline.per_port_meters()
+        self._port_meters: dict[str, dict[int, int]] = {}  # port id -> {app meter: its own}
+
+    # --- control-plane policing: a meter per local port and punt kind ----------------------
+    def _copp(self, port_id: str) -> None:
+        """(Re)make ``port_id``'s CoPP flows and meters: it has them while it is local and
+        known, with a unique key; O(1) per port change."""
+        if not self._per_port:
+            return
+        owner = f"copp/{port_id}"
+        port = (self.topo.get(Port, port_id) if port_id in self.topo.facts.ofports
+                else None)
+        if port is None or not port.unique_key:
+            for pmid in self._port_meters.pop(port_id, {}).values():
+                self.meters.pop(pmid, None)
+            self.table.put((PIPELINE_APP, owner), ())
+            return
+        # the port's meter ids follow from its unique key (same on every run, and the
+        # incremental result equals a full recompute)
+        kinds = sorted(self._per_port)
+        want = {mid: PORT_METER_BASE + port.unique_key * len(kinds) + i
+                for i, mid in enumerate(kinds)}
+        if max(want.values()) > MAX_METER_ID:
+            want = {}  # (2**31 ports) its punts pass the shared meters only
+        for pmid in set(self._port_meters.get(port_id, {}).values()) - set(want.values()):
+            self.meters.pop(pmid, None)
+        self._port_meters[port_id] = mine = want
+        for mid, pmid in mine.items():
+            decl = self._per_port[mid]
+            self.meters[pmid] = OfMeter(pmid, decl.per_port, decl.per_port_burst, "pktps")
+        self.table.put((PIPELINE_APP, owner),
+                       self.lowering.copp_port_flows(port.unique_key, mine, owner))
+
+    def _copp_touched(self, touched: set[DepKey]) -> None:
+        if not self._per_port:
+            return
+        local = self.topo.facts.ofports
+        for key in touched:
+            if key[0] == "ofport":
+                self._copp(key[1])
+            elif key[:2] == ("obj", "port") and (key[2] in local or key[2] in self._port_meters):
+                self._copp(key[2])
 
     def _compile(self, key: OwnerKey) -> None:
         self._forget_deps(key)
@@ -125,6 +173,8 @@ class Engine:
             todo |= {(name, o) for o in added}
         for key in sorted(todo):
             self._compile(key)
+        for pid in sorted(set(self.topo.facts.ofports) | set(self._port_meters)):
+            self._copp(pid)
 
     def changed(self, touched: Iterable[DepKey]) -> int:
         """Recompile what ``touched`` affects; returns how many owners were recompiled.
@@ -149,6 +199,7 @@ class Engine:
         todo = {k for k in dirty if k[1] in self._owners.get(k[0], ())}
         for key in sorted(todo):
             self._compile(key)
+        self._copp_touched(touched)
         return len(todo)
 
     def desired(self) -> set[Flow]:

@@ -125,6 +125,8 @@ class Reconciler:
             return
         if full:
             self.meters_installed = {}
+        elif desired == self.meters_installed:
+            return
         for mid, m in sorted(desired.items()):
             if self.meters_installed.get(mid) == m:
                 continue

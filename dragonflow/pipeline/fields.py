@@ -12,6 +12,8 @@ field overlaps a scratch register), so a bad edit fails at start-up, not in the 
     out_port       reg7           0..31   the destination logical port's unique key (l2/l3 lookup)
     from_tunnel    reg10          0       flag: arrived from a tunnel (never sent back into one)
     flags          reg10          1..15   more named flag bits (FLAGS), for the services to come
+    punt_table     reg10          16..23  controller path: the table that punted (CoPP tables)
+    punt_meter     reg10          24..31  controller path: the punt's meter (CoPP tables)
     zone           reg13          0..15   conntrack zone of the packet's logical port
     snat_zone      reg13          16..31  conntrack zone for SNAT of the packet's router
     metadata bits 32..63 are free for a second datapath key.
@@ -55,6 +57,8 @@ LOGICAL_FIELDS: dict[str, LogicalField] = {f.name: f for f in (
     LogicalField("in_port", "reg6", 0, 32, "the source logical port's unique key"),
     LogicalField("out_port", "reg7", 0, 32, "the destination logical port's unique key"),
     LogicalField("from_tunnel", "reg10", 0, 1, "flag: arrived from a tunnel"),
+    LogicalField("punt_table", "reg10", 16, 8, "controller path: the table that punted"),
+    LogicalField("punt_meter", "reg10", 24, 8, "controller path: the punt's meter id"),
     LogicalField("zone", "reg13", 0, 16, "conntrack zone of the packet's logical port"),
     LogicalField("snat_zone", "reg13", 16, 16, "conntrack zone for SNAT of the router"),
 )}

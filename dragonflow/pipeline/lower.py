@@ -31,7 +31,13 @@ from dragonflow.pipeline.fields import (
     SCRATCH,
     STATE_FIELDS,
 )
-from dragonflow.pipeline.stages import OwnedStage, Pipeline, PipelineError
+from dragonflow.pipeline.stages import (
+    COPP_KIND_TABLE,
+    COPP_PORT_TABLE,
+    OwnedStage,
+    Pipeline,
+    PipelineError,
+)
 
 PIPELINE_APP = "pipeline"  # owner app of the table-miss flows
 
@@ -66,9 +72,58 @@ def _contiguous(mask: int) -> tuple[int, int]:
     return ofs, nbits
 
 
+PUNT_TABLE = LOGICAL_FIELDS["punt_table"]
+PUNT_METER = LOGICAL_FIELDS["punt_meter"]
+IN_PORT = LOGICAL_FIELDS["in_port"]
+
+
+def _punt_meter_match(mid: int) -> of.Match:
+    return of.match(**{PUNT_METER.register: (mid << PUNT_METER.ofs, PUNT_METER.mask)})
+
+
+def punt_origin(match: dict) -> int | None:
+    """The table that punted a packet-in from the CoPP tables (from its registers)."""
+    raw = match.get(PUNT_TABLE.register)
+    value = raw[0] if isinstance(raw, tuple) else raw
+    if not isinstance(value, int):
+        return None
+    return (value >> PUNT_TABLE.ofs) & ((1 << PUNT_TABLE.nbits) - 1)
+
+
 class Lowering:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
+        self._per_port = pipeline.per_port_meters()
+
+    # --- control-plane policing (CoPP) -------------------------------------------------
+    def copp_flows(self) -> list[of.OfFlow]:
+        """The CoPP tables' shared flows: a punt from no known port (a tunnel) goes on to
+        the kind table; the kind table applies the shared meter and sends to the
+        controller; anything else is dropped."""
+        out = []
+        own = cookie(PIPELINE_APP, "copp")
+        for mid in sorted(self._per_port):
+            kind = _punt_meter_match(mid)
+            out.append(of.OfFlow(table=COPP_PORT_TABLE, priority=1, match=kind,
+                                 actions=(of.Resubmit(COPP_KIND_TABLE),), cookie=own))
+            out.append(of.OfFlow(table=COPP_KIND_TABLE, priority=10, match=kind,
+                                 actions=(of.Controller(),), meter=mid, cookie=own))
+        if out:
+            for t in (COPP_PORT_TABLE, COPP_KIND_TABLE):
+                out.append(of.OfFlow(table=t, priority=0, match=of.match(), cookie=own))
+        return out
+
+    def copp_port_flows(self, port_key: int, port_meters: dict[int, int], owner: str
+                        ) -> list[of.OfFlow]:
+        """A local port's own punt budget: per kind (app meter id -> this port's meter id),
+        its punts pass its meter before the shared one."""
+        return [of.OfFlow(table=COPP_PORT_TABLE, priority=100,
+                          match=of.match(**{IN_PORT.register: port_key,
+                                            PUNT_METER.register: (mid << PUNT_METER.ofs,
+                                                                  PUNT_METER.mask)}),
+                          actions=(of.Resubmit(COPP_KIND_TABLE),), meter=pmid,
+                          cookie=cookie(PIPELINE_APP, owner))
+                for mid, pmid in sorted(port_meters.items())]
 
     def miss_flows(self) -> list[of.OfFlow]:
         out = []
@@ -200,6 +255,15 @@ class Lowering:
                                 of.Output(a.ofport)]
             else:
                 raise bad(f"unknown action {a!r}")
+        if meter is not None and meter in self._per_port and of.Controller() in actions:
+            # policed per source port, then per kind, in the CoPP tables (copp_flows)
+            at = actions.index(of.Controller())
+            actions[at:at + 1] = [of.Load(PUNT_TABLE.register, o.table, PUNT_TABLE.ofs,
+                                          PUNT_TABLE.nbits),
+                                  of.Load(PUNT_METER.register, meter, PUNT_METER.ofs,
+                                          PUNT_METER.nbits),
+                                  of.Resubmit(COPP_PORT_TABLE)]
+            meter = None
         if any(isinstance(a, of.Conjunction) for a in actions) and (
                 goto is not None or meta_mask or meter is not None
                 or not all(isinstance(a, of.Conjunction) for a in actions)):

@@ -57,12 +57,29 @@ class Stage:
 
 @dataclass(frozen=True)
 class MeterDecl:
-    """A meter an app declares (``Meter(name)`` in its flows): one drop band."""
+    """A meter an app declares (``Meter(name)`` in its flows): one drop band.
+
+    ``rate``/``burst`` police everything the app's flows punt through it, on this chassis.
+    With ``per_port`` (packets/s, pktps meters only) a punt through it first passes a meter
+    of its own source port (``per_port_burst``), then the shared one: one VM flooding the
+    controller path uses up its own budget, not its neighbours' (control-plane policing,
+    as OVN's CoPP, per port). Lowering sends such punts through the CoPP tables."""
 
     name: str
     rate: int
     burst: int = 0
     unit: Literal["pktps", "kbps"] = "pktps"
+    per_port: int = 0
+    per_port_burst: int = 0
+
+
+# Control-plane policing tables, after every stage (Lowering.copp_flows): a metered punt
+# loads the punting table and its meter id (punt_table, punt_meter) and resubmits here;
+# COPP_PORT_TABLE applies the source port's meter, COPP_KIND_TABLE the shared meter of that
+# kind and sends to the controller, which dispatches by punt_table.
+COPP_PORT_TABLE = 250
+COPP_KIND_TABLE = 251
+MAX_APP_METERS = 255  # an app meter id must fit punt_meter (8 bits)
 
 
 def fields(*names: str) -> frozenset[str]:
@@ -108,7 +125,7 @@ class Pipeline:
         order = _order(declared)
         owned = {name: OwnedStage(declared[name][0], declared[name][1], base + i)
                  for i, name in enumerate(order)}
-        if base + len(order) > 254:
+        if base + len(order) > COPP_PORT_TABLE:
             raise PipelineError(f"{len(order)} stages do not fit the OpenFlow tables")
         p = Pipeline(tuple(order), owned)
         seen: set[tuple[str, str]] = set()
@@ -118,6 +135,11 @@ class Pipeline:
             seen.add((app_name, m.name))
             if m.rate <= 0:
                 raise PipelineError(f"app {app_name}: meter {m.name!r}: rate must be > 0")
+            if m.per_port < 0 or (m.per_port and m.unit != "pktps"):
+                raise PipelineError(f"app {app_name}: meter {m.name!r}: per_port must be a "
+                                    f"packets/s rate >= 0 (pktps meters only)")
+            if i + 1 > MAX_APP_METERS:
+                raise PipelineError(f"more than {MAX_APP_METERS} meters declared")
             p.meters[(app_name, m.name)] = (i + 1, m)
         for name in order:
             p._check(owned[name])
@@ -179,10 +201,20 @@ class Pipeline:
         found = self.meters.get((app, name))
         return found[0] if found else None
 
+    def per_port_meters(self) -> dict[int, MeterDecl]:
+        """Meter id -> declaration, of the meters with a per-port budget."""
+        return {mid: m for mid, m in self.meters.values() if m.per_port}
+
     def describe(self) -> str:
-        """One line per stage: table, name, owner, miss."""
-        return "\n".join(f"  table {o.table:>3}  {n:<20} app={o.app:<10} miss={o.stage.miss}"
-                         for n in self.order for o in (self.stages[n],))
+        """One line per stage: table, name, owner, miss (and the CoPP tables, if used)."""
+        lines = [f"  table {o.table:>3}  {n:<20} app={o.app:<10} miss={o.stage.miss}"
+                 for n in self.order for o in (self.stages[n],)]
+        if self.per_port_meters():
+            lines += [f"  table {COPP_PORT_TABLE:>3}  {'copp_port':<20} app=pipeline   "
+                      f"per-port punt meters",
+                      f"  table {COPP_KIND_TABLE:>3}  {'copp_kind':<20} app=pipeline   "
+                      f"shared punt meters -> controller"]
+        return "\n".join(lines)
 
 
 def _order(declared: dict[str, tuple[Stage, str]]) -> list[str]:

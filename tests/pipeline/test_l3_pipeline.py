@@ -18,6 +18,7 @@ from dragonflow.controller.reconciler import Reconciler
 from dragonflow.model import Chassis as ChassisObj
 from dragonflow.model import NbObject, Network, Port, Router, Subnet
 from dragonflow.ovs.ofchannel import OfChannel
+from dragonflow.pipeline.lower import punt_origin
 from dragonflow.pipeline.topology import ChassisFacts, Topology
 from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
 
@@ -173,3 +174,31 @@ def test_other_networks_cannot_use_the_router_mac(rig: Rig) -> None:
     t = rig.trace("ip,nw_src=10.2.0.11,nw_dst=10.1.0.11,nw_ttl=64", src="vm2",
                   dst_mac=RMAC["net1"])
     assert outputs(t) == []
+
+
+def test_punts_pass_their_ports_own_meter_then_the_shared_one(rig: Rig) -> None:
+    """Control-plane policing per port: vm1's solicitation for the router goes through
+    vm1's meter, then ND's shared meter, then to the controller -- carrying the table that
+    punted it (the controller dispatches by that); vm2's punts use vm2's meter."""
+    p = rig.engine.pipeline
+    nd_meter = p.meter_id("nd", "punt")
+    l3_meter = p.meter_id("l3", "punt")
+    assert nd_meter is not None and l3_meter is not None
+    own = rig.engine._port_meters
+    t = rig.trace("icmp6,ipv6_src=fd00:1::11,ipv6_dst=ff02::1:ff00:1,icmpv6_type=135,"
+                  "nd_target=fd00:1::1", dst_mac="33:33:ff:00:00:01")
+    meters = [int(m) for m in re.findall(r"^\s+meter:(\d+)$", t, re.M)]
+    assert meters == [own["vm1"][nd_meter], nd_meter], t
+    assert outputs(t) == ["CONTROLLER"]
+    regs = re.search(r"reg10=(0x[0-9a-f]+)", final_flow(t))
+    assert regs, final_flow(t)
+    assert punt_origin({"reg10": int(regs.group(1), 16)}) == p.table("nd_responder")
+    t = rig.trace("ip,nw_src=10.2.0.11,nw_dst=198.51.100.9,nw_ttl=64", src="vm2")
+    meters = [int(m) for m in re.findall(r"^\s+meter:(\d+)$", t, re.M)]
+    assert meters == [own["vm2"][l3_meter], l3_meter], t
+    assert own["vm1"][l3_meter] != own["vm2"][l3_meter]
+    # the meters exist in the switch, with the declared per-port and shared rates
+    dumped = rig.env.ofctl("dump-meters", "br-int")
+    for mid, rate in ((own["vm1"][nd_meter], 100), (nd_meter, 500),
+                      (own["vm2"][l3_meter], 200), (l3_meter, 1000)):
+        assert re.search(rf"meter={mid} pktps [^\n]*\ntype=drop rate={rate}\b", dumped), dumped
