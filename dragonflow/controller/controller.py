@@ -38,7 +38,13 @@ from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
 from dragonflow.pipeline.lower import app_cookie, punt_origin
 from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.stages import COPP_KIND_TABLE, OwnedStage
-from dragonflow.pipeline.topology import ChassisFacts, DepKey, Topology, relevance_scopes
+from dragonflow.pipeline.topology import (
+    ChassisFacts,
+    DepKey,
+    Topology,
+    relevance_scope_id,
+    relevance_scopes,
+)
 
 LOG = logging.getLogger(__name__)
 PIN_QUEUE = 1000   # packet-ins waiting at most (more are dropped and counted)
@@ -203,7 +209,7 @@ class LocalController:
             self.nb, lambda c: self._q.put(("nb", c)),
             lambda objs, rev: self._q.put(("resync", objs)),
             from_revision=rev + 1, topics=self.topo.scopes_needed(),
-            scope_of=relevance_scopes)
+            scope_of=relevance_scopes, scope_id=relevance_scope_id)
         self._sub.add_ids(local_ids)
         self.topo.replace_all(o for o in objs if self._sub.wanted(o))
         t0 = time.perf_counter()

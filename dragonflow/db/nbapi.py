@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from dragonflow.db import errors
@@ -196,9 +196,17 @@ class NbApi:
                 out.append(obj)
         return out  # type: ignore[return-value]
 
-    def snapshot(self) -> tuple[builtins.list[NbObject], int]:
-        """Every object, from one consistent read, with its revision."""
+    def snapshot(self, must_contain: Iterable[str] | None = None
+                 ) -> tuple[builtins.list[NbObject], int]:
+        """Every object, from one consistent read, with its revision. With
+        ``must_contain``, only objects whose stored JSON contains one of these strings (as
+        a JSON string: an id, a project) are decoded and returned -- a superset of what a
+        caller looking for those ids needs, found by a byte scan instead of decoding the
+        whole NB."""
         kvs, rev = self.driver.get_prefix(self.obj_prefix)
+        if must_contain is not None:
+            needles = [json.dumps(s).encode() for s in set(must_contain)]
+            kvs = [kv for kv in kvs if any(n in kv.value for n in needles)]
         objs = [decode_or_none(kv.key, self.split_key(kv.key)[0], kv.value) for kv in kvs]
         return [o for o in objs if o is not None], rev
 

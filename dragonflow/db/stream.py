@@ -61,8 +61,12 @@ class Subscription:
         from_revision: int,
         topics: Iterable[str] | None = None,
         scope_of: Callable[[NbObject], Iterable[str]] = topic_scope,
+        scope_id: Callable[[str], str] | None = None,
     ) -> None:
         self._scope_of = scope_of
+        # the string every object of a scope contains in its stored form (an id), so
+        # add_topics decodes only candidates, not the whole NB (None: decode everything)
+        self._scope_id = scope_id
         self._nb = nb
         self._on_change = on_change
         self._on_resync = on_resync
@@ -126,7 +130,9 @@ class Subscription:
             new = set(topics) - self._topics
             if not new:
                 return
-            objs, rev = self._nb.snapshot()
+            objs, rev = self._nb.snapshot(
+                must_contain=None if self._scope_id is None
+                else {self._scope_id(t) for t in new})
             self._topics |= new
             for t in new:
                 self._topic_since[t] = rev

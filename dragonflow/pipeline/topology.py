@@ -239,6 +239,13 @@ def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
     return (f"project:{obj.topic}",)
 
 
+def relevance_scope_id(scope: str) -> str:
+    """The id every object of a relevance scope carries in its stored form: ``net:<id>``
+    objects name the network (id, network_id, a router port's or gateway's network_id, a
+    floating IP's floating_network_id), ``project:<id>`` objects their project (topic)."""
+    return scope.split(":", 1)[1]
+
+
 class _RecordingPorts:
     """``topo.net_ports`` for an :class:`OwnersView`: each network looked up is a dep."""
 

@@ -27,7 +27,7 @@ from dragonflow.model import (
     Subnet,
     ValidationError,
 )
-from dragonflow.pipeline.topology import relevance_scopes
+from dragonflow.pipeline.topology import relevance_scope_id, relevance_scopes
 from tests.db.conftest import Backend
 
 
@@ -250,7 +250,7 @@ def test_subscription_follows_networks_not_projects(backend: Backend) -> None:
     mirror = Mirror()
     sub = Subscription(nb, mirror.on_change, mirror.on_resync,
                        from_revision=nb.revision() + 1, topics={"net:net1"},
-                       scope_of=relevance_scopes)
+                       scope_of=relevance_scopes, scope_id=relevance_scope_id)
     try:
         nb.create(net(1, "p1"))
         s1 = nb.create(subnet(1, "net1", "p1"))
@@ -274,6 +274,23 @@ def test_subscription_follows_networks_not_projects(backend: Backend) -> None:
         assert not sub.wanted(nb.get_or_raise(Network, "net2"))
     finally:
         sub.close()
+
+
+def test_a_filtered_snapshot_finds_every_object_naming_an_id(backend: Backend) -> None:
+    """snapshot(must_contain=...) decodes only objects whose JSON names one of the ids --
+    including ids JSON escapes (quotes, non-ASCII) -- and misses none of them."""
+    nb = nb_for(backend)
+    odd = 'proj "ü" 1'
+    nb.create(net(1, odd))
+    s1 = nb.create(subnet(1, "net1", odd))
+    nb.create(net(2, "p2"))
+    nb.create(port(1, "net1", s1, topic="p2"))
+    objs, rev = nb.snapshot(must_contain={"net1"})
+    assert {(o.TABLE, o.id) for o in objs} == {("network", "net1"), ("subnet", "sub1"),
+                                               ("port", "port1")}
+    assert rev == nb.revision()
+    objs, _ = nb.snapshot(must_contain={odd})
+    assert {(o.TABLE, o.id) for o in objs} == {("network", "net1"), ("subnet", "sub1")}
 
 
 def test_heartbeats_reach_no_subscriber(backend: Backend) -> None:
