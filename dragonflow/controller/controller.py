@@ -97,6 +97,14 @@ class ControllerConfig:
         return self.status_file or f"{self.ovs_rundir}/{self.integration_bridge}.df-status.json"
 
 
+def _describe_event(kind: str, payload: Any) -> str:
+    if kind == "nb":
+        return f"NB change of {payload.table} {payload.id!r} at revision {payload.revision}"
+    if kind == "iface":
+        return f"interface {getattr(payload, 'name', '?')!r}"
+    return f"{kind} {str(payload)[:200]}"
+
+
 class LocalController:
     def __init__(self, cfg: ControllerConfig, nb: NbApi,
                  apps: Callable[[], list[App]] = default_apps) -> None:
@@ -361,48 +369,35 @@ class LocalController:
             raise
 
     def _handle(self, events: list[tuple[str, Any]]) -> bool:
+        """One iteration: apply every event (one that raises never takes the rest of the
+        batch with it: it is retried once in the next iteration, then dropped with a
+        log line naming it), recompile what they touched, install, answer packet-ins."""
         touched: set[DepKey] = set()
         full_compile = False
         answers: list[Answer] = []
         for kind, payload in events:
             if kind == "stop":
                 return False
-            if kind == "nb":
-                t = self._apply_change(payload)
-                touched |= t
-            elif kind == "resync":
-                self.topo.replace_all(payload)
+            retried = kind == "retry"
+            if retried:
+                kind, payload = payload
+            try:
+                got = self._apply_event(kind, payload, answers)
+            except Exception as e:
+                self.loop_errors += 1
+                full_compile = True  # whatever it half-applied is recompiled from scratch
+                if not retried:
+                    LOG.warning("%s: %s event failed (%r); retrying it next iteration",
+                                self.cfg.chassis_id, kind, e)
+                    self._q.put(("retry", (kind, payload)))
+                else:
+                    LOG.exception("%s: %s event failed again; dropped: %s",
+                                  self.cfg.chassis_id, kind, _describe_event(kind, payload))
+                continue
+            if got is None:
                 full_compile = True
-            elif kind == "iface":
-                touched |= self._iface_to_topology(payload)
-            elif kind == "of_up":
-                if self._of is not None:
-                    self._of.close()
-                self._of = payload
-                self._of_up = payload.connected  # it may have died before we got here
-                if not self._of_up:
-                    self._of_wanted.set()
-                self.reconciler.need_full = True
-            elif kind == "of_down":
-                if payload is self._of:  # not an old channel's late goodbye
-                    self._of_up = False
-                    self._of_wanted.set()
-            elif kind == "fetched":
-                touched |= self.topo.apply("port", payload.id, payload) or set()
-            elif kind == "pins":
-                self._pin_signalled.clear()
-                for _ in range(PIN_BUDGET):
-                    try:
-                        pin = self._pins.get_nowait()
-                    except queue.Empty:
-                        break
-                    answers.append(self._packet_in(pin))
-                    touched |= answers[-1].touched
-                if not self._pins.empty() and not self._pin_signalled.is_set():
-                    self._pin_signalled.set()  # the rest after the other events queued
-                    self._q.put(("pins", None))
-            elif kind == "flow_removed":
-                touched |= self._flow_removed(payload)
+            else:
+                touched |= got
         touched |= self._ensure_scopes(touched | ({("local_networks",)} if full_compile
                                                   else set()))
         if full_compile:
@@ -413,6 +408,49 @@ class LocalController:
         for answer in answers:  # sent with the flows of this very iteration installed
             self._send(answer)
         return True
+
+    def _apply_event(self, kind: str, payload: Any, answers: list[Answer]
+                     ) -> set[DepKey] | None:
+        """Apply one event to the loop's state: the keys it touched (None: recompile
+        everything)."""
+        if kind == "nb":
+            return self._apply_change(payload)
+        if kind == "resync":
+            self.topo.replace_all(payload)
+            return None
+        if kind == "iface":
+            return self._iface_to_topology(payload)
+        if kind == "of_up":
+            if self._of is not None:
+                self._of.close()
+            self._of = payload
+            self._of_up = payload.connected  # it may have died before we got here
+            if not self._of_up:
+                self._of_wanted.set()
+            self.reconciler.need_full = True
+        elif kind == "of_down":
+            if payload is self._of:  # not an old channel's late goodbye
+                self._of_up = False
+                self._of_wanted.set()
+        elif kind == "fetched":
+            return self.topo.apply("port", payload.id, payload) or set()
+        elif kind == "pins":
+            self._pin_signalled.clear()
+            touched: set[DepKey] = set()
+            for _ in range(PIN_BUDGET):
+                try:
+                    pin = self._pins.get_nowait()
+                except queue.Empty:
+                    break
+                answers.append(self._packet_in(pin))
+                touched |= answers[-1].touched
+            if not self._pins.empty() and not self._pin_signalled.is_set():
+                self._pin_signalled.set()  # the rest after the other events queued
+                self._q.put(("pins", None))
+            return touched
+        elif kind == "flow_removed":
+            return self._flow_removed(payload)
+        return set()
 
     def _send(self, answer: Answer) -> None:
         if self._of is None:
