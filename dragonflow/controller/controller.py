@@ -531,10 +531,12 @@ class LocalController:
         marks = (self.engine.errors, self.reconciler.rejections,
                  self.engine.table.conflicts_total, len(self.engine.table.rejected),
                  len(self.engine.failed), self._scopes_version)
+        touched = self.engine.take_touched()
         if sent or first or marks != self._marks:
+            everything = first or marks != self._marks
             self._marks = marks
             self._write_status()
-            self._report_port_status()
+            self._report_port_status(None if everything else touched)
         with self.synced:
             self.generation += 1
             self.synced.notify_all()
@@ -623,9 +625,11 @@ class LocalController:
         except (db_errors.NbError, DriverError) as e:  # NB down: the next beat retries
             LOG.warning("%s: heartbeat not written: %s", self.cfg.chassis_id, e)
 
-    def _report_port_status(self) -> None:
+    def _report_port_status(self, touched: set[tuple[str, str]] | None = None) -> None:
         """ACTIVE for local ports whose flows are installed (we are after the barrier);
-        DOWN for ports this controller reported ACTIVE whose VIF went away."""
+        DOWN for ports this controller reported ACTIVE whose VIF went away or whose flows
+        failed. Only the ports whose owners were just (re)compiled or dropped are looked at
+        (``touched``); all local ports when failures changed or on the first install."""
         table, engine = self.engine.table, self.engine
         apps = list(engine.apps)
 
@@ -634,11 +638,17 @@ class LocalController:
             return ("physical", owner) in table.contrib and not any(
                 (a, owner) in table.rejected or (a, owner) in engine.failed for a in apps)
 
-        local = {pid for pid in self._local_port_ids() if works(pid)}
-        for pid in sorted(local - self._active):
-            self._set_status(pid, "ACTIVE")
-        for pid in sorted(self._active - local):
-            self._set_status(pid, "DOWN")
+        if touched is None:
+            candidates = self._local_port_ids() | self._active
+        else:
+            candidates = {o[5:] for _, o in touched if o.startswith("port/")}
+        local = self.topo.facts.ofports
+        for pid in sorted(candidates):
+            ok = pid in local and works(pid)
+            if ok and pid not in self._active:
+                self._set_status(pid, "ACTIVE")
+            elif not ok and pid in self._active:
+                self._set_status(pid, "DOWN")
 
     def _set_status(self, port_id: str, status: str) -> None:
         """The loop's wish; the NB worker writes it (coalesced, retried, off the loop)."""

@@ -49,6 +49,7 @@ class Engine:
         self.deps: dict[OwnerKey, set[DepKey]] = {}
         self.by_dep: dict[DepKey, set[OwnerKey]] = defaultdict(set)
         self.failed: dict[OwnerKey, str] = {}
+        self.touched_owners: set[OwnerKey] = set()
         self._lowered: dict[OwnerKey, dict[Flow, OfFlow]] = {}  # per owner: flow -> lowered
         self.app_failed: dict[str, str] = {}
         self._owners: dict[str, set[str]] = {}       # app -> its owners now
@@ -104,7 +105,14 @@ class Engine:
             elif key[:2] == ("obj", "port") and (key[2] in local or key[2] in self._port_meters):
                 self._copp(key[2])
 
+    def take_touched(self) -> set[OwnerKey]:
+        """Owners compiled or dropped since the last call (the controller re-checks the
+        status of just those ports)."""
+        out, self.touched_owners = self.touched_owners, set()
+        return out
+
     def _compile(self, key: OwnerKey) -> None:
+        self.touched_owners.add(key)
         self._forget_deps(key)
         view = View(self.topo)
         self.compiled += 1
@@ -129,6 +137,7 @@ class Engine:
             self.by_dep[d].add(key)
 
     def _drop(self, key: OwnerKey) -> None:
+        self.touched_owners.add(key)
         self._forget_deps(key)
         del self.flows[key]
         self._lowered.pop(key, None)
