@@ -32,9 +32,11 @@ from dragonflow.db.driver import DriverError
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import Chassis, Port
-from dragonflow.ovs.flows import OFPP_CONTROLLER, OFPP_TABLE, Output
+from dragonflow.ovs.flows import OFPP_CONTROLLER, OFPP_TABLE, Load, Output
+from dragonflow.ovs.flows import match as of_match
 from dragonflow.ovs.ofchannel import FlowRemoved, OfChannel, PacketIn
 from dragonflow.ovs.ovsdb import IfaceChange, Ovsdb
+from dragonflow.pipeline.fields import LOGICAL_FIELDS
 from dragonflow.pipeline.lower import app_cookie, punt_origin
 from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.stages import COPP_KIND_TABLE, OwnedStage
@@ -97,6 +99,10 @@ class ControllerConfig:
         return self.status_file or f"{self.ovs_rundir}/{self.integration_bridge}.df-status.json"
 
 
+_RF = LOGICAL_FIELDS["reinjected"]
+REINJECT_FLAG = Load(_RF.register, 1, _RF.ofs, _RF.nbits)  # on every packet re-injected
+
+
 def _describe_event(kind: str, payload: Any) -> str:
     if kind == "nb":
         return f"NB change of {payload.table} {payload.id!r} at revision {payload.revision}"
@@ -129,6 +135,7 @@ class LocalController:
         # are the first line; this is the second)
         self._pins: queue.Queue[PacketIn] = queue.Queue(maxsize=PIN_QUEUE)
         self.pins_dropped = 0
+        self.pins_handled = 0
         self._pin_log = RateLimitedLog(LOG, 10.0)
         self._ovsdb: Ovsdb | None = None
         self._of: OfChannel | None = None
@@ -458,8 +465,9 @@ class LocalController:
         try:
             for ofport, frame in answer.frames:
                 self._of.packet_out(OFPP_CONTROLLER, frame, [Output(ofport)])
-            for in_port, frame in answer.reinject:  # through the whole pipeline again
-                self._of.packet_out(in_port, frame, [Output(OFPP_TABLE)])
+            for in_port, frame in answer.reinject:  # through the whole pipeline again,
+                # flagged: if it reaches a punt again it is dropped, never looped back
+                self._of.packet_out(in_port, frame, [REINJECT_FLAG, Output(OFPP_TABLE)])
         except Exception as e:  # the channel went away: the sender will retry
             LOG.warning("%s: packet-out failed: %s", self.cfg.chassis_id, e)
 
@@ -473,6 +481,7 @@ class LocalController:
     def _packet_in(self, pin: PacketIn) -> Answer:
         """Dispatched by table to the app owning that stage (declared punt=True); a punt
         policed in the CoPP tables says in its registers which table punted it."""
+        self.pins_handled += 1
         table = punt_origin(pin.match) if pin.table_id == COPP_KIND_TABLE else pin.table_id
         found = self._handler(table, "packet_in") if table is not None else None
         if found is None or not found[0].stage.punt:
@@ -491,6 +500,16 @@ class LocalController:
             return Answer()
 
     def _flow_removed(self, msg: FlowRemoved) -> set[DepKey]:
+        """The switch removed a flow (idle timeout): it is no longer installed -- if it is
+        still (or again) wanted, the next sync adds it back; then its app is told."""
+        try:
+            key = (msg.table_id, msg.priority, of_match(**msg.match))
+        except (ValueError, TypeError, KeyError) as e:
+            LOG.warning("%s: flow-removed with a match we cannot read (%s): full reinstall",
+                        self.cfg.chassis_id, e)
+            self.reconciler.need_full = True
+        else:
+            self.reconciler.removed(key)
         found = self._handler(msg.table_id, "flow_removed")
         if found is None:
             return set()

@@ -44,6 +44,12 @@ class Reconciler:
         self.flow_mods = 0
         self.rejections = 0
 
+    def removed(self, key: FlowKey) -> None:
+        """The switch removed this flow by itself (idle/hard timeout): forget it, and
+        look at its key on the next sync (added again if still desired)."""
+        if self.installed.pop(key, None) is not None:
+            self.pending.add(key)
+
     def diff(self, table: FlowTable, keys: set[FlowKey]) -> Ops:
         ops: Ops = []
         desired = table.desired

@@ -11,7 +11,8 @@ field overlaps a scratch register), so a bad edit fails at start-up, not in the 
     in_port        reg6           0..31   the source logical port's unique key (0: tunnel/unknown)
     out_port       reg7           0..31   the destination logical port's unique key (l2/l3 lookup)
     from_tunnel    reg10          0       flag: arrived from a tunnel (never sent back into one)
-    flags          reg10          1..15   more named flag bits (FLAGS), for the services to come
+    reinjected     reg10          1       flag: the controller re-injected it (never punted again)
+    flags          reg10          2..15   more named flag bits, for the services to come
     punt_table     reg10          16..23  controller path: the table that punted (CoPP tables)
     punt_meter     reg10          24..31  controller path: the punt's meter (CoPP tables)
     zone           reg13          0..15   conntrack zone of the packet's logical port
@@ -57,12 +58,13 @@ LOGICAL_FIELDS: dict[str, LogicalField] = {f.name: f for f in (
     LogicalField("in_port", "reg6", 0, 32, "the source logical port's unique key"),
     LogicalField("out_port", "reg7", 0, 32, "the destination logical port's unique key"),
     LogicalField("from_tunnel", "reg10", 0, 1, "flag: arrived from a tunnel"),
+    LogicalField("reinjected", "reg10", 1, 1, "flag: re-injected by the controller"),
     LogicalField("punt_table", "reg10", 16, 8, "controller path: the table that punted"),
     LogicalField("punt_meter", "reg10", 24, 8, "controller path: the punt's meter id"),
     LogicalField("zone", "reg13", 0, 16, "conntrack zone of the packet's logical port"),
     LogicalField("snat_zone", "reg13", 16, 16, "conntrack zone for SNAT of the router"),
 )}
-# Flag bits reg10[1..15] are reserved for named flags; add them to LOGICAL_FIELDS as 1-bit
+# Flag bits reg10[2..15] are reserved for named flags; add them to LOGICAL_FIELDS as 1-bit
 # fields (as from_tunnel) when a service needs one.
 
 # Registers any stage may use as temporaries WITHIN one flow's actions.

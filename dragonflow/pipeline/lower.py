@@ -75,6 +75,7 @@ def _contiguous(mask: int) -> tuple[int, int]:
 PUNT_TABLE = LOGICAL_FIELDS["punt_table"]
 PUNT_METER = LOGICAL_FIELDS["punt_meter"]
 IN_PORT = LOGICAL_FIELDS["in_port"]
+REINJECTED = LOGICAL_FIELDS["reinjected"]
 
 
 def _punt_meter_match(mid: int) -> of.Match:
@@ -93,24 +94,33 @@ def punt_origin(match: dict) -> int | None:
 class Lowering:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
-        self._per_port = pipeline.per_port_meters()
 
     # --- control-plane policing (CoPP) -------------------------------------------------
+    # Every punt goes through two tables after the pipeline: it loads the table that
+    # punted and its meter id (0: none) and resubmits to COPP_PORT_TABLE, which drops a
+    # packet the controller re-injected (it never comes back for the same reason) and
+    # applies the source port's own meter; COPP_KIND_TABLE applies the kind's shared meter
+    # and sends to the controller, which dispatches by the punting table.
+    def punt(self, table: int, meter: int | None) -> list[of.Action]:
+        return [of.Load(PUNT_TABLE.register, table, PUNT_TABLE.ofs, PUNT_TABLE.nbits),
+                of.Load(PUNT_METER.register, meter or 0, PUNT_METER.ofs, PUNT_METER.nbits),
+                of.Resubmit(COPP_PORT_TABLE)]
+
     def copp_flows(self) -> list[of.OfFlow]:
-        """The CoPP tables' shared flows: a punt from no known port (a tunnel) goes on to
-        the kind table; the kind table applies the shared meter and sends to the
-        controller; anything else is dropped."""
-        out = []
+        """The CoPP tables' shared flows."""
         own = cookie(PIPELINE_APP, "copp")
-        for mid in sorted(self._per_port):
-            kind = _punt_meter_match(mid)
-            out.append(of.OfFlow(table=COPP_PORT_TABLE, priority=1, match=kind,
-                                 actions=(of.Resubmit(COPP_KIND_TABLE),), cookie=own))
-            out.append(of.OfFlow(table=COPP_KIND_TABLE, priority=10, match=kind,
-                                 actions=(of.Controller(),), meter=mid, cookie=own))
-        if out:
-            for t in (COPP_PORT_TABLE, COPP_KIND_TABLE):
-                out.append(of.OfFlow(table=t, priority=0, match=of.match(), cookie=own))
+        out = [of.OfFlow(table=COPP_PORT_TABLE, priority=200,
+                         match=of.match(**{REINJECTED.register: (REINJECTED.mask,
+                                                                 REINJECTED.mask)}),
+                         cookie=own),
+               of.OfFlow(table=COPP_PORT_TABLE, priority=0, match=of.match(),
+                         actions=(of.Resubmit(COPP_KIND_TABLE),), cookie=own),
+               of.OfFlow(table=COPP_KIND_TABLE, priority=0, match=of.match(),
+                         actions=(of.Controller(),), cookie=own)]
+        for _key, (mid, _decl) in sorted(self.p.meters.items()):
+            out.append(of.OfFlow(table=COPP_KIND_TABLE, priority=10,
+                                 match=_punt_meter_match(mid), actions=(of.Controller(),),
+                                 meter=mid, cookie=own))
         return out
 
     def copp_port_flows(self, port_key: int, port_meters: dict[int, int], owner: str
@@ -136,7 +146,7 @@ class Lowering:
                 assert nxt is not None
                 goto = self.p.table(nxt)
             elif o.stage.miss == "controller":
-                actions = (of.Controller(),)
+                actions = tuple(self.punt(o.table, None))
             out.append(of.OfFlow(table=o.table, priority=0, match=of.match(),
                                  actions=actions, goto=goto,
                                  cookie=cookie(PIPELINE_APP, f"miss/{name}")))
@@ -255,14 +265,10 @@ class Lowering:
                                 of.Output(a.ofport)]
             else:
                 raise bad(f"unknown action {a!r}")
-        if meter is not None and meter in self._per_port and of.Controller() in actions:
-            # policed per source port, then per kind, in the CoPP tables (copp_flows)
+        if of.Controller() in actions:
+            # policed (per source port, then per kind) in the CoPP tables: copp_flows
             at = actions.index(of.Controller())
-            actions[at:at + 1] = [of.Load(PUNT_TABLE.register, o.table, PUNT_TABLE.ofs,
-                                          PUNT_TABLE.nbits),
-                                  of.Load(PUNT_METER.register, meter, PUNT_METER.ofs,
-                                          PUNT_METER.nbits),
-                                  of.Resubmit(COPP_PORT_TABLE)]
+            actions[at:at + 1] = self.punt(o.table, meter)
             meter = None
         if any(isinstance(a, of.Conjunction) for a in actions) and (
                 goto is not None or meta_mask or meter is not None

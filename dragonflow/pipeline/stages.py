@@ -73,10 +73,11 @@ class MeterDecl:
     per_port_burst: int = 0
 
 
-# Control-plane policing tables, after every stage (Lowering.copp_flows): a metered punt
-# loads the punting table and its meter id (punt_table, punt_meter) and resubmits here;
-# COPP_PORT_TABLE applies the source port's meter, COPP_KIND_TABLE the shared meter of that
-# kind and sends to the controller, which dispatches by punt_table.
+# Control-plane policing tables, after every stage (Lowering.copp_flows): every punt loads
+# the punting table and its meter id (punt_table, punt_meter) and resubmits here;
+# COPP_PORT_TABLE drops what the controller re-injected and applies the source port's meter,
+# COPP_KIND_TABLE the shared meter of that kind and sends to the controller, which
+# dispatches by punt_table.
 COPP_PORT_TABLE = 250
 COPP_KIND_TABLE = 251
 MAX_APP_METERS = 255  # an app meter id must fit punt_meter (8 bits)
@@ -209,11 +210,10 @@ class Pipeline:
         """One line per stage: table, name, owner, miss (and the CoPP tables, if used)."""
         lines = [f"  table {o.table:>3}  {n:<20} app={o.app:<10} miss={o.stage.miss}"
                  for n in self.order for o in (self.stages[n],)]
-        if self.per_port_meters():
-            lines += [f"  table {COPP_PORT_TABLE:>3}  {'copp_port':<20} app=pipeline   "
-                      f"per-port punt meters",
-                      f"  table {COPP_KIND_TABLE:>3}  {'copp_kind':<20} app=pipeline   "
-                      f"shared punt meters -> controller"]
+        lines += [f"  table {COPP_PORT_TABLE:>3}  {'copp_port':<20} app=pipeline   "
+                  f"punts: re-injected dropped, per-port meters",
+                  f"  table {COPP_KIND_TABLE:>3}  {'copp_kind':<20} app=pipeline   "
+                  f"punts: shared meters -> controller"]
         return "\n".join(lines)
 
 
