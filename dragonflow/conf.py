@@ -17,11 +17,34 @@ DEFAULT_CONFIG_FILE = "/etc/dragonflow/dragonflow.ini"
 df_opts = [
     cfg.StrOpt("nb_db_url", default="memory://",
                help="NB database: memory:// (embedded, in-process), "
-                    "etcd://host:port[,host:port...] or redis://host:port[/namespace]."),
+                    "etcd://host:port[,host:port...] or redis://host:port[/namespace]; "
+                    "etcds:// and rediss:// connect with TLS (see nb_db_ca_file). A redis "
+                    "url may carry credentials, redis[s]://[user[:password]@]host:port[/ns] "
+                    "(percent-encoded); they take precedence over nb_db_user and "
+                    "nb_db_password."),
     cfg.StrOpt("nb_db_root", default="/df/",
                help="Key prefix of this deployment's objects in the NB database."),
     cfg.FloatOpt("nb_db_timeout", default=3.0, min=0.1,
                  help="Seconds before an NB database request is given up (etcd, redis)."),
+    cfg.StrOpt("nb_db_ca_file", default=None,
+               help="PEM bundle of the CA certificates that verify the NB database server's "
+                    "certificate (etcds://, rediss:// urls). Unset: the system trust store. "
+                    "The certificate must be valid for the url's host name or IP address. "
+                    "Setting it with a plaintext url (etcd://, redis://) is an error."),
+    cfg.StrOpt("nb_db_cert_file", default=None,
+               help="PEM client certificate presented to the NB database server over TLS, "
+                    "for servers that require one (etcd --client-cert-auth, redis "
+                    "tls-auth-clients). Needs nb_db_key_file."),
+    cfg.StrOpt("nb_db_key_file", default=None,
+               help="PEM private key (unencrypted) of nb_db_cert_file."),
+    cfg.StrOpt("nb_db_user", default=None,
+               help="User name for NB database authentication: an etcd user (with "
+                    "nb_db_password; the token it gets is renewed when it expires), or a "
+                    "redis ACL user. A user in a redis url takes precedence."),
+    cfg.StrOpt("nb_db_password", default=None, secret=True,
+               help="Password of nb_db_user (etcd), or for redis AUTH (of nb_db_user, or of "
+                    "the default user when no user is set). A password in a redis url takes "
+                    "precedence. Write '$' as '$$' (oslo.config substitutes $name)."),
 ]
 
 controller_opts = [

@@ -16,6 +16,7 @@ from dragonflow import conf as df_conf
 from dragonflow.apps.registry import load_apps
 from dragonflow.controller.controller import ControllerConfig, LocalController
 from dragonflow.db.connect import open_nb
+from dragonflow.db.security import NbSecurity, redact_url
 
 
 def config_from(conf: object) -> ControllerConfig:
@@ -34,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     df_conf.load(conf, sys.argv[1:] if argv is None else argv, "df-controller", __doc__ or "")
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    nb = open_nb(conf.df.nb_db_url, root=conf.df.nb_db_root, timeout=conf.df.nb_db_timeout)
+    try:
+        nb = open_nb(conf.df.nb_db_url, root=conf.df.nb_db_root, timeout=conf.df.nb_db_timeout,
+                     security=NbSecurity.from_conf(conf.df))
+    except ValueError as e:  # a bad url or NB security options: say which, no traceback
+        logging.getLogger("df-controller").critical("NB database: %s", e)
+        return 2
     apps = list(conf.controller.apps)
     ctl = LocalController(config_from(conf), nb, apps=lambda: load_apps(apps))
     done = threading.Event()
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl.start()
     logging.getLogger("df-controller").info(
         "chassis %s up: bridge %s, NB %s", ctl.cfg.chassis_id, ctl.cfg.integration_bridge,
-        conf.df.nb_db_url)
+        redact_url(conf.df.nb_db_url))
     rc = 0
     while not done.wait(0.5):
         if ctl.dead.is_set():  # never a live process with a dead loop: let a supervisor act

@@ -29,6 +29,7 @@ from dragonflow.db.connect import open_driver
 from dragonflow.db.driver import DriverError, Put
 from dragonflow.db.drivers.memory import MemoryDriver
 from dragonflow.db.nbapi import NbApi, table_of
+from dragonflow.db.security import NbSecurity
 from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import TABLES, NbObject, ValidationError, obj_from_json
 
@@ -331,12 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "validated by the same rules as the Neutron plugin's.")
     p.add_argument("--config-file", action="append", default=[], metavar="PATH",
                    help="oslo.config file (repeatable); [df] nb_db_url and nb_db_root select "
-                        f"the database. Default: {dfconf.DEFAULT_CONFIG_FILE} if it exists.")
+                        "the database, nb_db_ca_file, nb_db_cert_file, nb_db_key_file, "
+                        "nb_db_user and nb_db_password secure the connection. "
+                        f"Default: {dfconf.DEFAULT_CONFIG_FILE} if it exists.")
     p.add_argument("--config-dir", metavar="DIR", help="directory of *.conf files to read too")
     p.add_argument("--db", metavar="URL",
                    help="NB database url, overriding [df] nb_db_url: etcd://host:port[,...], "
-                        "redis://host:port[/namespace] or memory:// (in-process, so empty "
-                        "for a separate df-db process)")
+                        "redis://[user[:password]@]host:port[/namespace], etcds:// and "
+                        "rediss:// (TLS, with the config file's [df] nb_db_ca_file, ...) or "
+                        "memory:// (in-process, so empty for a separate df-db process)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[NbApi, argparse.Namespace], int], text: str
@@ -405,7 +409,8 @@ def open_nb(args: argparse.Namespace) -> tuple[NbApi, bool]:
         oslo_argv += ["--config-dir", args.config_dir]
     dfconf.load(conf, oslo_argv, prog=PROG)
     url = args.db or conf.df.nb_db_url
-    driver = open_driver(url, timeout=conf.df.nb_db_timeout)
+    driver = open_driver(url, timeout=conf.df.nb_db_timeout,
+                         security=NbSecurity.from_conf(conf.df))
     # memory:// names a process-wide database other code in this process may be using
     return NbApi(driver, root=conf.df.nb_db_root), urlparse(url).scheme != "memory"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from dragonflow.apps.registry import load_apps
 from dragonflow.controller.controller import ControllerConfig, LocalController
 from dragonflow.db.nbapi import NbApi
+from dragonflow.db.security import NbSecurity
 from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Router, Subnet
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
@@ -52,6 +53,7 @@ class Deployment:
     topic: str = "demo"
     l3_mode: str = "proactive"
     apps: tuple[str, ...] | None = None  # [controller] apps; None: the default apps
+    nb_security: NbSecurity | None = None  # [df] TLS / credential options of the controllers
     controllers: dict[str, LocalController] = field(default_factory=dict)
     processes: dict[str, ControllerProcess] = field(default_factory=dict)
     created: dict[str, float] = field(default_factory=dict)  # port id -> monotonic time
@@ -75,6 +77,7 @@ class Deployment:
         conf.write_text(
             "[df]\n"
             f"nb_db_url = {self.nb_url}\nnb_db_root = {self.nb.root}\n"
+            + (self.nb_security.ini_lines() if self.nb_security else "") +
             "[controller]\n"
             f"chassis_id = {cfg.chassis_id}\ntunnel_ip = {cfg.tunnel_ip}\n"
             f"tunnel_types = {','.join(cfg.tunnel_types)}\n"

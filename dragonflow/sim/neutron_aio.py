@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dragonflow.db.security import NbSecurity
     from dragonflow.sim.deploy import Deployment
     from dragonflow.sim.testbed import Testbed, Vm
 
@@ -92,7 +93,7 @@ vni_ranges = 2001:2999
 [df]
 nb_db_url = {nb_url}
 nb_db_root = {nb_root}
-[controller]
+{nb_security}[controller]
 integration_bridge = br-int
 datapath_type = {datapath_type}
 """
@@ -218,6 +219,7 @@ class NeutronAio:
     mech_logger: bool = False  # also load ML2's 'logger' driver (logs every driver call)
     debug: bool = False
     port: int = 0  # 0: a free one
+    nb_security: NbSecurity | None = None  # [df] TLS / credential options
     workdir: Path = field(init=False)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -267,6 +269,7 @@ class NeutronAio:
         mech = "logger,df" if self.mech_logger else "df"
         (d / CONF_FILES[1]).write_text(ML2_CONF.format(
             mech=mech, nb_url=self.nb_url, nb_root=self.nb_root,
+            nb_security=self.nb_security.ini_lines() if self.nb_security else "",
             datapath_type=self.datapath_type))
         (d / "api-paste.ini").write_text(API_PASTE)
 
@@ -388,14 +391,16 @@ class NeutronStack:
 
     @classmethod
     def start(cls, bed: Testbed, nb_url: str, nodes: Sequence[tuple[str, str]],
-              nb_root: str = "/df/", mech_logger: bool = False) -> NeutronStack:
+              nb_root: str = "/df/", mech_logger: bool = False,
+              nb_security: NbSecurity | None = None) -> NeutronStack:
         """Neutron comes up while the nodes and their controllers do."""
         from dragonflow.db.connect import open_nb
         from dragonflow.sim.deploy import Deployment
 
-        nb = open_nb(nb_url, root=nb_root)
-        dep = Deployment(bed, nb, nb_url, in_process=False)
-        neutron = NeutronAio(nb_url, nb_root, base_dir=bed.rundir, mech_logger=mech_logger)
+        nb = open_nb(nb_url, root=nb_root, security=nb_security)
+        dep = Deployment(bed, nb, nb_url, in_process=False, nb_security=nb_security)
+        neutron = NeutronAio(nb_url, nb_root, base_dir=bed.rundir, mech_logger=mech_logger,
+                             nb_security=nb_security)
         with ThreadPoolExecutor(max_workers=1) as pool:
             up = pool.submit(neutron.start)
             try:

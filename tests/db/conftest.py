@@ -3,7 +3,9 @@
 Every test gets its own key namespace (etcd: a unique key prefix; redis: a unique namespace
 in the url path; memory: a fresh instance), so tests never see each other's data. A backend
 can hand out a second driver that reaches the server through a TCP proxy, whose connections
-the test can cut (``sever``) to prove the change stream loses nothing.
+the test can cut (``sever``) to prove the change stream loses nothing. A backend may carry
+an ``NbSecurity`` (TLS files, credentials) for servers that need one (``etcds://``,
+``rediss://`` urls); its proxied drivers keep the url's scheme, TLS passes through the proxy.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import pytest
 
 from dragonflow.db.driver import Driver
 from dragonflow.db.drivers.memory import MemoryDriver
+from dragonflow.db.security import NbSecurity
 
 
 class Backend:
-    def __init__(self, name: str, url: str | None = None, host_port: tuple[str, int] | None = None):
+    def __init__(self, name: str, url: str | None = None, host_port: tuple[str, int] | None = None,
+                 security: NbSecurity | None = None):
         self.name = name
+        self.security = security
         self.prefix = f"/t{uuid.uuid4().hex[:10]}/"
         self._url = url
         self._host_port = host_port
@@ -33,11 +38,11 @@ class Backend:
         if self.name == "etcd":
             from dragonflow.db.drivers.etcd import EtcdDriver
 
-            drv = EtcdDriver(url)
+            drv = EtcdDriver(url, security=self.security)
         elif self.name == "redis":
             from dragonflow.db.drivers.redis import RedisDriver
 
-            drv = RedisDriver(f"{url}/{self.ns}")
+            drv = RedisDriver(f"{url}/{self.ns}", security=self.security)
         else:
             raise AssertionError(self.name)
         self._drivers.append(drv)
@@ -61,7 +66,9 @@ class Backend:
         proxy = TcpProxy(*self._host_port)
         proxy.start()
         self._proxies.append(proxy)
-        return self._make(f"{self.name}://127.0.0.1:{proxy.port}")
+        assert self._url
+        scheme = self._url.partition("://")[0]  # etcds / rediss: TLS through the proxy
+        return self._make(f"{scheme}://127.0.0.1:{proxy.port}")
 
     @property
     def can_sever(self) -> bool:

@@ -21,6 +21,15 @@ another member by itself.
   compacted start revision ends the watch with one ``on_compacted(compact_revision)``.
 * Every RPC has a deadline (``timeout``); failures raise DriverError naming the URL. A commit
   that timed out may or may not have been applied: it is never retried here.
+* Security (:class:`~dragonflow.db.security.NbSecurity`): ``etcds://`` makes the channel a TLS
+  one (``ssl_channel_credentials``: the CA file or the system trust store, and the client
+  certificate if given). With several endpoints the server certificates are checked against
+  the first endpoint's host name (gRPC has one name per channel), so give every member a
+  certificate valid for it (e.g. a shared SAN). With a user and password, the driver gets a
+  token from ``Auth.Authenticate`` (lazily, on the first call) and sends it as the ``token``
+  metadata of every unary call and watch stream; a token etcd rejects (expired simple token,
+  auth store revision changed) is renewed once and the call repeated -- safe even for a
+  commit, since etcd rejected it before applying anything.
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import logging
+import os
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -52,6 +63,7 @@ from dragonflow.db.driver import (
     Revision,
     TxnFailed,
 )
+from dragonflow.db.security import NbSecurity, SecurityConfigError, opt, redact_url
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,26 +82,75 @@ _CHANNEL_OPTIONS = (
 )
 
 
-def grpc_target(url: str) -> str:
-    """``etcd://host:port[,host:port...]`` -> a gRPC target (an address list for several).
+_SYSTEM_CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/ca-bundle.pem",  # openSUSE
+    "/etc/ssl/cert.pem",
+)
+
+
+def parse_url(url: str) -> tuple[str, bool, str]:
+    """``etcd[s]://host:port[,host:port...]`` -> (gRPC target, TLS?, first host name).
 
     Several endpoints need IP literals for gRPC's static address list; host names are
     resolved here, once. ValueError names the url when it does not parse.
     """
-    rest = url.removeprefix("etcd://")
+    tls = url.startswith("etcds://")
+    rest = url.removeprefix("etcds://" if tls else "etcd://")
     if rest == url or "?" in rest or "#" in rest or "@" in rest:
-        raise ValueError(f"etcd driver: bad url {url!r} (expected etcd://host:port[,host:port])")
+        creds = " (credentials go in [df] nb_db_user / nb_db_password)" if "@" in rest else ""
+        raise ValueError(f"etcd driver: bad url {redact_url(url)!r} "
+                         f"(expected etcd[s]://host:port[,host:port]){creds}")
     endpoints = [_split_endpoint(url, e) for e in rest.rstrip("/").split(",")]
+    first = endpoints[0][0]
     if len(endpoints) == 1:
         host, port = endpoints[0]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), tls, first
     addrs = [(_resolve(url, h, p), p) for h, p in endpoints]
     families = {ipaddress.ip_address(a).version for a, _ in addrs}
     if families == {4}:
-        return "ipv4:" + ",".join(f"{a}:{p}" for a, p in addrs)
+        return "ipv4:" + ",".join(f"{a}:{p}" for a, p in addrs), tls, first
     if families == {6}:
-        return "ipv6:" + ",".join(f"[{a}]:{p}" for a, p in addrs)
+        return "ipv6:" + ",".join(f"[{a}]:{p}" for a, p in addrs), tls, first
     raise ValueError(f"etcd driver: url {url!r} mixes IPv4 and IPv6 endpoints")
+
+
+def grpc_target(url: str) -> str:
+    """``etcd[s]://host:port[,host:port...]`` -> a gRPC target (an address list for several)."""
+    return parse_url(url)[0]
+
+
+def _system_roots() -> bytes | None:
+    """The system trust store as one PEM bundle (gRPC takes bytes, not a directory); None:
+    gRPC's own bundled roots."""
+    paths = ssl.get_default_verify_paths()
+    for path in (os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.openssl_cafile,
+                 *_SYSTEM_CA_BUNDLES):
+        if path and os.path.isfile(path):
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError:
+                continue
+    LOG.warning("etcd driver: no system CA bundle found; using gRPC's built-in roots "
+                "(set [df] nb_db_ca_file)")
+    return None
+
+
+# --- authentication and error wording --------------------------------------------------------
+_TOKEN_REJECTED = ("invalid auth token", "revision of auth store is old", "user name is empty")
+_TLS_MARKERS = ("handshake failed", "Handshake read failed", "Unwrap failed", "TSI_",
+                "SSL_ERROR", "CERTIFICATE_VERIFY_FAILED", "Hostname Verification")
+
+
+def _token_rejected(e: grpc.aio.AioRpcError) -> bool:
+    return any(m in (e.details() or "") for m in _TOKEN_REJECTED)
+
+
+def _last_error(details: str) -> str:
+    return details.removeprefix("failed to connect to all addresses; ").removeprefix(
+        "last error: ")
 
 
 def _split_endpoint(url: str, endpoint: str) -> tuple[str, int]:
@@ -270,11 +331,10 @@ class EtcdWatch:
                 try:
                     await self._stream_once()
                     return  # compacted: the watch is over
-                except (grpc.aio.AioRpcError, _StreamEnded) as e:
-                    if isinstance(e, grpc.aio.AioRpcError):
-                        self.last_failure = f"{e.code().name}: {e.details()}"
-                    else:
-                        self.last_failure = str(e)
+                except grpc.aio.AioRpcError as e:
+                    self.last_failure = self._driver._why("watch", e)
+                except (_StreamEnded, DriverError) as e:  # DriverError: authentication
+                    self.last_failure = str(e)
                 assert self._created is not None
                 LOG.warning(
                     "etcd %s: watch on %r %s (%s); resuming from revision %d",
@@ -300,7 +360,8 @@ class EtcdWatch:
         create = rpc.WatchCreateRequest(
             key=key, range_end=end, start_revision=self._next_rev, prev_kv=True
         )
-        call = self._driver._watch_stub.Watch(metadata=_REQUIRE_LEADER)
+        auth = await self._driver._metadata()
+        call = self._driver._watch_stub.Watch(metadata=_REQUIRE_LEADER + auth)
         try:
             await call.write(rpc.WatchRequest(create_request=create))
             while True:
@@ -312,6 +373,8 @@ class EtcdWatch:
                     self._created.set()
                     return
                 if resp.canceled:
+                    # etcd says "permission denied" for an expired token too
+                    self._driver._drop_token(auth)
                     raise _StreamEnded(f"watch cancelled by etcd: {resp.cancel_reason!r}")
                 if resp.created:
                     self._created.set()
@@ -320,6 +383,10 @@ class EtcdWatch:
                     self._queue.put(_event(ev))
                 if resp.events:  # responses hold whole revisions
                     self._next_rev = resp.events[-1].kv.mod_revision + 1
+        except grpc.aio.AioRpcError as e:
+            if _token_rejected(e):
+                self._driver._drop_token(auth)
+            raise
         finally:
             call.cancel()
 
@@ -359,10 +426,32 @@ class EtcdWatch:
 class EtcdDriver:
     """NB driver on etcd v3 (see the module docstring)."""
 
-    def __init__(self, url: str, *, timeout: float = 3.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 3.0, security: NbSecurity | None = None
+    ) -> None:
         self.url = url
         self.timeout = timeout
-        self._target = grpc_target(url)
+        self._target, self._tls, first_host = parse_url(url)
+        sec = security if security is not None else NbSecurity()
+        sec.check_tls(url, self._tls)
+        if (sec.user is None) != (sec.password is None):
+            have, missing = ("user", "password") if sec.password is None else ("password", "user")
+            raise SecurityConfigError(
+                f"{opt(have)} is set but {opt(missing)} is not: etcd authenticates a user "
+                f"name with its password (set both, or neither)")
+        self._security = sec
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._options: tuple[tuple[str, Any], ...] = _CHANNEL_OPTIONS
+        if self._tls:
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=sec.read("ca_file") if sec.ca_file else _system_roots(),
+                private_key=sec.read("key_file"),
+                certificate_chain=sec.read("cert_file"),
+            )
+            if "," in self._target:  # an address list has no host name to check against
+                self._options += (("grpc.ssl_target_name_override", first_host),)
+        self._token: str | None = None  # None: authenticate first ("": auth is off)
+        self._auth_lock: asyncio.Lock | None = None
         self._closed = False
         self._watches: set[EtcdWatch] = set()
         self._lock = threading.Lock()
@@ -371,13 +460,56 @@ class EtcdDriver:
             target=self._loop.run_forever, name="df-etcd-loop", daemon=True
         )
         self._thread.start()
-        self._channel, self._kv, self._watch_stub = self._run(self._open(), "connect")
+        self._channel, self._kv, self._watch_stub, self._auth = self._run(
+            self._open(), "connect")
 
-    async def _open(self) -> tuple[Any, Any, Any]:
+    async def _open(self) -> tuple[Any, Any, Any, Any]:
         # (gRPC's "min reconnect backoff" is in fact the least time a connect attempt gets)
         connect = ("grpc.min_reconnect_backoff_ms", max(int(self.timeout * 1000), 100))
-        channel = grpc.aio.insecure_channel(self._target, options=(*_CHANNEL_OPTIONS, connect))
-        return channel, rpc.KVStub(channel), rpc.WatchStub(channel)
+        options = (*self._options, connect)
+        if self._credentials is not None:
+            channel = grpc.aio.secure_channel(self._target, self._credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(self._target, options=options)
+        self._auth_lock = asyncio.Lock()
+        return channel, rpc.KVStub(channel), rpc.WatchStub(channel), rpc.AuthStub(channel)
+
+    # --- authentication (runs on the loop) -------------------------------------------------
+    async def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The ``token`` metadata of the next call (authenticating first if needed)."""
+        if self._security.user is None:
+            return ()
+        if self._token is None:
+            assert self._auth_lock is not None
+            async with self._auth_lock:
+                if self._token is None:
+                    self._token = await self._authenticate()
+        return (("token", self._token),) if self._token else ()
+
+    async def _authenticate(self) -> str:
+        sec = self._security
+        req = rpc.AuthenticateRequest(name=sec.user, password=sec.password)
+        try:
+            resp = await self._auth.Authenticate(req, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            details = e.details() or ""
+            if "authentication is not enabled" in details:
+                LOG.warning("etcd %s: authentication is not enabled on the server; "
+                            "[df] nb_db_user %r is not used", self.url, sec.user)
+                return ""
+            if "invalid user ID or password" in details:
+                raise DriverError(f"etcd {self.url}: authentication failed: invalid user or "
+                                  f"password (user {sec.user!r})") from None
+            raise self._error("authenticate", e) from None
+        LOG.debug("etcd %s: authenticated as %r", self.url, sec.user)
+        return str(resp.token)
+
+    def _drop_token(self, used: tuple[tuple[str, str], ...]) -> None:
+        """etcd refused the token in ``used`` (or the lack of one, if authentication was off
+        when the driver asked): the next call authenticates again, unless another call has
+        already done so. Nothing to do without a user."""
+        if self._security.user is not None and self._token == (used[0][1] if used else ""):
+            self._token = None
 
     # --- plumbing -----------------------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, T], what: str) -> T:
@@ -394,22 +526,61 @@ class EtcdDriver:
             ) from None
 
     async def _rpc(self, what: str, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise self._error(what, e) from None
+        for attempt in range(2):
+            auth = await self._metadata()
+            try:
+                return await method(request, timeout=self.timeout, metadata=auth or None)
+            except grpc.aio.AioRpcError as e:
+                if attempt == 0 and self._security.user is not None and _token_rejected(e):
+                    self._drop_token(auth)  # expired: renew it and ask again
+                    continue
+                raise self._error(what, e) from None
+        raise AssertionError("unreachable")
 
     def _error(self, what: str, e: grpc.aio.AioRpcError) -> DriverError:
-        code = e.code()
+        return DriverError(f"etcd {self.url}: {what} failed: {self._why(what, e)}")
+
+    def _why(self, what: str, e: grpc.aio.AioRpcError) -> str:
+        """The reason of a failed call, in words an operator can act on."""
+        code, details = e.code(), e.details() or ""
+        sec = self._security
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             why = f"no answer within {self.timeout} s"
             if what == "commit":
                 why += " (it may or may not have been applied)"
-        elif code == grpc.StatusCode.UNAVAILABLE:
-            why = f"unreachable ({e.details()})"
-        else:
-            why = f"{code.name}: {e.details()}"
-        return DriverError(f"etcd {self.url}: {what} failed: {why}")
+            return why
+        if self._tls and any(m in details for m in _TLS_MARKERS):
+            last = _last_error(details)
+            if "CERTIFICATE_VERIFY_FAILED" in details or "Hostname Verification" in details:
+                trust = f"{opt('ca_file')} {sec.ca_file!r}" if sec.ca_file \
+                    else "the system trust store (no [df] nb_db_ca_file)"
+                return (f"TLS handshake failed: the server's certificate is not trusted by "
+                        f"{trust} or not valid for the url's host ({last})")
+            if "Handshake read failed" in details:
+                return (f"TLS handshake failed: the server closed the connection (is it "
+                        f"serving TLS? etcd:// is plaintext) ({last})")
+            if sec.cert_file is None:
+                return (f"TLS handshake failed: the server refused the connection; it "
+                        f"probably requires a client certificate ([df] nb_db_cert_file and "
+                        f"nb_db_key_file are not set) ({last})")
+            return (f"TLS handshake failed: the server refused the connection; is "
+                    f"{opt('cert_file')} {sec.cert_file!r} signed by a CA it trusts? ({last})")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            hint = ""
+            if not self._tls and "Socket closed" in details:
+                hint = "; a TLS-only server closes plaintext connections: etcds://?"
+            return f"unreachable ({details}{hint})"
+        if "user name is empty" in details:
+            if sec.user is None:
+                return ("authentication required: etcd has authentication enabled "
+                        "([df] nb_db_user and nb_db_password are not set)")
+            return "authentication required: etcd asked for a token again after authenticating"
+        if _token_rejected(e):
+            return f"authentication failed: etcd rejected the token just renewed ({details})"
+        if code == grpc.StatusCode.PERMISSION_DENIED and sec.user is not None:
+            return (f"permission denied: etcd user {sec.user!r} has no role granting this "
+                    f"({details})")
+        return f"{code.name}: {details}"
 
     # --- reads --------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:

@@ -15,19 +15,28 @@ Layout under a namespace ``ns`` (url path, default ``df``):
 Redis pub/sub loses messages and XREAD from a trimmed id silently starts at the oldest
 survivor, so a watcher checks that the ``(seq, i)`` it reads are contiguous, and that the
 epoch did not change across reconnects; any hole means history is lost -> ``on_compacted``.
+
+Security (:class:`~dragonflow.db.security.NbSecurity`): ``rediss://`` connects with TLS (the
+CA file or the system trust store, host name checked, the client certificate if given);
+``redis[s]://user:password@host`` or the ``user``/``password`` of NbSecurity authenticate
+(AUTH) every connection the driver opens, the watch connections included. A user or password
+in the url takes precedence over NbSecurity's, field by field.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 from redis.retry import Retry
 
 from dragonflow.db.driver import (
@@ -43,6 +52,7 @@ from dragonflow.db.driver import (
     Revision,
     TxnFailed,
 )
+from dragonflow.db.security import NbSecurity, SecurityConfigError, opt, redact_url
 
 LOG = logging.getLogger(__name__)
 
@@ -123,18 +133,33 @@ return {redis.call('GET', KEYS[4]) or '0', redis.call('GET', KEYS[5]), keys, val
 """
 
 
-def _parse_url(url: str) -> tuple[str, int, str]:
+@dataclass(frozen=True)
+class _Url:
+    host: str
+    port: int
+    ns: str
+    tls: bool
+    user: str | None  # percent-decoded; None: not in the url
+    password: str | None
+
+
+def _parse_url(url: str) -> _Url:
+    shown = redact_url(url)
     try:
         parsed = urlparse(url)
         port = parsed.port or 6379
     except ValueError as e:
-        raise ValueError(f"redis driver: bad url {url!r}: {e}") from None
+        raise ValueError(f"redis driver: bad url {shown!r}: {e}") from None
     ns = parsed.path.strip("/") or "df"
-    if parsed.scheme != "redis" or not parsed.hostname or "/" in ns or parsed.query:
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname or "/" in ns \
+            or parsed.query:
         raise ValueError(
-            f"redis driver: bad url {url!r} (expected redis://host[:port][/namespace])"
+            f"redis driver: bad url {shown!r} "
+            f"(expected redis[s]://[user[:password]@]host[:port][/namespace])"
         )
-    return parsed.hostname, port, ns
+    user = unquote(parsed.username) if parsed.username else None
+    password = unquote(parsed.password) if parsed.password is not None else None
+    return _Url(parsed.hostname, port, ns, parsed.scheme == "rediss", user, password)
 
 
 def _lex_range(prefix: str) -> tuple[bytes, bytes]:
@@ -155,11 +180,28 @@ class _Keys:
 class RedisDriver:
     """NB driver on one Redis server. ``stream_maxlen`` bounds the change history."""
 
-    def __init__(self, url: str, *, timeout: float = 3.0, stream_maxlen: int = 100_000) -> None:
-        self._host, self._port, self._ns = _parse_url(url)
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 3.0,
+        stream_maxlen: int = 100_000,
+        security: NbSecurity | None = None,
+    ) -> None:
+        u = _parse_url(url)
+        self._host, self._port, self._ns, self._tls = u.host, u.port, u.ns, u.tls
         if stream_maxlen < 1:
             raise ValueError(f"redis driver: stream_maxlen must be >= 1, got {stream_maxlen}")
-        self.url = url
+        sec = security if security is not None else NbSecurity()
+        sec.check_tls(url, self._tls)
+        self._security = sec
+        self._user = u.user if u.user is not None else sec.user  # the url's come first
+        self._password = u.password if u.password is not None else sec.password
+        if self._user is not None and self._password is None:
+            raise SecurityConfigError(
+                f"redis user {self._user!r} ({'url' if u.user else opt('user')}) has no "
+                f"password: set {opt('password')} or put it in the url")
+        self.url = redact_url(url)  # what errors and logs show
         self._timeout = timeout
         self._maxlen = stream_maxlen
         self._k = _Keys(self._ns)
@@ -172,16 +214,65 @@ class RedisDriver:
 
     def _new_client(self, min_read_timeout: float = 0.0) -> redis.Redis:
         # No automatic retries: a timed-out commit may have been applied; the caller decides.
+        tls: dict[str, Any] = {}
+        if self._tls:
+            sec = self._security
+            tls = dict(ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True,
+                       ssl_ca_certs=sec.ca_file,  # None: the system trust store
+                       ssl_certfile=sec.cert_file, ssl_keyfile=sec.key_file)
         return redis.Redis(
             host=self._host,
             port=self._port,
+            username=self._user,
+            password=self._password,
             socket_timeout=max(self._timeout, min_read_timeout),
             socket_connect_timeout=self._timeout,
             retry=Retry(NoBackoff(), 0),
+            **tls,
         )
 
     def _fail(self, what: str, e: redis.RedisError) -> DriverError:
-        return DriverError(f"redis {self._host}:{self._port} ({self._ns}): {what} failed: {e}")
+        return DriverError(f"redis {self.url}: {what} failed: {self._why(e)}")
+
+    def _why(self, e: BaseException) -> str:
+        """The reason of a failure, in words an operator can act on."""
+        sec, cause = self._security, e.__cause__ or e.__context__
+        if isinstance(e, redis.AuthenticationError):
+            if self._password is None:
+                return (f"authentication required: the server wants a password ([df] "
+                        f"nb_db_password, or one in the url, is not set) ({e})")
+            who = f"user {self._user!r}" if self._user else "the default user"
+            return f"authentication failed: invalid user or password ({who}: {e})"
+        if isinstance(e, NoPermissionError):
+            return f"permission denied: {e}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            trust = f"{opt('ca_file')} {sec.ca_file!r}" if sec.ca_file \
+                else "the system trust store (no [df] nb_db_ca_file)"
+            return (f"TLS handshake failed: the server's certificate is not trusted by {trust} "
+                    f"or not valid for {self._host!r} ({cause.verify_message or cause})")
+        if isinstance(cause, ssl.SSLError):
+            text = str(cause)
+            if "CERTIFICATE_REQUIRED" in text:
+                return (f"TLS handshake failed: the server requires a client certificate "
+                        f"([df] nb_db_cert_file and nb_db_key_file) ({cause})")
+            if "WRONG_VERSION_NUMBER" in text or "record layer" in text:
+                return (f"TLS handshake failed: the server does not speak TLS here "
+                        f"(redis:// is plaintext) ({cause})")
+            if sec.cert_file is not None and any(
+                    a in text for a in ("UNKNOWN_CA", "BAD_CERTIFICATE", "DECRYPT_ERROR")):
+                return (f"TLS handshake failed: the server refused the client certificate "
+                        f"{opt('cert_file')} {sec.cert_file!r}: is it signed by a CA the "
+                        f"server trusts? ({cause})")
+            # TLS 1.3: a refused client certificate may show as a mere EOF after the handshake
+            hint = (f"; did the server refuse the client certificate {opt('cert_file')} "
+                    f"{sec.cert_file!r} (is it signed by a CA the server trusts?)"
+                    if sec.cert_file is not None else
+                    "; does the server require a client certificate? [df] nb_db_cert_file and "
+                    "nb_db_key_file are not set")
+            return f"TLS connection failed: {cause}{hint}"
+        if not self._tls and isinstance(cause, ConnectionResetError):
+            return f"{e} (a TLS-only server resets plaintext connections: rediss://?)"
+        return str(e)
 
     # --- reads -----------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:
@@ -350,7 +441,12 @@ class _RedisWatch:
                     self._read(self._conn)
                     backoff = 0.0
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                    LOG.info("redis watch %r: connection lost (%s); retrying", self._prefix, e)
+                    # refused credentials or TLS need an operator; a lost link does not
+                    serious = isinstance(e, redis.AuthenticationError) or isinstance(
+                        e.__context__, ssl.SSLError)
+                    LOG.log(logging.WARNING if serious else logging.INFO,
+                            "redis %s: watch %r: connection lost (%s); retrying",
+                            self._drv.url, self._prefix, self._drv._why(e))
                     self._drop_conn()
                     self._stop.wait(backoff)
                     backoff = min(max(backoff * 2, _BACKOFF_MIN), _BACKOFF_MAX)
