@@ -219,15 +219,29 @@ def cmd_ls(nb: NbApi, args: argparse.Namespace) -> int:
         live = nb.liveness()
         for row in rows:
             row["heartbeat"] = live.get(row["id"])
+    # stored values that do not decode: every reader treats them as absent; shown here so
+    # an operator can find and remove them (df-db rm)
+    bad = nb.invalid(table)
     if args.json:
-        _out(_as_json(rows))
+        _out(_as_json(rows + [{"table": table, "id": i, "invalid": why} for i, why in bad]))
     else:
         _out(_format.render_objects(table, rows))
+        for i, why in bad:
+            _out(f"INVALID {table} {i}: {why} (treated as absent; df-db rm {table} {i} "
+                 f"removes it)")
     return 0
 
 
 def cmd_get(nb: NbApi, args: argparse.Namespace) -> int:
-    _out(_as_json(_with_table(nb.get_or_raise(args.table, args.id))))
+    obj = nb.get(args.table, args.id)
+    if obj is None:
+        table = table_of(args.table)
+        why = dict(nb.invalid(table)).get(args.id)
+        if why is not None:
+            raise errors.NbError(table, args.id, "value", f"the stored value is invalid ({why}); "
+                          f"df-db rm {table} {args.id} removes it")
+        raise errors.NotFound(table, args.id)
+    _out(_as_json(_with_table(obj)))
     return 0
 
 

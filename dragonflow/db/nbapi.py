@@ -57,13 +57,37 @@ def decode(table: str, raw: bytes) -> NbObject:
     return TABLES[table].from_dict(json.loads(raw))
 
 
+_DECODE_ERRORS = (ValidationError, ValueError, KeyError, TypeError)
+_logged_invalid: OrderedDict[tuple[str, int], None] = OrderedDict()  # (key, hash(value))
+_logged_lock = threading.Lock()
+
+
+def why_invalid(table: str, raw: bytes) -> str | None:
+    """None if ``raw`` decodes as a ``table`` object, else the reason."""
+    try:
+        decode(table, raw)
+        return None
+    except _DECODE_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+
+
 def decode_or_none(key: str, table: str, raw: bytes) -> NbObject | None:
-    """For readers of data nobody validated for them (another writer, a newer version, a
-    hand edit): an undecodable object is logged and skipped, never fatal to the reader."""
+    """The one rule for data nobody validated for the reader (another writer, a newer
+    version, a hand edit): an undecodable object is logged ONCE per key and value, treated
+    as absent, and the reader goes on."""
     try:
         return decode(table, raw)
-    except (ValidationError, ValueError, KeyError, TypeError) as e:
-        LOG.error("NB object %s is invalid and is ignored: %s", key, e)
+    except _DECODE_ERRORS as e:
+        mark = (key, hash(raw))
+        with _logged_lock:
+            first = mark not in _logged_invalid
+            if first:
+                _logged_invalid[mark] = None
+                if len(_logged_invalid) > 10_000:
+                    _logged_invalid.popitem(last=False)
+        if first:
+            LOG.error("NB object %s is invalid and is treated as absent: %s "
+                      "(df-db ls shows it, df-db rm removes it)", key, e)
         return None
 
 
@@ -169,9 +193,12 @@ class NbApi:
 
     # --- reads -----------------------------------------------------------------------
     def get(self, table: type[T] | str, obj_id: str) -> T | None:
+        """The object, or None if there is none -- or if its stored value is invalid
+        (logged once; see ``invalid()``)."""
         name = table_of(table)
-        kv = self.driver.get(self.obj_key(name, obj_id))
-        return decode(name, kv.value) if kv else None  # type: ignore[return-value]
+        key = self.obj_key(name, obj_id)
+        kv = self.driver.get(key)
+        return decode_or_none(key, name, kv.value) if kv else None  # type: ignore[return-value]
 
     def get_or_raise(self, table: type[T] | str, obj_id: str) -> T:
         obj = self.get(table, obj_id)
@@ -182,8 +209,16 @@ class NbApi:
     def list(self, table: type[T] | str, *, topic: str | None = None) -> builtins.list[T]:
         name = table_of(table)
         kvs, _ = self.driver.get_prefix(f"{self.obj_prefix}{name}/")
-        objs = [decode(name, kv.value) for kv in kvs]
+        objs = [o for kv in kvs if (o := decode_or_none(kv.key, name, kv.value)) is not None]
         return [o for o in objs if topic is None or o.topic == topic]  # type: ignore[misc]
+
+    def invalid(self, table: type[NbObject] | str) -> builtins.list[tuple[str, str]]:
+        """(id, reason) of every stored object of ``table`` that does not decode: what
+        readers treat as absent, for an operator to see and remove (``df-db ls / rm``)."""
+        name = table_of(table)
+        kvs, _ = self.driver.get_prefix(f"{self.obj_prefix}{name}/")
+        return [(self.split_key(kv.key)[1], why) for kv in kvs
+                if (why := why_invalid(name, kv.value)) is not None]
 
     def by_index(self, table: type[T] | str, index: str, value: str) -> builtins.list[T]:
         """E.g. ``by_index(Port, "network_id", net_id)``: the ports of a network."""
@@ -309,7 +344,25 @@ class NbApi:
 
     def _create_once(self, obj: T, fresh: bool) -> T:
         obj = obj.replace(version=max(obj.version, 1)).assign_unique_keys(self._alloc_unique_key)
+        corrupt = self._corrupt(obj.TABLE, obj.id) if fresh else None
+        if corrupt is not None:  # an invalid value is absent: the new object replaces it
+            return self._write(obj, old=None, old_rev=corrupt.mod_revision, fresh=fresh,
+                               orphans=self._orphans(obj.TABLE, obj.id))
         return self._write(obj, old=None, old_rev=0, fresh=fresh)
+
+    def _corrupt(self, name: str, obj_id: str) -> KV | None:
+        """The stored KV of ``name/obj_id`` if it exists and does not decode."""
+        kv = self.driver.get(self.obj_key(name, obj_id))
+        return kv if kv is not None and why_invalid(name, kv.value) is not None else None
+
+    def _orphans(self, name: str, obj_id: str) -> builtins.list[str]:
+        """Index entries and claims held by an object whose value cannot be decoded (found
+        by scanning: the value that would list them is unreadable)."""
+        owner = f"{name}/{obj_id}".encode()
+        idx, _ = self.driver.get_prefix(f"{self.root}idx/{name}/")
+        claims, _ = self.driver.get_prefix(self._claim_key(""))
+        return ([kv.key for kv in idx if kv.key.rsplit("/", 1)[1] == obj_id]
+                + [kv.key for kv in claims if kv.value == owner])
 
     def _update_once(self, obj: T, force_version: int | None, fresh: bool,
                      expect_version: int | None = None) -> T:
@@ -347,7 +400,8 @@ class NbApi:
             claims[self._claim_key(f"ukey/{ns}/{ukey}")] = "unique_key"
         return idx, claims
 
-    def _write(self, obj: T, old: NbObject | None, old_rev: int, fresh: bool) -> T:
+    def _write(self, obj: T, old: NbObject | None, old_rev: int, fresh: bool,
+               orphans: builtins.list[str] = ()) -> T:  # type: ignore[assignment]
         name = obj.TABLE
         reads = _Reads(self, fresh)
         obj.validate_refs(reads.lookup)
@@ -368,6 +422,7 @@ class NbApi:
         ops += [Put(k, b"") for k in sorted(idx - old_idx)]
         ops += [Delete(k) for k in sorted(old_idx - idx)]
         ops += [Delete(k) for k in sorted(set(old_claims) - set(claims))]
+        ops += [Delete(k) for k in sorted(set(orphans) - idx - set(claims))]
         try:
             self._commit(checks, ops)
         except TxnFailed:
@@ -379,7 +434,9 @@ class NbApi:
                   owner: bytes) -> None:
         """A commit failed: raise the precise error if the input is at fault; return (and
         let the caller retry) if it only lost a race."""
-        if old is None and self.driver.get(self.obj_key(obj.TABLE, obj.id)) is not None:
+        if old is None and (kv := self.driver.get(self.obj_key(obj.TABLE, obj.id))) is not None:
+            if why_invalid(obj.TABLE, kv.value) is not None:
+                return  # an invalid stored value counts as absent: retried, and replaced
             raise errors.AlreadyExists(obj.TABLE, obj.id)
         for ckey, field in new_claims.items():
             held = self.driver.get(ckey)
@@ -398,17 +455,20 @@ class NbApi:
         kv = self._read(key, fresh)
         if kv is None:
             raise errors.NotFound(name, obj_id)
-        old = decode(name, kv.value)
-        if expect_version is not None and expect_version != old.version:
+        old = decode_or_none(key, name, kv.value)
+        if old is not None and expect_version is not None and expect_version != old.version:
             raise errors.StaleVersion(
                 name, obj_id, f"delete based on version {expect_version}, stored is {old.version}")
         checks: list[Check] = [RevCheck(key, kv.mod_revision)]
         prefixes = [(ref_table, f"{self.root}idx/{ref_table}/{index}/{obj_id}/")
                     for ref_table, index in REFERENCED_BY.get(name, ())]
         checks += [PrefixEmpty(prefix) for _, prefix in prefixes]
-        idx, claims = self._owned_entries(old)
-        ops: list[Op] = [Delete(key), *(Delete(k) for k in sorted(idx)),
-                         *(Delete(k) for k in sorted(claims))]
+        if old is not None:
+            idx, claims = self._owned_entries(old)
+            owned = sorted(idx) + sorted(claims)
+        else:  # an invalid value: what it held is found by scanning
+            owned = self._orphans(name, obj_id)
+        ops: list[Op] = [Delete(key), *(Delete(k) for k in owned)]
         try:
             self._commit(checks, ops)
         except TxnFailed:  # still referenced? say by whom; else it was a race: retry

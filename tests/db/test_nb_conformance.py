@@ -414,3 +414,37 @@ def test_an_invalid_object_in_the_db_does_not_stop_subscribers(backend: Backend)
         assert [o.id for o in nb.snapshot()[0]] == ["net2"]
     finally:
         sub.close()
+
+
+def test_an_invalid_object_is_absent_to_every_reader_and_can_be_listed_and_removed(
+        backend: Backend) -> None:
+    """One rule everywhere: get/list/by_index see an invalid stored value as absent (logged
+    once), invalid() names it with the reason, delete removes it with the index entries
+    and claims it held, and a create over it replaces it."""
+    nb = nb_for(backend)
+    nb.create(net(1))
+    s1 = nb.create(subnet(1, "net1"))
+    good = nb.create(port(1, "net1", s1))
+    bad = nb.create(port(2, "net1", s1))
+    key = nb.obj_key("port", bad.id)
+    nb.driver.commit([], [Put(key, b'{"id": "port2", "network_id": 5')])  # truncated JSON
+    assert nb.get(Port, bad.id) is None
+    assert [p.id for p in nb.list(Port)] == [good.id]
+    assert [p.id for p in nb.by_index(Port, "network_id", "net1")] == [good.id]
+    assert [(i, why.split(":")[0]) for i, why in nb.invalid(Port)] == [(bad.id, "JSONDecodeError")]
+    # the network is still referenced by the invalid port's index entry: not deletable yet
+    with pytest.raises(errors.InUse):
+        nb.delete(Network, "net1")
+    nb.delete(Port, bad.id)
+    assert nb.driver.get(key) is None and nb.invalid(Port) == []
+    held = [kv.key for kv in nb.driver.get_prefix(nb.root)[0] if bad.id in kv.key
+            or kv.value == f"port/{bad.id}".encode()]
+    assert held == []  # its index entries and its IP / MAC / unique-key claims went too
+    # a create over an invalid value replaces it (the value was absent to every reader)
+    nb.driver.commit([], [Put(key, b"garbage")])
+    again = nb.create(port(2, "net1", s1))
+    assert nb.get(Port, bad.id) == again and nb.invalid(Port) == []
+    nb.delete(Port, good.id)
+    nb.delete(Port, again.id)
+    nb.delete(Subnet, s1.id)
+    nb.delete(Network, "net1")  # nothing left behind that pins it

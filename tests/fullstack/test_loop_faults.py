@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from dragonflow.db.connect import open_nb
-from dragonflow.model import Binding, FixedIp, Port
+from dragonflow.db.driver import Put
+from dragonflow.model import Binding, Chassis, FixedIp, Port
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed
 
@@ -91,3 +92,37 @@ def test_an_event_that_raises_does_not_drop_the_rest_of_its_batch(
         assert ctl.topo.get(Port, "bad-port") is None
         assert any("dropped: NB change of port 'bad-port'" in m for m in msgs), msgs
         assert calls["n"] >= 2
+
+
+def test_corrupt_chassis_and_port_values_do_not_stall_their_node(
+        testbed: Testbed, caplog: pytest.LogCaptureFixture) -> None:
+    """Values written behind NbApi's back that do not decode: the controller whose Chassis
+    record is corrupt still starts (and re-registers); the node hosting a port whose value
+    is corrupt treats it as absent (logged once) and keeps converging: other ports there go
+    ACTIVE and talk, no loop error, no repeated tracebacks."""
+    caplog.set_level(logging.INFO, logger="dragonflow")
+    nb = open_nb(f"memory://corrupt-{uuid.uuid4().hex[:8]}", root="/cv/")
+    nb.driver.commit([], [Put(nb.obj_key("chassis", "hv1"), b'{"id": "hv1", "ip": 5}')])
+    d = Deployment(testbed, nb, "memory://", in_process=True)
+    try:
+        d.add_node("hv1", "10.255.0.11")  # starts despite its corrupt chassis record
+        d.add_node("hv2", "10.255.0.12")
+        assert nb.get(Chassis, "hv1") is not None and nb.invalid(Chassis) == []
+        n = d.bed.nodes
+        d.network("n1", "vxlan", 802, "10.8.1.0/24")
+        d.vm(n["hv1"], "a", "n1", "fa:16:3e:08:01:11", "10.8.1.11")
+        b = d.vm(n["hv2"], "b", "n1", "fa:16:3e:08:01:12", "10.8.1.12")
+        d.wait_active(["a-port", "b-port"], timeout=30)
+        ctl = d.controllers["hv1"]
+        nb.driver.commit([], [Put(nb.obj_key("port", "a-port"), b"{truncated")])
+        c = d.vm(n["hv1"], "c", "n1", "fa:16:3e:08:01:13", "10.8.1.13")
+        d.wait_active(["c-port"], timeout=30)
+        d.settle()
+        assert c.ping(b.ip, count=2, timeout=3)
+        time.sleep(1.0)  # a few more loop iterations and heartbeats
+        assert ctl.loop_errors == 0 and not ctl.dead.is_set()
+        said = [r for r in caplog.records if "a-port is invalid" in r.getMessage()]
+        assert 1 <= len(said) <= 2, [r.getMessage() for r in said]  # once per reader NbApi
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    finally:
+        d.stop()

@@ -18,7 +18,7 @@ import pytest
 
 from dragonflow.cli import db as cli
 from dragonflow.db import errors
-from dragonflow.db.driver import Check, Op
+from dragonflow.db.driver import Check, Op, Put
 from dragonflow.db.drivers.memory import MemoryDriver
 from dragonflow.db.nbapi import NbApi
 from dragonflow.model import NbObject, Network
@@ -248,6 +248,23 @@ def test_update_and_rm(full: Db) -> None:
     assert full.ok("rm", "floatingip", "fip1") == "deleted floatingip fip1\n"
     assert full.nb.get("floatingip", "fip1") is None
     full.fails("rm", "floatingip", "fip1", says=["floatingip 'fip1': field 'id': no such object"])
+
+
+def test_an_invalid_stored_value_is_listed_got_with_a_reason_and_removed(full: Db) -> None:
+    """A value written behind NbApi's back that does not decode: ls lists the valid ones
+    and names the invalid one with the reason, get says why, rm removes it."""
+    key = full.nb.obj_key("port", "p2")
+    full.nb.driver.commit([], [Put(key, b'{"id": "p2", "network_id": 7}')])
+    out = full.ok("ls", "port")
+    assert "p1" in out
+    assert "INVALID port p2: ValidationError" in out and "df-db rm port p2" in out
+    rows = json.loads(full.ok("ls", "port", "--json"))
+    assert [r["id"] for r in rows] == ["p1", "p2"] and "invalid" in rows[1]
+    full.fails("get", "port", "p2", says=["port 'p2'", "stored value is invalid",
+                                            "df-db rm port p2"])
+    assert full.ok("rm", "port", "p2") == "deleted port p2\n"
+    assert full.nb.driver.get(key) is None
+    assert "INVALID" not in full.ok("ls", "port")
 
 
 # --- bad input: exit 1, message, database unchanged --------------------------------------------
