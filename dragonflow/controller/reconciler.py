@@ -43,6 +43,7 @@ class Reconciler:
         self.bundles = 0
         self.flow_mods = 0
         self.rejections = 0
+        self.full_syncs = 0  # whole-table reinstalls (first connect, reconnects, errors)
 
     def removed(self, key: FlowKey) -> None:
         """The switch removed this flow by itself (idle/hard timeout): forget it, and
@@ -93,6 +94,7 @@ class Reconciler:
                 self.pending |= table.resolve()
                 continue
             if full:
+                self.full_syncs += 1
                 self.installed = dict(table.desired)
             else:
                 for op, f in ops:

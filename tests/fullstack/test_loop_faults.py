@@ -126,3 +126,50 @@ def test_corrupt_chassis_and_port_values_do_not_stall_their_node(
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     finally:
         d.stop()
+
+
+def test_an_nb_outage_never_reaches_the_loop(
+        testbed: Testbed, redis_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The NB (real redis, through a proxy that holds every connection) is unreachable for
+    3 s while a VM is plugged and port statuses are due: no loop error, no traceback, no
+    full reinstall, traffic between existing VMs continues; once the NB is back the new
+    port goes ACTIVE and talks."""
+    from tests.fixtures.tcpproxy import TcpProxy
+
+    host, port = redis_server.url.removeprefix("redis://").split(":")
+    proxy = TcpProxy(host, int(port)).start()
+    url = f"redis://127.0.0.1:{proxy.port}"
+    root = f"/out{uuid.uuid4().hex[:8]}/"
+    direct = open_nb(redis_server.url, root=root)
+    d = Deployment(testbed, open_nb(url, root=root), url, in_process=True)
+    try:
+        d.add_node("hv1", "10.255.0.11")
+        d.add_node("hv2", "10.255.0.12")
+        n = d.bed.nodes
+        d.network("n1", "vxlan", 803, "10.8.2.0/24")
+        a = d.vm(n["hv1"], "a", "n1", "fa:16:3e:08:02:11", "10.8.2.11")
+        b = d.vm(n["hv2"], "b", "n1", "fa:16:3e:08:02:12", "10.8.2.12")
+        d.wait_active(["a-port", "b-port"], timeout=30)
+        d.settle()
+        ctls = list(d.controllers.values())
+        full_before = [c.reconciler.full_syncs for c in ctls]
+        caplog.set_level(logging.INFO, logger="dragonflow")
+        caplog.clear()
+        proxy.pause()  # the NB is gone for the controllers
+        d.nb = direct  # the test's own writes go around the outage
+        d.vm(n["hv1"], "c", "n1", "fa:16:3e:08:02:13", "10.8.2.13")
+        assert a.ping(b.ip, count=5, timeout=3)  # the dataplane needs nothing from the NB
+        time.sleep(3.0)
+        assert all(c.loop_errors == 0 and not c.dead.is_set() for c in ctls)
+        proxy.resume()
+        d.wait_active(["c-port"], timeout=30)
+        assert a.ping("10.8.2.13", count=2, timeout=3)
+        assert all(c.loop_errors == 0 for c in ctls)
+        assert not [r for r in caplog.records if r.exc_info], \
+            [r.getMessage() for r in caplog.records if r.exc_info]
+        # nothing was reinstalled wholesale: only deltas went to the switches
+        assert [c.reconciler.full_syncs for c in ctls] == full_before
+    finally:
+        d.stop()
+        proxy.stop()
+        direct.driver.close()
