@@ -34,6 +34,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ovn_peer import INSTALL, ovn_missing, ovn_version, print_table
+from ovn_scale import OvnScale, run_ovn_scale
 from port_ping_bench import pct
 
 from dragonflow.db.connect import open_nb
@@ -169,7 +171,45 @@ def main() -> None:
     ap.add_argument("--routers", type=int, default=100)
     ap.add_argument("--heartbeat", type=float, default=10.0)
     ap.add_argument("--events", type=int, default=20, help="events per measured kind")
+    ap.add_argument("--peer", choices=["ovn", "none"], default=None,
+                    help="also run OVN on the same topology (default: when installed)")
     args = ap.parse_args()
+    peer = args.peer or ("none" if ovn_missing() else "ovn")
+    ours = run_ours(args)
+    if peer == "ovn":
+        print(f"\nOVN {ovn_version()} on the same topology ...", flush=True)
+        theirs = run_ovn_scale(args.chassis, args.real, args.ports, args.networks,
+                               args.routers, args.events)
+        compare(ours, theirs)
+    elif args.peer == "ovn":
+        print(f"OVN is not installed ({', '.join(ovn_missing())}): {INSTALL}")
+
+
+def compare(ours: dict[str, float], theirs: OvnScale) -> None:
+    def avg(kind: str) -> float:
+        vals = [r[kind] for r in theirs.rows.values() if kind in r]
+        return sum(vals) / len(vals) if vals else 0.0
+
+    lat = [x * 1000 for x in theirs.latencies]
+    print_table("\nper real chassis, mean (CPU in ms of the local controller per event)", [
+        ("flows", ours["flows"], avg("flows")),
+        ("controller RSS (MB)", ours["rss"], avg("rss")),
+        ("full compile / recompute CPU (ms)", ours["full"], avg("full")),
+        ("idle CPU (% of a core)", ours["idle"] * 100, avg("idle") * 100),
+        ("(a) remote heartbeat (ms)", ours["heartbeat"], "none in OVN"),
+        ("(b) remote port status write (ms)", ours["status"], avg("status")),
+        ("(c) new local port (ms)", ours["local_port"], avg("local_port")),
+        ("(d) new port, remote net of a local router (ms)", ours["routed_port"],
+         avg("routed_port")),
+        ("new local port: create -> up p50 (ms)", ours["p50"],
+         statistics.median(lat) if lat else "-"),
+        ("new local port: create -> up p99 (ms)", ours["p99"], pct(lat, 99) if lat else "-"),
+    ])
+    print("  OVN: ovn-controller only (ovn-northd's CPU not counted); create -> up through "
+          "ovn-nbctl wait-until (a process per port)")
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, float]:
     bed = Testbed(new_prefix())
     db = PrivateDb(base_dir=bed.rundir).start()
     nb = open_nb(db.url, root="/scale/")
@@ -286,11 +326,12 @@ def main() -> None:
               "per new local port; rt: per new port on a remote network a local router "
               "reaches (CPU ms per event, clock-tick resolution averaged over "
               f"{args.events} events, idle CPU subtracted)")
-        if latencies:
-            p50 = statistics.median(latencies) * 1000
-            p99 = pct(latencies, 99) * 1000
-            print(f"new local port: NB create -> ACTIVE p50 {p50:.0f} ms, p99 {p99:.0f} ms "
-                  f"({len(latencies)} ports, heartbeats of every other chassis flowing)")
+        p50 = statistics.median(latencies) * 1000 if latencies else 0.0
+        p99 = pct(latencies, 99) * 1000 if latencies else 0.0
+        print(f"new local port: NB create -> ACTIVE p50 {p50:.0f} ms, p99 {p99:.0f} ms "
+              f"({len(latencies)} ports, heartbeats of every other chassis flowing)")
+        mean = {k: sum(r[k] for r in rows.values()) / len(rows) for k in rows[real[0]]}
+        return {**mean, "p50": p50, "p99": p99}
     finally:
         if beats is not None:
             beats.stop.set()
