@@ -99,6 +99,7 @@ class ControllerConfig:
         return self.status_file or f"{self.ovs_rundir}/{self.integration_bridge}.df-status.json"
 
 
+STATUS_EVERY = 0.5  # seconds: routine status-file updates are coalesced to this rate
 _RF = LOGICAL_FIELDS["reinjected"]
 REINJECT_FLAG = Load(_RF.register, 1, _RF.ofs, _RF.nbits)  # on every packet re-injected
 
@@ -125,6 +126,8 @@ class LocalController:
         self.reconciler = Reconciler()
         self.punt_errors = 0
         self._status_text = ""
+        self._status_due = False  # a routine status change waits for the next write
+        self._status_at = 0.0  # monotonic time of the last status write
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._ifaces: dict[str, IfaceChange] = {}  # interface name -> last state
         self._active: set[str] = set()  # port ids reported ACTIVE by this controller
@@ -351,7 +354,15 @@ class LocalController:
         non-zero)."""
         try:
             while True:
-                events = [self._q.get()]
+                wait = self._status_wait()
+                if wait == 0.0:  # the deferred status file is due (even when busy)
+                    self._write_status()
+                    wait = None
+                try:
+                    events = [self._q.get(timeout=wait)]
+                except queue.Empty:  # nothing happened meanwhile: write it now
+                    self._write_status()
+                    continue
                 while len(events) < MAX_BATCH:
                     try:
                         events.append(self._q.get_nowait())
@@ -554,7 +565,10 @@ class LocalController:
         if sent or first or marks != self._marks:
             everything = first or marks != self._marks
             self._marks = marks
-            self._write_status()
+            if everything:  # problems are written at once; routine changes coalesced
+                self._write_status()
+            else:
+                self._status_due = True
             self._report_port_status(None if everything else touched)
         with self.synced:
             self.generation += 1
@@ -595,9 +609,19 @@ class LocalController:
             "cookie_apps": {a: f"{app_cookie(a):#06x}" for a in apps},
         }
 
+    def _status_wait(self) -> float | None:
+        """How long the loop may wait for an event before the deferred status file is due
+        (None: nothing deferred)."""
+        if not self._status_due:
+            return None
+        return max(0.0, self._status_at + STATUS_EVERY - time.monotonic())
+
     def _write_status(self) -> None:
         """The status as JSON in ``cfg.status_path`` (``df status`` prints it); written
-        only when it changed, atomically."""
+        only when it changed, atomically; at most every STATUS_EVERY seconds for routine
+        changes (flow counts), at once for problems."""
+        self._status_due = False
+        self._status_at = time.monotonic()
         st = self.status()
         st.pop("generation")
         text = json.dumps(st, indent=1, sort_keys=True)

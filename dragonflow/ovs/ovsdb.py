@@ -50,7 +50,16 @@ OPENFLOW_PROTOCOLS = ("OpenFlow13", "OpenFlow15")
 # Interface columns we monitor; 'statistics' and friends are left out on purpose (ovs-vswitchd
 # rewrites them every few seconds).
 _IFACE_COLUMNS = ("name", "type", "ofport", "external_ids", "mac_in_use", "error", "options")
-_FULL_TABLES = ("Open_vSwitch", "Bridge", "Port", "Controller")
+# Only the columns we read or write of the other tables: their status/statistics columns
+# (Controller.status, Port/Open_vSwitch statistics, ...) change every few seconds, and every
+# change would be parsed here for nothing.
+_COLUMNS = {
+    "Open_vSwitch": ("bridges", "external_ids", "next_cfg", "cur_cfg"),
+    "Bridge": ("name", "ports", "controller", "datapath_type", "fail_mode", "protocols",
+               "other_config"),
+    "Port": ("name", "interfaces"),
+    "Controller": ("target", "connection_mode"),
+}
 _DPID_RE = re.compile(r"^[0-9a-fA-F]{16}$")
 
 IfaceKind = Literal["added", "updated", "removed"]
@@ -296,8 +305,8 @@ class Ovsdb:
             helper = idlutils.get_schema_helper(target, "Open_vSwitch")
         except Exception as e:
             raise OvsdbError(f"cannot read the Open_vSwitch schema from {target}: {e}") from e
-        for table in _FULL_TABLES:
-            helper.register_table(table)
+        for table, columns in _COLUMNS.items():
+            helper.register_columns(table, list(columns))
         helper.register_columns("Interface", list(_IFACE_COLUMNS))
         self._conn = connection.Connection(_Idl(target, helper, self._tracker), int(timeout))
         try:
