@@ -69,7 +69,7 @@ controller_opts = [
                     "(punix:<rundir>/<bridge>.df) is created here."),
     cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.5,
                  help="Seconds between chassis heartbeats written to the NB database."),
-    cfg.ListOpt("apps", default=["physical", "arp", "nd", "l2", "icmp", "l3"],
+    cfg.ListOpt("apps", default=["physical", "arp", "dhcp", "nd", "l2", "icmp", "l3"],
                 help="Apps compiled into the pipeline (stevedore namespace dragonflow.apps). "
                      "Each app declares its own stages; the pipeline is assembled from the "
                      "enabled apps and checked at start-up (an app of another package is "
@@ -82,6 +82,13 @@ controller_opts = [
     cfg.StrOpt("l3_mode", default="proactive", choices=["proactive", "reactive"],
                help="Distributed router: install all routes up front (proactive) or on the "
                     "first packet of each flow (reactive)."),
+    cfg.IntOpt("dhcp_lease_time", default=86400, min=60,
+               help="DHCP: seconds of every lease the local controller grants (renewal at "
+                    "half of it)."),
+    cfg.ListOpt("dhcp_dns_servers", default=[],
+                help="DHCP: DNS servers given to VMs on subnets that name none."),
+    cfg.StrOpt("dhcp_domain", default="openstacklocal",
+               help="DHCP: the domain name option given to VMs (empty: none)."),
     cfg.IntOpt("reactive_idle_timeout", default=30, min=1,
                help="Reactive L3: seconds an installed host route may stay idle before OVS "
                     "removes it."),

@@ -27,7 +27,9 @@ def config_from(conf: object) -> ControllerConfig:
         ovsdb_connection=c.ovsdb_connection, ovs_rundir=c.ovs_rundir,
         heartbeat_interval=c.heartbeat_interval, external_host_ip=c.external_host_ip,
         bridge_mappings=dict(c.bridge_mappings), l3_mode=c.l3_mode,
-        reactive_idle_timeout=c.reactive_idle_timeout, status_file=c.status_file)
+        reactive_idle_timeout=c.reactive_idle_timeout, status_file=c.status_file,
+        dhcp_lease_time=c.dhcp_lease_time, dhcp_dns_servers=tuple(c.dhcp_dns_servers),
+        dhcp_domain=c.dhcp_domain)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,9 @@ class ControllerConfig:
     datapath_id: str | None = None
     l3_mode: str = "proactive"
     reactive_idle_timeout: int = 30
+    dhcp_lease_time: int = 86400
+    dhcp_dns_servers: tuple[str, ...] = ()
+    dhcp_domain: str = "openstacklocal"
     status_file: str | None = None  # default: <ovs_rundir>/<bridge>.df-status.json
 
     @property
@@ -119,7 +122,10 @@ class LocalController:
         self.nb = nb
         self.topo = Topology(ChassisFacts(cfg.chassis_id, cfg.tunnel_ip, cfg.tunnel_types,
                                           l3_mode=cfg.l3_mode,
-                                          reactive_idle_timeout=cfg.reactive_idle_timeout))
+                                          reactive_idle_timeout=cfg.reactive_idle_timeout,
+                                          dhcp_lease_time=cfg.dhcp_lease_time,
+                                          dhcp_dns_servers=tuple(cfg.dhcp_dns_servers),
+                                          dhcp_domain=cfg.dhcp_domain))
         self.engine = Engine(apps(), self.topo)  # assembles + checks the pipeline
         self.pipeline = self.engine.pipeline
         LOG.info("%s: pipeline\n%s", cfg.chassis_id, self.pipeline.describe())

@@ -56,6 +56,9 @@ class ChassisFacts:
     reactive_idle_timeout: int = 30
     # reactive L3: router id -> destination addresses seen (until their flow idles out)
     learned: dict[str, set[str]] = field(default_factory=dict)
+    dhcp_lease_time: int = 86400
+    dhcp_dns_servers: tuple[str, ...] = ()  # when a subnet names none
+    dhcp_domain: str = "openstacklocal"
 
 
 class Topology:
@@ -318,6 +321,12 @@ class View:
         self.deps.add(("net_ports", net_id))
         ports = [self.port(pid) for pid in sorted(self._t.net_ports.get(net_id, ()))]
         return [p for p in ports if p is not None and p.device_owner not in ROUTER_DEVICE_OWNERS]
+
+    def all_ports_of_network(self, net_id: str) -> list[Port]:
+        """Every port of the network, router interfaces and service ports included."""
+        self.deps.add(("net_ports", net_id))
+        return [p for pid in sorted(self._t.net_ports.get(net_id, ()))
+                if (p := self.port(pid)) is not None]
 
     def ofport(self, port_id: str) -> int | None:
         self.deps.add(("ofport", port_id))

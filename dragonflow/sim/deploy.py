@@ -7,6 +7,7 @@ one ``df-controller`` process per node against etcd/redis (what production looks
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from dragonflow.apps.registry import load_apps
 from dragonflow.controller.controller import ControllerConfig, LocalController
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.security import NbSecurity
-from dragonflow.model import Binding, Chassis, FixedIp, Network, Port, Router, Subnet
+from dragonflow.model import Binding, Chassis, DhcpOpt, FixedIp, Network, Port, Router, Subnet
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
 
@@ -135,15 +136,23 @@ class Deployment:
 
     # --- NB topology -----------------------------------------------------------------
     def network(self, name: str, network_type: str, vni: int, cidr: str, *,
-                topic: str | None = None) -> Network:
+                topic: str | None = None, dhcp: bool = False,
+                dns: tuple[str, ...] = (), host_routes: tuple[tuple[str, str], ...] = (),
+                mtu: int | None = None) -> Network:
         """A network and its subnet ``<name>-subnet``, owned by project ``topic`` (default:
-        the deployment's)."""
+        the deployment's). With ``dhcp``, the subnet has DHCP enabled and its gateway at the
+        first address (as Neutron's default)."""
         topic = topic or self.topic
-        net = self.nb.create(Network(id=name, topic=topic, name=name,
-                                     network_type=network_type, segmentation_id=vni))
-        self.nb.create(Subnet.from_dict({"id": f"{name}-subnet", "topic": topic,
-                                         "network_id": name, "cidr": cidr,
-                                         "enable_dhcp": False}))
+        net = Network(id=name, topic=topic, name=name, network_type=network_type,
+                      segmentation_id=vni)
+        net = self.nb.create(net.replace(mtu=mtu) if mtu else net)
+        sub: dict[str, object] = {"id": f"{name}-subnet", "topic": topic, "network_id": name,
+                                  "cidr": cidr, "enable_dhcp": dhcp}
+        if dhcp:
+            sub["gateway_ip"] = str(ipaddress.ip_network(cidr)[1])
+            sub["dns_nameservers"] = list(dns)
+            sub["host_routes"] = [{"destination": d, "nexthop": n} for d, n in host_routes]
+        self.nb.create(Subnet.from_dict(sub))
         return net
 
     def subnet(self, network: str, name: str, cidr: str, gateway_ip: str | None = None
@@ -156,9 +165,11 @@ class Deployment:
     def vm(self, node: Node, name: str, network: str, mac: str, ip: str, prefixlen: int = 24,
            *, gateway: str | None = None, ipv6: str | None = None,
            ipv6_subnet: str | None = None, gateway6: str | None = None,
-           topic: str | None = None) -> Vm:
+           topic: str | None = None, dhcp: bool = False,
+           extra_dhcp_opts: tuple[tuple[str, str], ...] = ()) -> Vm:
         """Create the NB port bound to ``node`` and plug a namespaced VM with it (the port
-        of project ``topic``, default the deployment's)."""
+        of project ``topic``, default the deployment's). With ``dhcp`` the VM boots with no
+        address: ``vm.dhclient()`` asks for it."""
         self.created[f"{name}-port"] = time.monotonic()
         ips = [{"subnet_id": f"{network}-subnet", "ip_address": ip}]
         if ipv6:
@@ -169,9 +180,11 @@ class Deployment:
             mac=mac,
             fixed_ips=tuple(FixedIp.from_dict(x) for x in ips),
             binding=Binding(kind="chassis", chassis_id=node.name),
-            device_owner="compute:demo", device_id=name))
-        return self.bed.add_vm(node, name, mac, f"{ip}/{prefixlen}", f"{name}-port",
-                               ipv6=ipv6, gateway=gateway, gateway6=gateway6)
+            device_owner="compute:demo", device_id=name,
+            extra_dhcp_opts=tuple(DhcpOpt(opt_name=k, opt_value=v) for k, v in extra_dhcp_opts)))
+        return self.bed.add_vm(node, name, mac, None if dhcp else f"{ip}/{prefixlen}",
+                               f"{name}-port", ipv6=ipv6, gateway=gateway, gateway6=gateway6,
+                               mtu=1500 if dhcp else 1450)
 
     def router(self, name: str, interfaces: list[tuple[str, list[str]]],
                routes: list[tuple[str, str]] | None = None, *,

@@ -180,6 +180,30 @@ class Vm:
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         return sh(["ip", "netns", "exec", self.netns, *argv], check=check, timeout=timeout)
 
+    def dhclient(self, timeout: int = 15) -> subprocess.CompletedProcess[str]:
+        """Ask for an IPv4 lease with ISC dhclient, as a booting VM does: binds it (address,
+        routes, MTU) in the VM, its resolv.conf is the VM's own (/etc/netns/<ns>/resolv.conf,
+        which ``ip netns exec`` mounts over /etc/resolv.conf). Returns dhclient's result
+        (exit 0: bound; it keeps running for renewals until the VM goes)."""
+        etc = Path("/etc/netns") / self.netns
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text("")
+        base = self.node.rundir / f"dhclient-{self.name}"
+        Path(f"{base}.conf").write_text(
+            "option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;\n"
+            f"timeout {timeout};\nretry 1;\n"
+            "request subnet-mask, broadcast-address, routers, domain-name, "
+            "domain-name-servers, host-name, interface-mtu, rfc3442-classless-static-routes;\n")
+        proc = self.exec(["dhclient", "-4", "-1", "-v", "-cf", f"{base}.conf", "-lf",
+                          f"{base}.leases", "-pf", f"{base}.pid", "eth0"], timeout=timeout + 15)
+        self.ip = self.exec(["sh", "-c", "ip -4 -o addr show dev eth0 | awk '{print $4}'"]
+                            ).stdout.strip().split("/")[0]
+        return proc
+
+    def resolv_conf(self) -> str:
+        path = Path("/etc/netns") / self.netns / "resolv.conf"
+        return path.read_text() if path.exists() else ""
+
     def ping(self, ip: str, count: int = 1, timeout: float = 2.0) -> bool:
         """True if at least one of ``count`` echo requests got a reply within ``timeout``."""
         fam = "-6" if ":" in ip else "-4"
@@ -315,7 +339,7 @@ class Testbed:
         self._learn_underlay_neighbours()
 
     # -- VMs ---------------------------------------------------------------------------
-    def add_vm(self, node: Node, name: str, mac: str, ip_cidr: str, iface_id: str,
+    def add_vm(self, node: Node, name: str, mac: str, ip_cidr: str | None, iface_id: str,
                mtu: int = 1450, ipv6: str | None = None, gateway: str | None = None,
                gateway6: str | None = None) -> Vm:
         """A VM namespace whose 'eth0' is plugged into br-int of ``node`` (which must exist)
@@ -325,7 +349,7 @@ class Testbed:
         if sh(["ovs-vsctl", "br-exists", BR_INT], env=node.env(), check=False).returncode:
             raise TestbedError(f"{BR_INT} does not exist on {node.name}: start the controller "
                                "or call node.ensure_br_int() first")
-        vm = Vm(name, node, netns, port, mac, ip_cidr.split("/")[0], iface_id,
+        vm = Vm(name, node, netns, port, mac, ip_cidr.split("/")[0] if ip_cidr else "", iface_id,
                 ipv6.split("/")[0] if ipv6 else None)
         self.vms[name] = vm
         sh(["ip", "netns", "add", netns])
@@ -334,7 +358,8 @@ class Testbed:
             "peer", "name", port, "netns", node.netns, "mtu", str(mtu)])
         sh(["ip", "-n", netns, "link", "set", "eth0", "address", mac, "up"])
         vm.exec(["ethtool", "-K", "eth0", "tx", "off"], check=True)
-        sh(["ip", "-n", netns, "addr", "add", ip_cidr, "dev", "eth0"])
+        if ip_cidr:  # None: it boots with no address (DHCP)
+            sh(["ip", "-n", netns, "addr", "add", ip_cidr, "dev", "eth0"])
         if ipv6:
             sh(["ip", "-n", netns, "-6", "addr", "add", ipv6, "dev", "eth0", "nodad"])
         if gateway:
@@ -359,6 +384,7 @@ class Testbed:
         for pid in pids:  # processes inside OUR namespace were started by this run
             kill_pid(int(pid), grace=1.0)
         sh(["ip", "netns", "del", netns], check=False)
+        shutil.rmtree(Path("/etc/netns") / netns, ignore_errors=True)  # a VM's own /etc
 
     def own_namespaces(self) -> list[str]:
         out = sh(["ip", "netns", "list"]).stdout.splitlines()

@@ -1,0 +1,131 @@
+"""The DHCPv4 server's answers (RFC 2131), decoded with os-ken's codec: what each request
+gets, from the NB. (That the datapath delivers them is proven with dhclient in
+tests/fullstack/test_dhcp.py.)"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+
+from dragonflow.apps.dhcp import DhcpConfig, build_reply, encode_option, option_code
+from dragonflow.model import Network, Port, Subnet
+from dragonflow.pipeline.topology import ChassisFacts, Topology
+
+MAC = "fa:16:3e:00:00:0a"
+
+
+def topo(gateway: str | None = "10.0.0.1", with_ip: bool = True) -> tuple[Topology, Port]:
+    t = Topology(ChassisFacts("hv1", "10.255.0.11", ("vxlan",)))
+    port = Port.from_dict({
+        "id": "p", "topic": "t", "network_id": "n", "mac": MAC, "unique_key": 3,
+        "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.10"}] if with_ip else [],
+        "extra_dhcp_opts": [{"opt_name": "bootfile-name", "opt_value": "pxe.0"},
+                            {"opt_name": "150", "opt_value": "x"},
+                            {"opt_name": "no-such-option", "opt_value": "1"}]})
+    t.replace_all([
+        Network(id="n", topic="t", network_type="vxlan", segmentation_id=5, unique_key=1,
+                mtu=1442),
+        Subnet.from_dict({"id": "s", "topic": "t", "network_id": "n", "cidr": "10.0.0.0/24",
+                          "gateway_ip": gateway, "dns_nameservers": ["10.0.0.53"]}),
+        port])
+    return t, port
+
+
+def request(msg_type: int, *, requested: str | None = None, server: str | None = None,
+            ciaddr: str = "0.0.0.0", flags: int = 0) -> bytes:
+    opts = [dhcp.option(tag=dhcp.DHCP_MESSAGE_TYPE_OPT, value=bytes([msg_type]))]
+    if requested:
+        opts.append(dhcp.option(tag=dhcp.DHCP_REQUESTED_IP_ADDR_OPT,
+                                value=ipaddress.IPv4Address(requested).packed))
+    if server:
+        opts.append(dhcp.option(tag=dhcp.DHCP_SERVER_IDENTIFIER_OPT,
+                                value=ipaddress.IPv4Address(server).packed))
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=MAC, ethertype=0x0800))
+    p.add_protocol(ipv4.ipv4(src=ciaddr, dst="255.255.255.255", proto=17))
+    p.add_protocol(udp.udp(src_port=68, dst_port=67))
+    p.add_protocol(dhcp.dhcp(op=dhcp.DHCP_BOOT_REQUEST, chaddr=MAC, xid=0x1234, flags=flags,
+                             ciaddr=ciaddr, options=dhcp.options(option_list=opts)))
+    p.serialize()
+    return bytes(p.data)
+
+
+def answer(t: Topology, port: Port, data: bytes) -> tuple[ipv4.ipv4, dhcp.dhcp, dict[int, bytes]]:
+    raw = build_reply(t, port, data, DhcpConfig(lease_time=3600))
+    assert raw is not None
+    p = packet.Packet(raw)
+    ip, d = p.get_protocol(ipv4.ipv4), p.get_protocol(dhcp.dhcp)
+    return ip, d, {o.tag: o.value for o in d.options.option_list}
+
+
+def test_discover_gets_an_offer_with_every_option() -> None:
+    t, port = topo()
+    ip, d, o = answer(t, port, request(dhcp.DHCP_DISCOVER))
+    assert o[53] == bytes([dhcp.DHCP_OFFER]) and d.yiaddr == "10.0.0.10" and d.xid == 0x1234
+    assert o[54] == ipaddress.IPv4Address("10.0.0.1").packed  # the gateway serves
+    assert o[1] == ipaddress.IPv4Address("255.255.255.0").packed
+    assert o[3] == ipaddress.IPv4Address("10.0.0.1").packed
+    assert o[6] == ipaddress.IPv4Address("10.0.0.53").packed
+    assert o[51] == (3600).to_bytes(4, "big") and o[58] == (1800).to_bytes(4, "big")
+    assert o[26] == (1442).to_bytes(2, "big") and o[12] == b"host-10-0-0-10"
+    assert o[67] == b"pxe.0" and o[150] == b"x"  # extra options by name and number
+    assert ip.dst == "10.0.0.10" and ip.src == "10.0.0.1"
+
+
+def test_request_for_another_address_is_naked_and_for_ours_acked() -> None:
+    t, port = topo()
+    _, d, o = answer(t, port, request(dhcp.DHCP_REQUEST, requested="10.0.0.99"))
+    assert o[53] == bytes([6]) and d.yiaddr == "0.0.0.0" and 51 not in o
+    _, d, o = answer(t, port, request(dhcp.DHCP_REQUEST, requested="10.0.0.10",
+                                      server="10.0.0.1"))
+    assert o[53] == bytes([dhcp.DHCP_ACK]) and d.yiaddr == "10.0.0.10"
+    # renewing: no requested-address option, ciaddr set; answered unicast to it
+    ip, d, o = answer(t, port, request(dhcp.DHCP_REQUEST, ciaddr="10.0.0.10"))
+    assert o[53] == bytes([dhcp.DHCP_ACK]) and ip.dst == "10.0.0.10"
+    # a REQUEST naming another server is that server's business
+    assert build_reply(t, port, request(dhcp.DHCP_REQUEST, requested="10.0.0.10",
+                                        server="10.0.0.2"), DhcpConfig()) is None
+
+
+def test_inform_release_decline_and_no_address() -> None:
+    t, port = topo()
+    _, d, o = answer(t, port, request(8, ciaddr="10.0.0.10"))
+    assert o[53] == bytes([dhcp.DHCP_ACK]) and d.yiaddr == "0.0.0.0" and 51 not in o
+    for kind in (4, 7):  # DECLINE, RELEASE: nothing to answer
+        assert build_reply(t, port, request(kind), DhcpConfig()) is None
+    t, port = topo(with_ip=False)
+    assert build_reply(t, port, request(dhcp.DHCP_DISCOVER), DhcpConfig()) is None
+
+
+def test_a_subnet_without_gateway_is_served_from_its_dhcp_port_with_a_metadata_route() -> None:
+    t, port = topo(gateway=None)
+    # no gateway, no DHCP port, no dhcp_ip: no server address to answer from
+    assert build_reply(t, port, request(dhcp.DHCP_DISCOVER), DhcpConfig()) is None
+    t.apply("port", "dhcp", Port.from_dict({
+        "id": "dhcp", "topic": "t", "network_id": "n", "mac": "fa:16:3e:00:00:02",
+        "device_owner": "network:dhcp", "unique_key": 9,
+        "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.2"}]}))
+    ip, d, o = answer(t, port, request(dhcp.DHCP_DISCOVER))
+    assert o[54] == ipaddress.IPv4Address("10.0.0.2").packed and 3 not in o
+    # option 121: 169.254.169.254/32 via the DHCP server
+    assert o[121] == bytes([32, 169, 254, 169, 254, 10, 0, 0, 2])
+    assert ip.src == "10.0.0.2"
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 20, b"\xff" * 300])
+def test_garbage_gets_no_answer_and_no_exception(data: bytes) -> None:
+    t, port = topo()
+    frame = bytes.fromhex("ffffffffffff") + bytes.fromhex(MAC.replace(":", "")) + b"\x08\x00"
+    assert build_reply(t, port, frame + data, DhcpConfig()) is None
+
+
+def test_extra_option_encodings() -> None:
+    assert option_code("option:ntp-server") == (42, "ips")
+    assert option_code("66") == (66, "str") and option_code("nonsense") is None
+    assert encode_option("ips", "10.0.0.1, 10.0.0.2") == bytes([10, 0, 0, 1, 10, 0, 0, 2])
+    assert encode_option("u16", "1400") == (1400).to_bytes(2, "big")
+    assert encode_option("domains", "a.example") == b"\x01a\x07example\x00"
+    with pytest.raises(ValueError):
+        encode_option("ips", "not-an-ip")
