@@ -113,6 +113,33 @@ def ping_matrix(vms: dict[str, Vm], nets: dict[str, str]) -> tuple[int, int]:
     return good, bad
 
 
+def dhcp_all(vms: dict[str, Vm]) -> dict[str, str]:
+    """dhclient in every VM at once; per VM what it was given (or why not)."""
+    out: dict[str, str] = {}
+
+    def one(name: str, vm: Vm) -> None:
+        t = time.monotonic()
+        got = vm.dhclient(timeout=20)
+        took = (time.monotonic() - t) * 1000
+        if got.returncode != 0:
+            out[name] = f"NO LEASE (dhclient exit {got.returncode})"
+            return
+        route = vm.exec(["ip", "-4", "route", "show", "default"]).stdout.split()
+        mtu = vm.exec(["cat", "/sys/class/net/eth0/mtu"]).stdout.strip()
+        dns = [ln.split()[1] for ln in vm.resolv_conf().splitlines()
+               if ln.startswith("nameserver")]
+        gw = route[2] if len(route) > 2 else "-"
+        out[name] = (f"{vm.ip:<10} gateway {gw}  dns {','.join(dns) or '-'}  mtu {mtu}  "
+                     f"(bound in {took:.0f} ms)")
+
+    threads = [threading.Thread(target=one, args=(n, v)) for n, v in vms.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def demo(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         say("df demo needs root (network namespaces, Open vSwitch).")
@@ -139,11 +166,12 @@ def demo(args: argparse.Namespace) -> int:
         say(f"\n3 simulated compute nodes (each: netns + its own ovsdb-server/ovs-vswitchd, "
             f"underlay {', '.join(ip for _, ip in NODES)}), local controllers started")
         for name, ntype, vni, cidr in NETWORKS:
-            dep.network(name, ntype, vni, cidr)
+            dep.network(name, ntype, vni, cidr, dhcp=True, dns=("10.0.0.53",))
         vms = {}
         for vm, hv_name, net, mac, ip in VMS:
-            vms[vm] = dep.vm(nodes[hv_name], vm, net, mac, ip)
+            vms[vm] = dep.vm(nodes[hv_name], vm, net, mac, ip, dhcp=True)
         up = dep.wait_active([f"{vm}-port" for vm, *_ in VMS], timeout=60)
+        leases = dhcp_all(vms)
         say(f"\nTopology (set up in {time.monotonic() - t0:.1f} s; port ACTIVE = flows "
             "confirmed by an OpenFlow barrier on its node):")
         for name, ntype, vni, cidr in NETWORKS:
@@ -152,7 +180,12 @@ def demo(args: argparse.Namespace) -> int:
                 if net == name:
                     say(f"    VM {vm}  {ip:<10} {mac}  on {node}   "
                         f"ACTIVE {up[vm + '-port'] * 1000:.0f} ms after its NB port was created")
-        say("  (blue and red use the SAME CIDR: they must stay isolated)\n")
+        say("  (blue and red use the SAME CIDR: they must stay isolated)")
+        say("\nThe VMs booted with no address and asked DHCP (ISC dhclient); each chassis "
+            "answered its own VMs from the NB:")
+        for vm in vms:
+            say(f"  {vm}: {leases[vm]}")
+        say("")
         good, bad = ping_matrix(vms, {vm: net for vm, _, net, _, _ in VMS})
         say(f"\n{good} pairs behaved as designed, {bad} did not.")
         say("\nFlows per node:")
