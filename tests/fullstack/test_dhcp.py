@@ -82,3 +82,104 @@ def test_subnet_changes_take_effect_without_a_restart(dep: Deployment) -> None:
     dep.nb.update(sub.replace(enable_dhcp=True, dns_nameservers=("10.92.0.99",)))
     assert eventually(lambda: v.dhclient(timeout=4).returncode == 0, timeout=20)
     assert v.ip == "10.92.0.11" and "10.92.0.99" in v.resolv_conf()
+
+
+FLOOD = r"""
+import socket, sys, time
+from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+mac, seconds = sys.argv[1], float(sys.argv[2])
+p = packet.Packet()
+p.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=mac, ethertype=0x0800))
+p.add_protocol(ipv4.ipv4(src="0.0.0.0", dst="255.255.255.255", proto=17))
+p.add_protocol(udp.udp(src_port=68, dst_port=67))
+p.add_protocol(dhcp.dhcp(op=1, chaddr=mac, xid=7, options=dhcp.options(option_list=[
+    dhcp.option(tag=dhcp.DHCP_MESSAGE_TYPE_OPT, value=bytes([dhcp.DHCP_DISCOVER]))])))
+p.serialize()
+frame = bytes(p.data)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+sent, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        s.send(frame)
+        sent += 1
+    except OSError:
+        pass
+print(sent)
+"""
+
+
+# A neighbour's own DISCOVERs during the flood, 20 per second (its own budget is 50/s):
+# prints how many OFFERs came back.
+ASK = r"""
+import socket, sys, time
+from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+mac, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("eth0", 0))
+s.settimeout(0.01)
+offers = 0
+for i in range(count):
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=mac, ethertype=0x0800))
+    p.add_protocol(ipv4.ipv4(src="0.0.0.0", dst="255.255.255.255", proto=17))
+    p.add_protocol(udp.udp(src_port=68, dst_port=67))
+    p.add_protocol(dhcp.dhcp(op=1, chaddr=mac, xid=1000 + i, options=dhcp.options(option_list=[
+        dhcp.option(tag=dhcp.DHCP_MESSAGE_TYPE_OPT, value=bytes([dhcp.DHCP_DISCOVER]))])))
+    p.serialize()
+    s.send(bytes(p.data))
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        try:
+            frame = s.recv(2048)
+        except socket.timeout:
+            continue
+        try:
+            d = packet.Packet(frame).get_protocol(dhcp.dhcp)
+        except Exception:
+            continue
+        if d is not None and d.op == 2 and d.xid == 1000 + i:
+            offers += 1
+            break
+print(offers)
+"""
+ASKS = 60
+
+
+def test_a_discover_flood_does_not_starve_a_neighbours_lease(testbed: Testbed) -> None:
+    """One VM floods DISCOVERs as fast as a raw socket sends (>= 5,000/s) for 10 s; a VM on
+    the same node gets (nearly) every one of its own DISCOVERs answered and binds meanwhile
+    (its own per-port budget), and a new port there still goes ACTIVE."""
+    import subprocess
+    import sys
+    import time
+
+    nb = open_nb(f"memory://dhcpflood-{uuid.uuid4().hex[:8]}", root="/df/")
+    d = Deployment(testbed, nb, "memory://", in_process=True)
+    try:
+        hv1 = d.add_node("hv1", "10.255.0.11")
+        d.network("g", "vxlan", 904, "10.93.0.0/24", dhcp=True)
+        bad = d.vm(hv1, "bad", "g", "fa:16:3e:93:00:66", "10.93.0.66", dhcp=True)
+        good = d.vm(hv1, "good", "g", "fa:16:3e:93:00:11", "10.93.0.11", dhcp=True)
+        d.wait_active(["bad-port", "good-port"], timeout=30)
+        flood = subprocess.Popen(["ip", "netns", "exec", bad.netns, sys.executable, "-c",
+                                  FLOOD, bad.mac, "10"], stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.0)
+            asked = good.exec([sys.executable, "-c", ASK, good.mac, str(ASKS)], timeout=30)
+            got = good.dhclient(timeout=8)
+            d.vm(hv1, "late", "g", "fa:16:3e:93:00:12", "10.93.0.12")
+            d.wait_active(["late-port"], timeout=8)
+            still = flood.poll() is None
+        finally:
+            out, _ = flood.communicate(timeout=40)
+        sent = int(out.strip() or 0)
+        assert sent >= 50_000, f"the flood was {sent} frames in 10 s"
+        assert still, "the checks ran after the flood: they prove nothing"
+        offers = int(asked.stdout.strip() or 0)
+        print(f"flood: {sent} DISCOVERs in 10 s; the neighbour got {offers} offers for "
+              f"{ASKS} DISCOVERs")
+        assert offers >= ASKS * 0.8, f"only {offers} of {ASKS} DISCOVERs answered"
+        assert got.returncode == 0 and good.ip == "10.93.0.11", got.stderr[-1500:]
+    finally:
+        d.stop()
