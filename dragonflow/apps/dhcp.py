@@ -148,6 +148,9 @@ class DhcpApp:
     # a VM flooding DISCOVERs uses up its own budget, not its neighbours' leases
     meters = (MeterDecl("dhcp", rate=1000, burst=200, per_port=50, per_port_burst=20),)
 
+    def __init__(self) -> None:
+        self.malformed = 0  # DHCP packets the codec could not read (never answered)
+
     def owners(self, topo: OwnersView) -> set[str]:
         return local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
 
@@ -188,7 +191,12 @@ class DhcpApp:
         port = topo.by_unique_key(Port, read_field(pin.match, "in_port"))
         if port is None or pin.in_port is None:
             return answer
-        reply = build_reply(topo, port, pin.data, self.config(topo))
+        try:
+            reply = build_reply(topo, port, pin.data, self.config(topo))
+        except Exception as e:  # the packet library rejects it: malformed, no answer
+            self.malformed += 1
+            LOG.debug("malformed DHCP from port %s (%d so far): %r", port.id, self.malformed, e)
+            return answer
         if reply is not None:
             answer.frames.append((pin.in_port, reply))
         return answer

@@ -129,3 +129,44 @@ def test_extra_option_encodings() -> None:
     assert encode_option("domains", "a.example") == b"\x01a\x07example\x00"
     with pytest.raises(ValueError):
         encode_option("ips", "not-an-ip")
+
+
+# --- malformed input: never an exception, never an answer to garbage ------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from dragonflow.apps.dhcp import DhcpApp  # noqa: E402
+from dragonflow.ovs.ofchannel import PacketIn  # noqa: E402
+
+_T, _PORT = topo()
+_VALID = [request(dhcp.DHCP_DISCOVER), request(dhcp.DHCP_REQUEST, requested="10.0.0.10"),
+          request(8, ciaddr="10.0.0.10")]
+
+
+def _pin(data: bytes) -> PacketIn:
+    return PacketIn(table_id=2, reason=1, cookie=0, match={"in_port": 7, "reg6": 3},
+                    data=data, buffer_id=0xffffffff, total_len=len(data))
+
+
+@settings(max_examples=6000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(_VALID), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
+                                         max_size=8), st.integers(0, 400))
+def test_mutated_dhcp_packets_never_raise(base: bytes, flips: list[tuple[int, int]],
+                                          cut: int) -> None:
+    data = bytearray(base)
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    answer = DhcpApp().packet_in(_T, "dhcp", _pin(bytes(data[:max(14, len(data) - cut)])))
+    for _, frame in answer.frames:  # whatever it answers is a well-formed DHCP reply
+        assert packet.Packet(frame).get_protocol(dhcp.dhcp) is not None
+
+
+@settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=600))
+def test_random_bytes_never_raise(tail: bytes) -> None:
+    frame = (bytes.fromhex("ffffffffffff") + bytes.fromhex(MAC.replace(":", "")) + b"\x08\x00"
+             + tail)
+    app = DhcpApp()
+    for _, out in app.packet_in(_T, "dhcp", _pin(frame)).frames:
+        assert packet.Packet(out).get_protocol(dhcp.dhcp) is not None
