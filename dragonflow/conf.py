@@ -69,7 +69,7 @@ controller_opts = [
                     "(punix:<rundir>/<bridge>.df) is created here."),
     cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.5,
                  help="Seconds between chassis heartbeats written to the NB database."),
-    cfg.ListOpt("apps", default=["physical", "arp", "dhcp", "nd", "l2", "icmp", "l3"],
+    cfg.ListOpt("apps", default=["physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3"],
                 help="Apps compiled into the pipeline (stevedore namespace dragonflow.apps). "
                      "Each app declares its own stages; the pipeline is assembled from the "
                      "enabled apps and checked at start-up (an app of another package is "
@@ -89,6 +89,9 @@ controller_opts = [
                 help="DHCP: DNS servers given to VMs on subnets that name none."),
     cfg.StrOpt("dhcp_domain", default="openstacklocal",
                help="DHCP: the domain name option given to VMs (empty: none)."),
+    cfg.FloatOpt("ra_interval", default=30.0, min=1.0,
+                 help="IPv6: seconds between the unsolicited router advertisements each "
+                      "controller sends its VMs (solicitations are answered at once)."),
     cfg.IntOpt("reactive_idle_timeout", default=30, min=1,
                help="Reactive L3: seconds an installed host route may stay idle before OVS "
                     "removes it."),

@@ -58,6 +58,10 @@ class NdResponderApp:
         net = topo.by_unique_key(Network, key)
         if net is None or req.ns_target is None or pin.in_port is None:
             return answer
+        if req.ip_src in ("::", None):
+            # duplicate address detection (RFC 4862 5.4): the owner probing its own new
+            # address; answering would make it give the address up
+            return answer
         frame = None
         for pid in sorted(topo.net_ports.get(net.id, ())):
             port = topo.get(Port, pid)

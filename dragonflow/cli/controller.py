@@ -29,7 +29,7 @@ def config_from(conf: object) -> ControllerConfig:
         bridge_mappings=dict(c.bridge_mappings), l3_mode=c.l3_mode,
         reactive_idle_timeout=c.reactive_idle_timeout, status_file=c.status_file,
         dhcp_lease_time=c.dhcp_lease_time, dhcp_dns_servers=tuple(c.dhcp_dns_servers),
-        dhcp_domain=c.dhcp_domain)
+        dhcp_domain=c.dhcp_domain, ra_interval=c.ra_interval)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ the OpenFlow connection replaces the switch's flows in one atomic bundle.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -91,6 +92,7 @@ class ControllerConfig:
     dhcp_lease_time: int = 86400
     dhcp_dns_servers: tuple[str, ...] = ()
     dhcp_domain: str = "openstacklocal"
+    ra_interval: float = 30.0
     status_file: str | None = None  # default: <ovs_rundir>/<bridge>.df-status.json
 
     @property
@@ -125,7 +127,8 @@ class LocalController:
                                           reactive_idle_timeout=cfg.reactive_idle_timeout,
                                           dhcp_lease_time=cfg.dhcp_lease_time,
                                           dhcp_dns_servers=tuple(cfg.dhcp_dns_servers),
-                                          dhcp_domain=cfg.dhcp_domain))
+                                          dhcp_domain=cfg.dhcp_domain,
+                                          ra_interval=cfg.ra_interval))
         self.engine = Engine(apps(), self.topo)  # assembles + checks the pipeline
         self.pipeline = self.engine.pipeline
         LOG.info("%s: pipeline\n%s", cfg.chassis_id, self.pipeline.describe())
@@ -178,6 +181,9 @@ class LocalController:
         self._ovsdb.watch_interfaces(lambda ch: self._q.put(("iface", ch)))
         self._spawn(self._loop, "loop")
         self._spawn(self._heartbeat, "heartbeat")
+        for name, app in self.engine.apps.items():
+            if callable(getattr(app, "periodic", None)):
+                self._spawn(functools.partial(self._ticker, name, app), f"tick-{name}")
         self._spawn(self._of_connector, "of-connect")
 
     def stop(self) -> None:
@@ -344,6 +350,12 @@ class LocalController:
             self._pin_signalled.set()
             self._q.put(("pins", None))
 
+    def _ticker(self, name: str, app: Any) -> None:
+        """Asks the loop to run ``app.periodic`` every ``app.periodic_interval(facts)``
+        seconds (e.g. unsolicited router advertisements)."""
+        while not self._stopping.wait(app.periodic_interval(self.topo.facts)):
+            self._q.put(("periodic", name))
+
     def _heartbeat(self) -> None:
         """Liveness, written from this thread (never through the loop)."""
         while not self._stopping.wait(self.cfg.heartbeat_interval):
@@ -474,6 +486,10 @@ class LocalController:
             return touched
         elif kind == "flow_removed":
             return self._flow_removed(payload)
+        elif kind == "periodic":
+            app = self.engine.apps.get(payload)
+            if app is not None and self._of_up:
+                answers.append(app.periodic(self.topo))  # type: ignore[attr-defined]
         return set()
 
     def _send(self, answer: Answer) -> None:

@@ -59,6 +59,7 @@ class ChassisFacts:
     dhcp_lease_time: int = 86400
     dhcp_dns_servers: tuple[str, ...] = ()  # when a subnet names none
     dhcp_domain: str = "openstacklocal"
+    ra_interval: float = 30.0  # seconds between unsolicited router advertisements
 
 
 class Topology:
@@ -359,6 +360,16 @@ class View:
                 or not self.is_local_network(net.id)):
             return None
         return port, net
+
+    def routers_on(self, net_id: str) -> list[Router]:
+        """The local routers with an interface on ``net_id`` (reads recorded)."""
+        self.deps.add(("l3_scope",))
+        out = []
+        for rid in sorted(self._t.local_routers):
+            router = self.router(rid)
+            if router is not None and any(rp.network_id == net_id for rp in router.ports):
+                out.append(router)
+        return out
 
     def local_interfaces(self, router_id: str) -> list[tuple[RouterPort, Network]]:
         """A local router's interfaces on networks with a port on this chassis (none for an

@@ -155,18 +155,20 @@ class Deployment:
         self.nb.create(Subnet.from_dict(sub))
         return net
 
-    def subnet(self, network: str, name: str, cidr: str, gateway_ip: str | None = None
-               ) -> Subnet:
-        """An extra subnet (e.g. IPv6 next to IPv4) on an existing network."""
+    def subnet(self, network: str, name: str, cidr: str, gateway_ip: str | None = None,
+               ipv6_mode: str | None = None) -> Subnet:
+        """An extra subnet (e.g. IPv6 next to IPv4) on an existing network; ``ipv6_mode``
+        sets both Neutron IPv6 modes (slaac, dhcpv6-stateful, dhcpv6-stateless)."""
         return self.nb.create(Subnet.from_dict({
             "id": name, "topic": self.topic, "network_id": network, "cidr": cidr,
-            "gateway_ip": gateway_ip, "enable_dhcp": False}))
+            "gateway_ip": gateway_ip, "enable_dhcp": ipv6_mode is not None,
+            "ipv6_ra_mode": ipv6_mode, "ipv6_address_mode": ipv6_mode}))
 
     def vm(self, node: Node, name: str, network: str, mac: str, ip: str, prefixlen: int = 24,
            *, gateway: str | None = None, ipv6: str | None = None,
            ipv6_subnet: str | None = None, gateway6: str | None = None,
            topic: str | None = None, dhcp: bool = False,
-           extra_dhcp_opts: tuple[tuple[str, str], ...] = ()) -> Vm:
+           extra_dhcp_opts: tuple[tuple[str, str], ...] = (), slaac: bool = False) -> Vm:
         """Create the NB port bound to ``node`` and plug a namespaced VM with it (the port
         of project ``topic``, default the deployment's). With ``dhcp`` the VM boots with no
         address: ``vm.dhclient()`` asks for it."""
@@ -183,8 +185,8 @@ class Deployment:
             device_owner="compute:demo", device_id=name,
             extra_dhcp_opts=tuple(DhcpOpt(opt_name=k, opt_value=v) for k, v in extra_dhcp_opts)))
         return self.bed.add_vm(node, name, mac, None if dhcp else f"{ip}/{prefixlen}",
-                               f"{name}-port", ipv6=ipv6, gateway=gateway, gateway6=gateway6,
-                               mtu=1500 if dhcp else 1450)
+                               f"{name}-port", ipv6=None if slaac else ipv6, gateway=gateway,
+                               gateway6=gateway6, mtu=1500 if dhcp else 1450)
 
     def router(self, name: str, interfaces: list[tuple[str, list[str]]],
                routes: list[tuple[str, str]] | None = None, *,

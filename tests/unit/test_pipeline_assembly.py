@@ -15,7 +15,7 @@ from dragonflow.pipeline.fields import LOGICAL_FIELDS, read_field
 from dragonflow.pipeline.lower import Lowering, app_of_cookie, cookie
 from dragonflow.pipeline.stages import MeterDecl, Pipeline, PipelineError, Stage, fields
 
-CORE = ["classify", "arp_responder", "dhcp", "nd_responder", "l2_lookup", "l3_input",
+CORE = ["classify", "arp_responder", "dhcp", "nd_responder", "ra", "l2_lookup", "l3_input",
         "l3_lookup", "egress"]
 
 
