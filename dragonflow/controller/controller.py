@@ -140,6 +140,9 @@ class LocalController:
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._ifaces: dict[str, IfaceChange] = {}  # interface name -> last state
         self._active: set[str] = set()  # port ids reported ACTIVE by this controller
+        # local ports whose NB status must be looked at after the next install (None: all)
+        self._recheck: set[str] | None = set()
+        self._beat_now = threading.Event()  # wakes the heartbeat thread early
         self._sub: Subscription | None = None
         self.nbw = NbWorker(nb, cfg.chassis_id, self._q.put)
         # packet-ins have their own bounded queue and a per-iteration budget: a storm of
@@ -188,6 +191,7 @@ class LocalController:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._beat_now.set()
         self._q.put(("stop", None))
         self._of_wanted.set()
         for t in self._threads:
@@ -319,7 +323,7 @@ class LocalController:
     # --- OpenFlow ------------------------------------------------------------------------
     def _of_connector(self) -> None:
         """Dials when the loop asks (``_of_wanted``); the loop owns ``_of``/``_of_up``."""
-        delay = 0.05
+        delay = 0.02
         while not self._stopping.is_set():
             self._of_wanted.wait()
             if self._stopping.is_set():
@@ -333,9 +337,9 @@ class LocalController:
             except Exception as e:  # OVS not up yet, restarting...: retry
                 LOG.debug("%s: OpenFlow connect failed: %s", self.cfg.chassis_id, e)
                 self._stopping.wait(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.25)  # a local socket: dialing is cheap
                 continue
-            delay = 0.05
+            delay = 0.02
             self._of_wanted.clear()
             self._q.put(("of_up", ch))
 
@@ -357,8 +361,13 @@ class LocalController:
             self._q.put(("periodic", name))
 
     def _heartbeat(self) -> None:
-        """Liveness, written from this thread (never through the loop)."""
-        while not self._stopping.wait(self.cfg.heartbeat_interval):
+        """Liveness, written from this thread (never through the loop); early when the loop
+        saw our chassis record go (``_beat_now``)."""
+        while True:
+            self._beat_now.wait(self.cfg.heartbeat_interval)
+            self._beat_now.clear()
+            if self._stopping.is_set():
+                return
             try:
                 self._beat()
             except Exception:  # never let liveness die with one bad beat
@@ -453,6 +462,12 @@ class LocalController:
             return self._apply_change(payload)
         if kind == "resync":
             self.topo.replace_all(payload)
+            # a new NB (restored, or restarted empty): report every local port again, and
+            # register our chassis at once if the new NB does not have it
+            self._active.clear()
+            self._recheck = None
+            if self.topo.get(Chassis, self.cfg.chassis_id) is None:
+                self._beat_now.set()
             return None
         if kind == "iface":
             return self._iface_to_topology(payload)
@@ -557,6 +572,16 @@ class LocalController:
             return set()
 
     def _apply_change(self, ch: Change) -> set[DepKey]:
+        if ch.table == "port" and ch.id in self.topo.facts.ofports:
+            # someone else wrote a local port's status (Neutron, a re-created port): if it
+            # is not what we reported, look at that port again after the next install
+            st = ch.obj.status if isinstance(ch.obj, Port) else None
+            if (st == "ACTIVE") != (ch.id in self._active):
+                self._active.discard(ch.id)
+                if self._recheck is not None:
+                    self._recheck.add(ch.id)
+        elif ch.table == "chassis" and ch.id == self.cfg.chassis_id and ch.obj is None:
+            self._beat_now.set()  # our own chassis record went away: register again now
         return self.topo.apply(ch.table, ch.id, ch.obj) or set()
 
     def _apply_touched(self, touched: set[DepKey]) -> None:
@@ -584,14 +609,18 @@ class LocalController:
                  self.engine.table.conflicts_total, len(self.engine.table.rejected),
                  len(self.engine.failed), self._scopes_version)
         touched = self.engine.take_touched()
-        if sent or first or marks != self._marks:
-            everything = first or marks != self._marks
+        recheck, self._recheck = self._recheck, set()
+        if sent or first or marks != self._marks or recheck != set():
+            problems = first or marks != self._marks
+            everything = problems or recheck is None
             self._marks = marks
-            if everything:  # problems are written at once; routine changes coalesced
+            if problems:  # written at once; routine changes (flow counts) coalesced
                 self._write_status()
             else:
                 self._status_due = True
-            self._report_port_status(None if everything else touched)
+            ports = None if everything else touched | {("physical", f"port/{p}")
+                                                       for p in recheck or ()}
+            self._report_port_status(ports)
         with self.synced:
             self.generation += 1
             self.synced.notify_all()
