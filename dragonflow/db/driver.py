@@ -13,13 +13,23 @@ Semantics every driver must honour (the conformance suite in tests/db checks the
   also counts :meth:`Driver.increment`; redis: a sequence kept by the Lua script; memory: a
   counter) -- consumers must only rely on "strictly increasing", never on "+1".
 * :meth:`Driver.commit` is atomic: either every check holds and every op is applied, or
-  nothing changes and :class:`TxnFailed` is raised.
+  nothing changes and :class:`TxnFailed` is raised. When the request may have reached the
+  server but no answer came back (connection lost after sending, timeout, leader change) it
+  raises :class:`AmbiguousCommit`: the commit may or may not have been applied, and may even
+  still be applied later if its checks hold then. Any other :class:`DriverError` from
+  ``commit`` means nothing was written. Drivers never retry a commit themselves; NbApi
+  resolves the ambiguity (see ``NbApi._commit``).
 * A watch delivers every change under its prefix with ``revision >= start_revision``, in
   revision order (changes of one commit in op order), exactly once, across lost connections
   (the driver reconnects and resumes by itself from the last delivered revision + 1).
   If the history it needs is gone (compaction, stream trimmed, server restarted empty) it
   calls ``on_compacted(revision)`` once and stops: the consumer must resync from a snapshot.
 * Callbacks run on a driver-owned thread, never concurrently with each other for one watch.
+* A driver that can find the database *replaced* (a server restarted empty, another cluster
+  behind the same address) counts those findings in an ``int`` attribute ``generation``
+  (optional: absent means 0, e.g. memory). Anything read or reserved before it changed (cached
+  values, reserved counter blocks) belongs to a history that is gone; every watch started
+  before it changed gets ``on_compacted``.
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ class DriverError(Exception):
 
 class TxnFailed(DriverError):
     """A commit's checks did not hold; nothing was written."""
+
+
+class AmbiguousCommit(DriverError):
+    """A commit's request may have been applied, but its answer was lost (connection cut after
+    sending, deadline exceeded, leader change): the outcome is unknown to the driver."""
 
 
 class Compacted(DriverError):

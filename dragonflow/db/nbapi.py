@@ -10,6 +10,7 @@ Layout of the key space under ``root`` (default ``/df/``)::
     live/<chassis id>                      liveness: {"heartbeat": epoch seconds}, written
                                            by each controller, outside obj/ so no
                                            controller receives another's heartbeat
+    txn/<token>                            write token: {"at": epoch seconds} (+ "fenced")
 
 A write is ONE driver commit: the object, its index entries and its claims change together,
 guarded by checks -- the object's own mod_revision (optimistic concurrency), the mod_revision
@@ -17,6 +18,27 @@ of every object it was validated against (so a reference cannot vanish or change
 absent claims, and on delete the emptiness of every index that refers to it. When a check
 fails the write re-reads and re-validates (so the error it finally raises, if any, is
 precise), at most ``_RETRIES`` times. A failed write changes nothing.
+
+Ambiguous commits: a commit whose answer was lost (AmbiguousCommit: connection cut after
+sending, timeout, etcd leader change) may or may not have been applied -- and may even be
+applied later. Every write commit therefore also creates a unique write token
+``txn/<uuid>``, checked absent in the same commit. On AmbiguousCommit the writer *fences*
+the token: a commit that creates it only if it is still absent. If the fence succeeds, the
+write was not applied and never can be (its own check now fails): it is redone from fresh
+reads like a lost race. If the fence fails, the token exists: its value tells whether the
+write put it (applied at the token's mod_revision: success) or an earlier fence of ours did.
+So a write is applied at most once and its caller gets success whenever it was applied;
+while the database stays unreachable the fence is retried for ``resolve_timeout`` seconds,
+then the write raises AmbiguousCommit (the only case where its outcome stays unknown). Every
+other DriverError from a write means nothing was written. A token's job ends with its
+write's outcome: the next commits of the same NbApi delete it, and tokens older than
+``TXN_TTL`` (left by a writer that died, or fences) are swept by any writer now and then.
+Heartbeats (``beat``) are not tokened: one that is ambiguous is simply written again later.
+
+A database found *replaced* (the driver's ``generation`` changed: restarted empty) empties
+the write cache and drops the reserved unique-key blocks, so no key is handed out from the
+old database's counter (claims are checked by every commit, so a stale block could not
+give out a key twice; it would only collide later and switch this NbApi to probing).
 
 The write path reads through a small cache of what this NbApi last read or wrote: a stale
 entry cannot cause a wrong write (the commit's revision checks fail and the write is redone
@@ -31,12 +53,26 @@ import functools
 import json
 import logging
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from dragonflow.db import errors
-from dragonflow.db.driver import KV, Check, Delete, Driver, Exists, Op, PrefixEmpty, Put, TxnFailed
+from dragonflow.db.driver import (
+    KV,
+    AmbiguousCommit,
+    Check,
+    Delete,
+    Driver,
+    DriverError,
+    Exists,
+    Op,
+    PrefixEmpty,
+    Put,
+    TxnFailed,
+)
 from dragonflow.db.driver import Revision as RevCheck
 from dragonflow.model import REFERENCED_BY, TABLES, NbObject, ValidationError
 
@@ -45,6 +81,27 @@ T = TypeVar("T", bound=NbObject)
 _RETRIES = 8
 UNIQUE_KEY_SPACE = 2**32 - 1  # keys are 1 .. 2**32-1; 0 means "not allocated"
 KEY_BLOCK = 32  # unique-key counter values reserved per round trip
+TXN_TTL = 3600.0  # seconds after which a write token is garbage, whoever wrote it
+_SWEEP_EVERY = 600.0  # seconds between two sweeps of old write tokens by one NbApi
+_CLEAN_PER_COMMIT = 16  # tokens of finished writes deleted by each later commit, at most
+
+
+def _stamp(fenced: bool = False) -> bytes:
+    return json.dumps({"at": round(time.time(), 3), **({"fenced": True} if fenced else {})},
+                      separators=(",", ":")).encode()
+
+
+def _token_info(raw: bytes) -> tuple[float, bool]:
+    """(written at, fenced?) of a token's value; an unreadable one counts as ancient."""
+    try:
+        d = json.loads(raw)
+        return float(d["at"]), d.get("fenced") is True
+    except (ValueError, KeyError, TypeError):
+        return 0.0, False
+
+
+class _NotApplied(TxnFailed):
+    """An ambiguous commit proven not applied (fenced: it never will be); redo the write."""
 
 
 def encode(obj: NbObject) -> bytes:
@@ -142,6 +199,10 @@ class _Cache:
             if len(self._d) > self._size:
                 self._d.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
 
 class NbApi:
     def __init__(self, driver: Driver, root: str = "/df/") -> None:
@@ -153,6 +214,23 @@ class NbApi:
         self._cache = _Cache()
         self._key_blocks: dict[str, list[int]] = {}  # namespace -> unused keys, reserved
         self._key_lock = threading.Lock()
+        self._generation = getattr(driver, "generation", 0)  # the database's history
+        self.resolve_timeout = 30.0  # seconds to learn the outcome of an ambiguous commit
+        self._txn_lock = threading.Lock()
+        self._txn_done: list[str] = []  # tokens of finished writes, to delete
+        self._swept = time.monotonic()  # last sweep of old tokens (the first in 10 min)
+
+    def _sync_generation(self) -> None:
+        """Forget the cache and the reserved keys if the database was found replaced."""
+        gen = getattr(self.driver, "generation", 0)
+        if gen == self._generation:
+            return
+        LOG.warning("NB database replaced (restarted empty?): dropping the write cache and "
+                    "the reserved unique keys")
+        self._generation = gen
+        with self._key_lock:
+            self._key_blocks.clear()
+        self._cache.clear()
 
     def _read(self, key: str, fresh: bool) -> KV | None:
         """Write-path read: from the cache unless ``fresh``."""
@@ -165,12 +243,82 @@ class NbApi:
         return kv
 
     def _commit(self, checks: list[Check], ops: list[Op]) -> int:
-        rev = self.driver.commit(checks, ops)
+        """One write's commit, with its write token (see the module docstring): returns its
+        revision; TxnFailed if it was not applied (a check failed, or an ambiguous commit was
+        fenced); AmbiguousCommit only if the outcome could not be learnt in time."""
+        tok = f"{self.root}txn/{uuid.uuid4().hex}"
+        with self._txn_lock:
+            clean = self._txn_done[:_CLEAN_PER_COMMIT]
+            del self._txn_done[:_CLEAN_PER_COMMIT]
+        try:
+            try:
+                rev = self.driver.commit([*checks, RevCheck(tok, 0)],
+                                         [*ops, Put(tok, _stamp()), *map(Delete, clean)])
+            except AmbiguousCommit as e:
+                applied = self._resolve(tok, e)
+                if applied is None:
+                    raise _NotApplied(f"{e} -- it was not applied") from None
+                rev = applied
+        except BaseException:
+            with self._txn_lock:  # not deleted: by a later commit then
+                self._txn_done[:0] = clean
+            raise
+        with self._txn_lock:
+            self._txn_done.append(tok)
+        self._maybe_sweep()
         for op in ops:
             if op.key.startswith(self.obj_prefix):
                 self._cache.put(op.key, KV(op.key, op.value, rev) if isinstance(op, Put)
                                 else None)
         return rev
+
+    def _resolve(self, tok: str, first: AmbiguousCommit) -> int | None:
+        """The revision of the ambiguous commit that was to create ``tok`` if it was applied;
+        None if it was not -- and now never will be: the fence creates ``tok`` first."""
+        deadline = time.monotonic() + self.resolve_timeout
+        delay, last = 0.05, str(first)
+        while True:
+            try:
+                try:
+                    self.driver.commit([RevCheck(tok, 0)], [Put(tok, _stamp(fenced=True))])
+                    LOG.warning("NB commit answer lost (%s): it was not applied; redoing the "
+                                "write", first)
+                    return None
+                except TxnFailed:  # the token exists: the write's or an earlier fence's
+                    kv = self.driver.get(tok)
+                if kv is not None and _token_info(kv.value)[1]:
+                    LOG.warning("NB commit answer lost (%s): it was not applied (fenced "
+                                "before); redoing the write", first)
+                    return None
+                if kv is not None:
+                    LOG.warning("NB commit answer lost (%s): it was applied (revision %d)",
+                                first, kv.mod_revision)
+                    return kv.mod_revision
+                # absent again: only a sweep (after TXN_TTL) removes tokens; look again
+            except DriverError as e:  # the fence's answer lost too, or the DB still away
+                last = str(e)
+            if time.monotonic() >= deadline:
+                raise AmbiguousCommit(
+                    f"{first}; its outcome could not be learnt within {self.resolve_timeout} s "
+                    f"({last}): read the object back before writing again") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _maybe_sweep(self) -> None:
+        """Now and then, delete write tokens older than TXN_TTL (any writer's)."""
+        now = time.monotonic()
+        with self._txn_lock:
+            if now - self._swept < _SWEEP_EVERY:
+                return
+            self._swept = now
+        try:
+            kvs, _ = self.driver.get_prefix(f"{self.root}txn/")
+            cutoff = time.time() - TXN_TTL
+            old = [kv.key for kv in kvs if _token_info(kv.value)[0] < cutoff]
+            for i in range(0, len(old), 100):
+                self.driver.commit([], [Delete(k) for k in old[i:i + 100]])
+        except DriverError as e:
+            LOG.info("NB: sweeping old write tokens failed (%s); trying again later", e)
 
     # --- keys ------------------------------------------------------------------------
     @property
@@ -279,8 +427,16 @@ class NbApi:
         return out
 
     def forget_liveness(self, chassis_id: str) -> None:
-        if self.driver.get(self._live_key(chassis_id)) is not None:
-            self.driver.commit([], [Delete(self._live_key(chassis_id))])
+        key = self._live_key(chassis_id)
+        for attempt in range(3):  # a delete may be repeated: an ambiguous one is looked at again
+            if self.driver.get(key) is None:
+                return
+            try:
+                self.driver.commit([], [Delete(key)])
+                return
+            except AmbiguousCommit:
+                if attempt == 2:
+                    raise
 
     # --- writes ----------------------------------------------------------------------
     def create(self, obj: T) -> T:
@@ -313,6 +469,7 @@ class NbApi:
         last: TxnFailed | None = None
         fresh = False
         for _ in range(_RETRIES):
+            self._sync_generation()
             try:
                 return attempt(fresh)
             except TxnFailed as e:  # lost a race: re-read, re-validate, try again
@@ -335,6 +492,7 @@ class NbApi:
     def _next_counter_value(self, ns: str) -> int:
         """Counter values are reserved from the DB in blocks of ``KEY_BLOCK`` per NbApi, so
         most creates cost no counter round trip (unused values of a block are skipped)."""
+        self._sync_generation()
         with self._key_lock:
             block = self._key_blocks.get(ns)
             if not block:

@@ -4,9 +4,10 @@ A :class:`Subscription` turns a driver watch on ``obj/`` into :class:`Change` ob
 
 * resumes from ``from_revision`` (the last revision the subscriber applied + 1), so a
   restarted controller misses nothing;
-* when the history it needs is gone (compaction / trimmed stream), it takes one consistent
-  snapshot and hands it to ``on_resync(objects, revision)`` -- the subscriber replaces its
-  state with it -- then follows the stream from the snapshot revision;
+* when the history it needs is gone (compaction / trimmed stream / server restarted empty),
+  it takes one consistent snapshot and hands it to ``on_resync(objects, revision)`` -- the
+  subscriber replaces its state with it -- then follows the stream from the snapshot
+  revision (a snapshot or watch that fails is tried again until it works or ``close()``);
 * filtering by scope: an object is delivered if one of its scopes (``scope_of(obj)``; by
   default its ``topic``, the project) is in ``topics``, or it is global (scope ""), or its id
   was added with ``add_ids``. The local controller passes scopes that follow *networks*
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from dragonflow.db.driver import Event, Watch
+from dragonflow.db.driver import DriverError, Event, Watch
 from dragonflow.db.nbapi import NbApi, decode_or_none
 from dragonflow.model import NbObject
 
@@ -112,15 +114,25 @@ class Subscription:
         threading.Thread(target=self._resync, name="df-nb-resync", daemon=True).start()
 
     def _resync(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            objs, rev = self._nb.snapshot()
-            self._topic_since.clear()
-            wanted = [o for o in objs if self._wanted(o, rev + 1)]
-            self.last_revision = rev
-            self._on_resync(wanted, rev)
-            self._start_watch(rev + 1)
+        """Snapshot, hand it over, follow the stream from it -- again and again until that
+        works (the database may not be fully back yet) or the subscription is closed."""
+        delay = 0.1
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    objs, rev = self._nb.snapshot()
+                    self._topic_since.clear()
+                    wanted = [o for o in objs if self._wanted(o, rev + 1)]
+                    self.last_revision = rev
+                    self._on_resync(wanted, rev)
+                    self._start_watch(rev + 1)
+                    return
+                except DriverError as e:
+                    LOG.warning("NB resync failed (%s); trying again in %.1f s", e, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # --- topics ----------------------------------------------------------------------
     def add_topics(self, topics: Iterable[str]) -> None:

@@ -351,6 +351,33 @@ def test_restart_then_more_writes_than_before_is_still_detected(
         w.cancel()
 
 
+def test_restart_empty_moves_the_generation_and_nb_reserves_keys_anew(
+    own_server: RedisServer, drivers: list[RedisDriver]
+) -> None:
+    """A read that sees the new epoch counts a new generation; an NbApi then hands out no
+    unique key reserved from the old database's counter."""
+    from dragonflow.db.nbapi import NbApi
+    from dragonflow.model import Network
+    from tests.db.test_nb_conformance import net, port, subnet
+
+    url = f"{own_server.url}/ns"
+    db = make(drivers, url)
+    nb = NbApi(db)
+    nb.create(net(1))
+    s1 = nb.create(subnet(1, "net1"))
+    for i in range(5):
+        nb.create(port(i, "net1", s1))  # reserves the port counter's block 1..32
+    own_server.restart()
+    other = NbApi(make(drivers, url))
+    other.create(net(1))
+    s1 = other.create(subnet(1, "net1"))
+    theirs = other.create(port(1, "net1", s1))  # the new counter: block 1..32
+    assert nb.get(Network, "net1") is not None  # this read sees the new epoch
+    mine = nb.create(port(2, "net1", s1))
+    assert (theirs.unique_key, mine.unique_key) == (1, 33)  # not 6, from the old block
+    assert db.generation == 1
+
+
 def test_callback_error_stops_the_watch_loudly(
     redis_server: RedisServer,
     ns: str,

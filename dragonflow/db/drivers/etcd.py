@@ -19,8 +19,29 @@ another member by itself.
   call the driver. When the stream breaks it re-creates it from the last queued revision + 1
   (etcd never splits one revision over two responses, so nothing is skipped or repeated). A
   compacted start revision ends the watch with one ``on_compacted(compact_revision)``.
+* The history followed: etcd restarted with an empty data dir keeps its address, and (same
+  name, peer URL and cluster token) even its cluster id and member id; only its revision starts
+  again from 1. So the driver keeps the cluster id of the etcd it talks to and the highest
+  revision it has seen (``_max_rev``: every response header and watch event). An answer from
+  another cluster id, or a linearizable answer (every Range / Txn here is one) at a revision
+  lower than one seen *before the request was sent*, means the database was replaced: the
+  driver logs it, adopts the new history, bumps ``generation`` and ends every older watch with
+  one ``on_compacted(current revision)``; the call itself returns normally. A watch also checks
+  each stream it (re)creates before delivering anything from it: the revision it resumes from
+  must not be in the server's future, and the last event it delivered must still be in the
+  server's history (a Range of that key *at* that revision gives back the same value) -- which
+  catches a replaced etcd whose revision has already overtaken the old one. Watch responses
+  are not compared by revision (a lagging follower may legitimately answer behind).
+  Limit: a new watch whose ``start_revision`` came from the old database, on a driver that has
+  already adopted the new one whose revision has overtaken it, is not caught (nothing left to
+  compare with).
 * Every RPC has a deadline (``timeout``); failures raise DriverError naming the URL. A commit
-  that timed out may or may not have been applied: it is never retried here.
+  whose Txn may have reached etcd and got no answer (deadline exceeded, connection lost after
+  sending, etcd's "request timed out" / "leader changed") raises AmbiguousCommit: it may or
+  may not have been applied, and it is never retried here (NbApi resolves it). Only a Txn that
+  found no connection to be sent on ("failed to connect to all addresses") is a plain
+  DriverError. An ``increment`` whose answer was lost is a plain DriverError: the block it may
+  have reserved is skipped, never handed out twice.
 * Security (:class:`~dragonflow.db.security.NbSecurity`): ``etcds://`` makes the channel a TLS
   one (``ssl_channel_credentials``: the CA file or the system trust store, and the client
   certificate if given). With several endpoints the server certificates are checked against
@@ -52,6 +73,7 @@ from aetcd import rpc
 
 from dragonflow.db.driver import (
     KV,
+    AmbiguousCommit,
     Check,
     Delete,
     DriverError,
@@ -146,6 +168,27 @@ _TLS_MARKERS = ("handshake failed", "Handshake read failed", "Unwrap failed", "T
 
 def _token_rejected(e: grpc.aio.AioRpcError) -> bool:
     return any(m in (e.details() or "") for m in _TOKEN_REJECTED)
+
+
+# A Txn that failed with one of these may have reached etcd (and been applied, or still be)
+_MAYBE_APPLIED = frozenset({
+    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DATA_LOSS,
+})
+_NOT_SENT = "failed to connect to all addresses"  # no connection: the request never left
+
+
+def _maybe_applied(e: grpc.aio.AioRpcError) -> bool:
+    return e.code() in _MAYBE_APPLIED and not (e.details() or "").startswith(_NOT_SENT)
+
+
+class _RpcError(DriverError):
+    """A failed call, with gRPC's status for callers that tell errors apart."""
+
+    def __init__(self, message: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(message)
+        self.code, self.details = code, details
 
 
 def _last_error(details: str) -> str:
@@ -301,6 +344,10 @@ class EtcdWatch:
         self._task: asyncio.Task[None] | None = None
         self._created: asyncio.Event | None = None
         self._backoff = _MIN_BACKOFF
+        self._generation = driver.generation  # the history it follows (see _history_gone)
+        # the last event queued: (key, revision, hash of its value or None if a delete)
+        self._mark: tuple[bytes, int, int | None] | None = None
+        self._gone = False  # on_compacted is queued: nothing more from this watch
         self._thread = threading.Thread(target=self._deliver, name="df-etcd-watch", daemon=True)
 
     # --- loop side ----------------------------------------------------------------------
@@ -368,6 +415,9 @@ class EtcdWatch:
                 resp = await call.read()
                 if resp is grpc.aio.EOF:
                     raise _StreamEnded("etcd closed the watch stream")
+                self._check_cluster(resp.header)
+                if self._gone:
+                    return
                 if resp.compact_revision:
                     self._queue.put(_Compacted(resp.compact_revision))
                     self._created.set()
@@ -377,18 +427,94 @@ class EtcdWatch:
                     self._driver._drop_token(auth)
                     raise _StreamEnded(f"watch cancelled by etcd: {resp.cancel_reason!r}")
                 if resp.created:
+                    # nothing from this stream is delivered before its history is checked
+                    gone_at = await self._history_check()
+                    if gone_at is not None:
+                        self._history_gone(gone_at)
+                    if self._gone:
+                        return
                     self._created.set()
                     self._backoff = 0.0
                 for ev in resp.events:
                     self._queue.put(_event(ev))
                 if resp.events:  # responses hold whole revisions
-                    self._next_rev = resp.events[-1].kv.mod_revision + 1
+                    last = resp.events[-1]
+                    self._next_rev = last.kv.mod_revision + 1
+                    self._mark = (last.kv.key, last.kv.mod_revision,
+                                  None if last.type == rpc.Event.DELETE else hash(last.kv.value))
+                    drv = self._driver
+                    if self._generation == drv.generation:
+                        drv._max_rev = max(drv._max_rev, last.kv.mod_revision)
         except grpc.aio.AioRpcError as e:
             if _token_rejected(e):
                 self._driver._drop_token(auth)
             raise
         finally:
             call.cancel()
+
+    def _check_cluster(self, header: Any) -> None:
+        """Every watch response names its cluster: another one means another database."""
+        drv, cid = self._driver, int(header.cluster_id)
+        if not cid or self._generation != drv.generation:
+            return
+        if drv._cluster_id is None:
+            drv._cluster_id = cid
+        elif cid != drv._cluster_id:
+            drv._replaced(f"watch on {self.prefix!r} answered from cluster {cid:x}, not "
+                          f"{drv._cluster_id:x}", cid, int(header.revision))
+
+    async def _history_check(self) -> int | None:
+        """Right after a stream was (re)created: None if etcd still holds the history this
+        watch follows; else etcd's current revision (restarted empty, replaced)."""
+        drv = self._driver
+        floor = self._next_rev - 1  # delivered (or, at first, applied by the caller) so far
+        reason, now = "", None
+        if self._mark is not None:  # is the last event delivered still in etcd's history?
+            key, rev, digest = self._mark
+            try:
+                resp = await drv._rpc("watch check", drv._kv.Range,
+                                      rpc.RangeRequest(key=key, revision=rev))
+            except _RpcError as e:
+                if "future revision" in e.details:
+                    reason = f"revision {rev} it delivered is in the server's future"
+                elif "compacted" not in e.details:  # compacted: cannot compare, go on
+                    raise
+            else:
+                kvs, now = resp.kvs, int(resp.header.revision)
+                same = not kvs if digest is None else (
+                    bool(kvs) and kvs[0].mod_revision == rev and hash(kvs[0].value) == digest)
+                if not same:
+                    reason = (f"{key.decode(errors='replace')!r} at revision {rev} is not what "
+                              f"it delivered")
+        if now is None:
+            start, end = prefix_range(self.prefix)
+            req = rpc.RangeRequest(key=start, range_end=end, limit=1, keys_only=True)
+            now = int((await drv._rpc("watch check", drv._kv.Range, req)).header.revision)
+            if not reason and now < floor:
+                reason = f"the server is at revision {now}, behind revision {floor}"
+        if self._generation != drv.generation:
+            return drv._max_rev  # the driver found the database replaced meanwhile
+        if not reason:
+            return None
+        assert self._created is not None
+        LOG.warning("etcd %s: watch on %r: %s: the history it follows is gone", drv.url,
+                    self.prefix, reason)
+        if self._created.is_set():  # it was following this history: the database was replaced
+            drv._replaced(f"watch on {self.prefix!r}: {reason}", drv._cluster_id or 0, now)
+        return now
+
+    def _history_gone(self, revision: int) -> None:
+        """(On the loop.) The history this watch follows is gone: it queues one
+        ``on_compacted(revision)`` and stops."""
+        if self._gone:
+            return
+        self._gone = True
+        self._queue.put(_Compacted(revision))
+        if self._created is not None:
+            self._created.set()  # a watch() still waiting returns; the thread then tells
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
 
     # --- delivery thread ----------------------------------------------------------------
     def _deliver(self) -> None:
@@ -455,6 +581,10 @@ class EtcdDriver:
         self._closed = False
         self._watches: set[EtcdWatch] = set()
         self._lock = threading.Lock()
+        # the history followed (changed on the loop only): see the module docstring
+        self._cluster_id: int | None = None
+        self._max_rev = 0
+        self.generation = 0  # times the database was found replaced
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="df-etcd-loop", daemon=True
@@ -511,8 +641,13 @@ class EtcdDriver:
         if self._security.user is not None and self._token == (used[0][1] if used else ""):
             self._token = None
 
+    @property
+    def cluster_id(self) -> int | None:
+        """The cluster id of the etcd answering (None before the first answer)."""
+        return self._cluster_id
+
     # --- plumbing -----------------------------------------------------------------------
-    def _run(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], what: str, *, commit: bool = False) -> T:
         if self._closed:
             coro.close()
             raise DriverError(f"etcd {self.url}: {what}: driver is closed")
@@ -521,34 +656,69 @@ class EtcdDriver:
             return fut.result(self.timeout + 2.0)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise DriverError(
-                f"etcd {self.url}: {what}: no answer within {self.timeout} s"
-            ) from None
+            msg = f"etcd {self.url}: {what}: no answer within {self.timeout} s"
+            if commit:
+                raise AmbiguousCommit(f"{msg}: it may or may not have been applied") from None
+            raise DriverError(msg) from None
 
-    async def _rpc(self, what: str, method: Any, request: Any) -> Any:
+    async def _rpc(self, what: str, method: Any, request: Any, *, commit: bool = False) -> Any:
         for attempt in range(2):
             auth = await self._metadata()
+            gen, floor = self.generation, self._max_rev  # what was known before sending
             try:
-                return await method(request, timeout=self.timeout, metadata=auth or None)
+                resp = await method(request, timeout=self.timeout, metadata=auth or None)
             except grpc.aio.AioRpcError as e:
                 if attempt == 0 and self._security.user is not None and _token_rejected(e):
                     self._drop_token(auth)  # expired: renew it and ask again
                     continue
+                if commit and _maybe_applied(e):
+                    raise AmbiguousCommit(
+                        f"etcd {self.url}: {what} failed: {self._why(what, e)}: it may or may "
+                        f"not have been applied") from None
                 raise self._error(what, e) from None
+            self._observe(resp.header, gen, floor, what)
+            return resp
         raise AssertionError("unreachable")
 
+    def _observe(self, header: Any, gen: int, floor: int, what: str) -> None:
+        """(On the loop.) Check a linearizable answer against the history followed: ``floor``
+        is the highest revision seen before the request was sent, ``gen`` the generation then."""
+        cid, rev = int(header.cluster_id), int(header.revision)
+        if gen != self.generation or not cid:
+            return  # the history changed while the call was out: the answer proves nothing
+        if self._cluster_id is None:
+            self._cluster_id = cid
+        elif cid != self._cluster_id:
+            self._replaced(f"cluster id {self._cluster_id:x} became {cid:x}", cid, rev)
+            return
+        if rev < floor:
+            self._replaced(f"{what} answered at revision {rev}, behind revision {floor} seen "
+                           f"before", cid, rev)
+            return
+        self._max_rev = max(self._max_rev, rev)
+
+    def _replaced(self, why: str, cluster_id: int, revision: int) -> None:
+        """(On the loop.) The database was replaced: adopt its history, end older watches."""
+        LOG.warning("etcd %s: the database was replaced (%s): restarted empty, or another "
+                    "cluster; its history is gone, every watch resyncs", self.url, why)
+        self._cluster_id, self._max_rev = cluster_id or self._cluster_id, revision
+        self.generation += 1
+        with self._lock:
+            watches = list(self._watches)
+        for w in watches:
+            if w._generation < self.generation:
+                w._history_gone(revision)
+
     def _error(self, what: str, e: grpc.aio.AioRpcError) -> DriverError:
-        return DriverError(f"etcd {self.url}: {what} failed: {self._why(what, e)}")
+        return _RpcError(f"etcd {self.url}: {what} failed: {self._why(what, e)}", e.code(),
+                         e.details() or "")
 
     def _why(self, what: str, e: grpc.aio.AioRpcError) -> str:
         """The reason of a failed call, in words an operator can act on."""
         code, details = e.code(), e.details() or ""
         sec = self._security
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            why = f"no answer within {self.timeout} s"
-            if what == "commit":
-                why += " (it may or may not have been applied)"
-            return why
+            return f"no answer within {self.timeout} s"
         if self._tls and any(m in details for m in _TLS_MARKERS):
             last = _last_error(details)
             if "CERTIFICATE_VERIFY_FAILED" in details or "Hostname Verification" in details:
@@ -567,7 +737,9 @@ class EtcdDriver:
                     f"{opt('cert_file')} {sec.cert_file!r} signed by a CA it trusts? ({last})")
         if code == grpc.StatusCode.UNAVAILABLE:
             hint = ""
-            if not self._tls and "Socket closed" in details:
+            # (not once a stream was under way: that connection was cut, not refused)
+            if not self._tls and "Socket closed" in details \
+                    and not details.startswith("Stream removed"):
                 hint = "; a TLS-only server closes plaintext connections: etcds://?"
             return f"unreachable ({details}{hint})"
         if "user name is empty" in details:
@@ -618,7 +790,8 @@ class EtcdDriver:
             success=_success_ops(ops, len(checks)),
             failure=[_probe(c) for c in checks],
         )
-        resp = self._run(self._rpc("commit", self._kv.Txn, req), "commit")
+        resp = self._run(self._rpc("commit", self._kv.Txn, req, commit=True), "commit",
+                         commit=True)
         if not resp.succeeded:
             raise TxnFailed(f"etcd {self.url}: check failed: {_explain(checks, resp)}")
         return int(resp.header.revision)
@@ -671,9 +844,13 @@ class EtcdDriver:
     ) -> EtcdWatch:
         """Returns once etcd has created the watch (DriverError if it cannot in time)."""
         w = EtcdWatch(self, prefix, start_revision, on_event, on_compacted)
-        self._run(w._start(self.timeout), "watch")
-        with self._lock:
+        with self._lock:  # before it starts: a replaced database found meanwhile ends it too
             self._watches.add(w)
+        try:
+            self._run(w._start(self.timeout), "watch")
+        except BaseException:
+            self._forget(w)
+            raise
         w._thread.start()
         return w
 

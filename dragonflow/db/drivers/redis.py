@@ -15,6 +15,11 @@ Layout under a namespace ``ns`` (url path, default ``df``):
 Redis pub/sub loses messages and XREAD from a trimmed id silently starts at the oldest
 survivor, so a watcher checks that the ``(seq, i)`` it reads are contiguous, and that the
 epoch did not change across reconnects; any hole means history is lost -> ``on_compacted``.
+The driver's ``generation`` counts the epoch changes its reads, commits and watches saw.
+
+A commit whose EVALSHA may have reached the server without an answer coming back (the
+connection broke or timed out while reading the reply) raises AmbiguousCommit; one that never
+left (connecting, authenticating or writing the request failed) is a plain DriverError.
 
 Security (:class:`~dragonflow.db.security.NbSecurity`): ``rediss://`` connects with TLS (the
 CA file or the system trust store, host name checked, the client certificate if given);
@@ -41,6 +46,7 @@ from redis.retry import Retry
 
 from dragonflow.db.driver import (
     KV,
+    AmbiguousCommit,
     Check,
     Delete,
     DriverError,
@@ -111,7 +117,7 @@ for e = 1, #events do
   redis.call('XADD', ks, 'MAXLEN', '~', ARGV[2], string.format('%d-%d', seq, e - 1), unpack(f))
 end
 redis.call('SET', kep, ARGV[1], 'NX')
-return {1, seq}
+return {1, seq, redis.call('GET', kep)}
 """
 
 # KEYS: v r k seq epoch.  ARGV: min max epoch-candidate.  One consistent snapshot.
@@ -162,6 +168,19 @@ def _parse_url(url: str) -> _Url:
     return _Url(parsed.hostname, port, ns, parsed.scheme == "rediss", user, password)
 
 
+# redis-py's words for a request that never reached the server (connect, AUTH, write)
+_NOT_SENT = ("connecting to", "Timeout connecting", "while writing to socket",
+             "Timeout writing to socket")
+
+
+def _maybe_sent(e: redis.RedisError) -> bool:
+    """Could the failed command have reached the server (and been executed)?"""
+    if isinstance(e, redis.AuthenticationError | NoPermissionError) or isinstance(
+            e.__context__, ssl.SSLError):
+        return False
+    return not any(m in str(e) for m in _NOT_SENT)
+
+
 def _lex_range(prefix: str) -> tuple[bytes, bytes]:
     """ZRANGEBYLEX bounds for every key starting with ``prefix`` (0xff never occurs in UTF-8)."""
     if not prefix:
@@ -209,8 +228,21 @@ class RedisDriver:
         self._commit_script = self._client.register_script(_COMMIT_LUA)
         self._snapshot_script = self._client.register_script(_SNAPSHOT_LUA)
         self._epoch: bytes | None = None  # epoch seen by the last snapshot
+        self._seen_epoch: bytes | None = None  # epoch seen by the last call of any kind
+        self.generation = 0  # times the epoch was seen to change (database replaced)
         self._watches: list[_RedisWatch] = []
         self._lock = threading.Lock()
+
+    def _note_epoch(self, epoch: bytes | None) -> None:
+        """Count a change of the database's epoch (it was replaced: restarted empty)."""
+        if epoch is None:
+            return
+        with self._lock:
+            if self._seen_epoch is not None and epoch != self._seen_epoch:
+                self.generation += 1
+                LOG.warning("redis %s: the database was replaced (epoch changed: restarted "
+                            "empty?): its history is gone", self.url)
+            self._seen_epoch = epoch
 
     def _new_client(self, min_read_timeout: float = 0.0) -> redis.Redis:
         # No automatic retries: a timed-out commit may have been applied; the caller decides.
@@ -280,9 +312,11 @@ class RedisDriver:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.hget(self._k.values, key)
                 pipe.hget(self._k.revs, key)
-                value, rev = pipe.execute()
+                pipe.get(self._k.epoch)
+                value, rev, epoch = pipe.execute()
         except redis.RedisError as e:
             raise self._fail(f"get {key!r}", e) from e
+        self._note_epoch(epoch)
         if value is None:
             return None
         return KV(key, value, int(rev))
@@ -298,6 +332,7 @@ class RedisDriver:
         except redis.RedisError as e:
             raise self._fail(f"get_prefix {prefix!r}", e) from e
         self._epoch = epoch
+        self._note_epoch(epoch)
         out = [KV(key.decode(), v, int(r)) for key, v, r in zip(keys, vals, revs, strict=True)]
         return out, int(seq)
 
@@ -331,15 +366,20 @@ class RedisDriver:
                 raise TypeError(f"unknown op {op!r}")
         k = self._k
         try:
-            ok, n = self._commit_script(
+            res = self._commit_script(
                 keys=[k.values, k.revs, k.index, k.seq, k.stream, k.epoch], args=args
             )
-        except redis.TimeoutError as e:
-            raise self._fail("commit (timed out: it may or may not have been applied)", e) from e
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if _maybe_sent(e):
+                raise AmbiguousCommit(f"redis {self.url}: commit failed: {self._why(e)}: it may "
+                                      f"or may not have been applied") from e
+            raise self._fail("commit", e) from e
         except redis.RedisError as e:
             raise self._fail("commit", e) from e
+        ok, n = res[0], res[1]
         if not ok:
             raise TxnFailed(f"check failed: {checks[int(n) - 1]}")
+        self._note_epoch(res[2] if len(res) > 2 else None)
         return int(n)
 
     def increment(self, key: str, amount: int = 1) -> int:
@@ -504,6 +544,7 @@ class _RedisWatch:
         if self._epoch is None:
             self._epoch = epoch
         if epoch != self._epoch:
+            self._drv._note_epoch(epoch)
             raise _Gap("the database was replaced (server restarted empty?)", seq)
         if seq < self._seq:
             raise _Gap(f"server revision {seq} is behind {self._seq} (history lost)", seq)
