@@ -92,14 +92,14 @@ T = TypeVar("T")
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: the most ops one (nested) Txn may carry
 _REQUIRE_LEADER = (("hasleader", "true"),)  # a member cut off from the leader ends watches
-_MIN_BACKOFF, _MAX_BACKOFF = 0.05, 2.0
+_MIN_BACKOFF, _MAX_BACKOFF = 0.05, 0.5  # an NB back after an outage is seen within 0.5 s
 _CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", -1),  # get_prefix of a big NB in one answer
     ("grpc.keepalive_time_ms", 10_000),  # etcd refuses pings more often than every 5 s
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.use_local_subchannel_pool", 1),  # one connection per driver, not per process
 )
 

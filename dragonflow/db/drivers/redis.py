@@ -65,7 +65,7 @@ LOG = logging.getLogger(__name__)
 _MAX_SUB = 2**64 - 1  # largest sequence part of a stream id
 _BLOCK_MS = 200  # XREAD BLOCK: bounds how long cancel() waits
 _BATCH = 1000  # stream entries per XREAD
-_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 1.0  # the first reconnect is immediate
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 0.5  # the first reconnect is immediate
 
 # KEYS: v r k seq s epoch.  ARGV: epoch-candidate maxlen nchecks (kind a b)* nops (kind key val)*
 # Checks first, then writes: a failed check writes nothing (not even the epoch).
