@@ -1,4 +1,5 @@
-"""Distributed DHCPv4: every chassis answers its own VMs, from the NB, in the controller.
+"""Distributed DHCPv4 (and DHCPv6: apps/dhcp6.py): every chassis answers its own VMs,
+from the NB, in the controller.
 
 A local port with an IPv4 address on a subnet with DHCP enabled gets one flow: its DHCP
 client traffic (UDP 68 -> 67) is punted, policed per port (meter ``dhcp``). The packet-in
@@ -34,6 +35,7 @@ from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
 
 from dragonflow.apps.arp import arp_reply_actions
 from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.dhcp6 import CLIENT6, FALLBACK_SERVER_MAC, build_reply6, dns_name, v6_subnet
 from dragonflow.model import Network, Port, Subnet
 from dragonflow.ovs.ofchannel import PacketIn
 from dragonflow.pipeline.fields import read_field
@@ -46,7 +48,6 @@ LOG = logging.getLogger(__name__)
 DHCP_PORT_OWNER = "network:dhcp"
 ROUTER_OWNERS = ("network:router_interface", "network:router_interface_distributed",
                  "network:ha_router_replicated_interface")
-FALLBACK_SERVER_MAC = "fa:16:3e:d4:c9:01"  # no DHCP port, no router interface: ours
 METADATA_IP = "169.254.169.254"
 CLIENT = {"eth_type": 0x0800, "ip_proto": 17, "udp_src": 68, "udp_dst": 67}
 # message types os-ken's codec does not name (RFC 2132 9.6)
@@ -105,18 +106,13 @@ def encode_option(kind: str, value: str) -> bytes:
         fmt = {"u8": "!B", "bool": "!B", "u16": "!H", "u32": "!I"}[kind]
         return struct.pack(fmt, n)
     if kind == "domains":
-        return b"".join(_dns_name(p) for p in parts)
+        return b"".join(dns_name(p) for p in parts)
     if kind == "routes":  # "dest/len,gw,dest/len,gw"
         return _classless([(ipaddress.IPv4Network(parts[i]), ipaddress.IPv4Address(parts[i + 1]))
                            for i in range(0, len(parts) - 1, 2)])
     return value.encode()
 
 
-def _dns_name(name: str) -> bytes:
-    out = b""
-    for label in name.strip(".").split("."):
-        out += bytes([len(label)]) + label.encode()
-    return out + b"\x00"
 
 
 def _classless(routes: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]]) -> bytes:
@@ -143,7 +139,7 @@ class DhcpApp:
               sets=fields("eth_src", "eth_dst", "arp_op", "arp_sha", "arp_tha", "arp_spa",
                           "arp_tpa"),
               punt=True, miss="next",
-              doc="DHCPv4 from local ports punted (answered from the NB); server ARP"),
+              doc="DHCPv4/v6 from local ports punted (answered from the NB); server ARP"),
     )
     # a VM flooding DISCOVERs uses up its own budget, not its neighbours' leases
     meters = (MeterDecl("dhcp", rate=1000, burst=200, per_port=50, per_port_burst=20),)
@@ -161,11 +157,15 @@ class DhcpApp:
         port = view.port(obj_id)
         if port is None or view.ofport(port.id) is None:
             return []
-        if not any(s is not None and s.enable_dhcp and s.ip_version == 4
-                   for f in port.fixed_ips if (s := view.get(Subnet, f.subnet_id))):
-            return []  # no address to give: its DHCP goes wherever the network sends it
-        return [Flow.make("dhcp", 100, dict(CLIENT, in_port=port.unique_key),
-                          (Meter("dhcp"), ToController()), owner)]
+        flows = []  # no address to give: its DHCP goes wherever the network sends it
+        if any(s is not None and s.enable_dhcp and s.ip_version == 4
+               for f in port.fixed_ips if (s := view.get(Subnet, f.subnet_id))):
+            flows.append(Flow.make("dhcp", 100, dict(CLIENT, in_port=port.unique_key),
+                                   (Meter("dhcp"), ToController()), owner))
+        if v6_subnet(view, port) is not None:
+            flows.append(Flow.make("dhcp", 100, dict(CLIENT6, in_port=port.unique_key),
+                                   (Meter("dhcp"), ToController()), owner))
+        return flows
 
     def _server_arp(self, view: View, net_id: str, owner: str) -> list[Flow]:
         """ARP for each DHCP subnet's server address, when no port or router of the network
@@ -192,7 +192,11 @@ class DhcpApp:
         if port is None or pin.in_port is None:
             return answer
         try:
-            reply = build_reply(topo, port, pin.data, self.config(topo))
+            if pin.data[12:14] == b"\x86\xdd":
+                cfg = self.config(topo)
+                reply = build_reply6(topo, port, pin.data, cfg.dns_servers, cfg.domain)
+            else:
+                reply = build_reply(topo, port, pin.data, self.config(topo))
         except Exception as e:  # the packet library rejects it: malformed, no answer
             self.malformed += 1
             LOG.debug("malformed DHCP from port %s (%d so far): %r", port.id, self.malformed, e)

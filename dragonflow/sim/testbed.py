@@ -200,6 +200,28 @@ class Vm:
                             ).stdout.strip().split("/")[0]
         return proc
 
+    def dhclient6(self, stateless: bool = False, timeout: int = 15
+                  ) -> subprocess.CompletedProcess[str]:
+        """ISC dhclient for IPv6: an address (IA_NA) from DHCPv6, or with ``stateless``
+        only the options (INFORMATION-REQUEST); resolv.conf as in :meth:`dhclient`."""
+        etc = Path("/etc/netns") / self.netns
+        etc.mkdir(parents=True, exist_ok=True)
+        if not (etc / "resolv.conf").exists():
+            (etc / "resolv.conf").write_text("")
+        base = self.node.rundir / f"dhclient6-{self.name}"
+        Path(f"{base}.conf").write_text(
+            f"timeout {timeout};\nretry 1;\n"
+            "request dhcp6.name-servers, dhcp6.domain-search;\n")
+        deadline = time.monotonic() + 10  # its link-local address must be past DAD
+        while time.monotonic() < deadline:
+            ll = self.exec(["ip", "-6", "addr", "show", "dev", "eth0", "scope", "link"]).stdout
+            if "inet6" in ll and "tentative" not in ll:
+                break
+            time.sleep(0.1)
+        argv = ["dhclient", "-6", "-1", "-v", "-cf", f"{base}.conf", "-lf", f"{base}.leases",
+                "-pf", f"{base}.pid"] + (["-S"] if stateless else []) + ["eth0"]
+        return self.exec(argv, timeout=timeout + 15)
+
     def resolv_conf(self) -> str:
         path = Path("/etc/netns") / self.netns / "resolv.conf"
         return path.read_text() if path.exists() else ""

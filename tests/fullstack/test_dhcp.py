@@ -183,3 +183,31 @@ def test_a_discover_flood_does_not_starve_a_neighbours_lease(testbed: Testbed) -
         assert got.returncode == 0 and good.ip == "10.93.0.11", got.stderr[-1500:]
     finally:
         d.stop()
+
+
+def test_dhcpv6_stateful_gives_the_nb_address_and_stateless_the_options(
+        dep: Deployment) -> None:
+    n = dep.bed.nodes
+    dep.network("six", "vxlan", 905, "10.94.0.0/24", dhcp=True)
+    dep.subnet("six", "six-full", "fd00:94::/64", gateway_ip="fd00:94::1",
+               ipv6_mode="dhcpv6-stateful")
+    dep.network("less", "vxlan", 906, "10.95.0.0/24", dhcp=True)
+    dep.subnet("less", "less-opts", "fd00:95::/64", gateway_ip="fd00:95::1",
+               ipv6_mode="dhcpv6-stateless")
+    for sid, dns in (("six-full", "fd00:94::53"), ("less-opts", "fd00:95::53")):
+        sub = dep.nb.get(Subnet, sid)
+        assert sub is not None
+        dep.nb.update(sub.replace(dns_nameservers=(dns,)))
+    a = dep.vm(n["hv1"], "a6", "six", "fa:16:3e:94:00:11", "10.94.0.11",
+               ipv6="fd00:94::1:11/64", ipv6_subnet="six-full", slaac=True)
+    b = dep.vm(n["hv2"], "b6", "less", "fa:16:3e:95:00:11", "10.95.0.11",
+               ipv6="fd00:95::f816:3eff:fe95:11/64", ipv6_subnet="less-opts", slaac=True)
+    dep.wait_active(["a6-port", "b6-port"], timeout=60)
+    got = a.dhclient6(timeout=10)
+    assert got.returncode == 0, got.stderr[-2000:]
+    addrs = a.exec(["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]).stdout
+    assert "fd00:94::1:11/128" in addrs, (addrs, got.stderr[-1500:])  # exactly the NB's
+    assert "fd00:94::53" in a.resolv_conf(), a.resolv_conf()
+    got = b.dhclient6(stateless=True, timeout=10)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert "fd00:95::53" in b.resolv_conf(), b.resolv_conf()

@@ -148,7 +148,7 @@ def _pin(data: bytes) -> PacketIn:
                     data=data, buffer_id=0xffffffff, total_len=len(data))
 
 
-@settings(max_examples=6000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.sampled_from(_VALID), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
                                          max_size=8), st.integers(0, 400))
 def test_mutated_dhcp_packets_never_raise(base: bytes, flips: list[tuple[int, int]],
@@ -162,7 +162,7 @@ def test_mutated_dhcp_packets_never_raise(base: bytes, flips: list[tuple[int, in
         assert packet.Packet(frame).get_protocol(dhcp.dhcp) is not None
 
 
-@settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.binary(max_size=600))
 def test_random_bytes_never_raise(tail: bytes) -> None:
     frame = (bytes.fromhex("ffffffffffff") + bytes.fromhex(MAC.replace(":", "")) + b"\x08\x00"
@@ -170,3 +170,98 @@ def test_random_bytes_never_raise(tail: bytes) -> None:
     app = DhcpApp()
     for _, out in app.packet_in(_T, "dhcp", _pin(frame)).frames:
         assert packet.Packet(out).get_protocol(dhcp.dhcp) is not None
+
+
+# --- DHCPv6 ------------------------------------------------------------------------------
+from os_ken.lib.packet import dhcp6, ipv6  # noqa: E402
+
+from dragonflow.apps.dhcp6 import build_reply6  # noqa: E402
+
+
+def topo6(mode: str) -> tuple[Topology, Port]:
+    t = Topology(ChassisFacts("hv1", "10.255.0.11", ("vxlan",)))
+    port = Port.from_dict({"id": "p", "topic": "t", "network_id": "n", "mac": MAC,
+                           "unique_key": 3,
+                           "fixed_ips": [{"subnet_id": "s6", "ip_address": "fd00::10"}]})
+    t.replace_all([
+        Network(id="n", topic="t", network_type="vxlan", segmentation_id=5, unique_key=1),
+        Subnet.from_dict({"id": "s6", "topic": "t", "network_id": "n", "cidr": "fd00::/64",
+                          "gateway_ip": "fd00::1", "dns_nameservers": ["fd00::53"],
+                          "ipv6_ra_mode": mode, "ipv6_address_mode": mode}),
+        port])
+    return t, port
+
+
+CLIENT_DUID = bytes.fromhex("00030001") + bytes.fromhex(MAC.replace(":", ""))
+
+
+def request6(kind: int, *, ia: bool = True, server: bytes | None = None) -> bytes:
+    opts = [dhcp6.option(code=dhcp6.DHCPV6_OPTION_CLIENTID, data=CLIENT_DUID,
+                         length=len(CLIENT_DUID))]
+    if ia:
+        opts.append(dhcp6.option(code=dhcp6.DHCPV6_OPTION_IA_NA, data=b"\x00\x00\x00\x07"
+                                 + b"\x00" * 8, length=12))
+    if server:
+        opts.append(dhcp6.option(code=dhcp6.DHCPV6_OPTION_SERVERID, data=server,
+                                 length=len(server)))
+    p = packet.Packet()
+    p.add_protocol(ethernet.ethernet(dst="33:33:00:01:00:02", src=MAC, ethertype=0x86DD))
+    p.add_protocol(ipv6.ipv6(src="fe80::f816:3eff:fe00:a", dst="ff02::1:2", nxt=17))
+    p.add_protocol(udp.udp(src_port=546, dst_port=547))
+    p.add_protocol(dhcp6.dhcp6(kind, dhcp6.options(option_list=opts), transaction_id=0x42))
+    p.serialize()
+    return bytes(p.data)
+
+
+def answer6(t: Topology, port: Port, data: bytes) -> tuple[ipv6.ipv6, dhcp6.dhcp6,
+                                                           dict[int, bytes]]:
+    raw = build_reply6(t, port, data, (), "openstacklocal")
+    assert raw is not None
+    p = packet.Packet(raw)
+    d = p.get_protocol(dhcp6.dhcp6)
+    return p.get_protocol(ipv6.ipv6), d, {o.code: o.data for o in d.options.option_list}
+
+
+def test_dhcpv6_stateful_advertises_and_replies_the_nb_address() -> None:
+    t, port = topo6("dhcpv6-stateful")
+    ip, d, o = answer6(t, port, request6(dhcp6.DHCPV6_SOLICIT))
+    assert d.msg_type == dhcp6.DHCPV6_ADVERTISE and d.transaction_id == 0x42
+    assert ipaddress.IPv6Address("fd00::10").packed in o[dhcp6.DHCPV6_OPTION_IA_NA]
+    assert o[23] == ipaddress.IPv6Address("fd00::53").packed
+    assert ip.dst == "fe80::f816:3eff:fe00:a" and ip.src.startswith("fe80::")
+    server = o[dhcp6.DHCPV6_OPTION_SERVERID]
+    _, d, o = answer6(t, port, request6(dhcp6.DHCPV6_REQUEST, server=server))
+    assert d.msg_type == dhcp6.DHCPV6_REPLY
+    assert ipaddress.IPv6Address("fd00::10").packed in o[dhcp6.DHCPV6_OPTION_IA_NA]
+    # a REQUEST for another server is not ours to answer
+    assert build_reply6(t, port, request6(dhcp6.DHCPV6_REQUEST, server=b"\x00\x03\x00\x01"
+                                          + b"\x02" * 6), (), "") is None
+
+
+def test_dhcpv6_stateless_answers_options_and_no_address() -> None:
+    t, port = topo6("dhcpv6-stateless")
+    _, d, o = answer6(t, port, request6(dhcp6.DHCPV6_INFORMATION_REQUEST, ia=False))
+    assert d.msg_type == dhcp6.DHCPV6_REPLY and dhcp6.DHCPV6_OPTION_IA_NA not in o
+    assert o[23] == ipaddress.IPv6Address("fd00::53").packed and o[24].startswith(b"\x0e")
+    _, d, o = answer6(t, port, request6(dhcp6.DHCPV6_SOLICIT))
+    ia = o[dhcp6.DHCPV6_OPTION_IA_NA]
+    assert ipaddress.IPv6Address("fd00::10").packed not in ia and b"\x00\x02" in ia  # NoAddrs
+
+
+_T6, _PORT6 = topo6("dhcpv6-stateful")
+_VALID6 = [request6(dhcp6.DHCPV6_SOLICIT), request6(dhcp6.DHCPV6_INFORMATION_REQUEST),
+           request6(dhcp6.DHCPV6_RENEW, server=b"\x00\x03\x00\x01" + b"\x01" * 6)]
+
+
+@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(_VALID6), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)),
+                                          max_size=8), st.integers(0, 120))
+def test_mutated_dhcpv6_packets_never_raise(base: bytes, flips: list[tuple[int, int]],
+                                            cut: int) -> None:
+    data = bytearray(base)
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    answer = DhcpApp().packet_in(_T6, "dhcp", _pin(bytes(data[:max(14, len(data) - cut)])))
+    for _, frame in answer.frames:
+        assert packet.Packet(frame).get_protocol(dhcp6.dhcp6) is not None
