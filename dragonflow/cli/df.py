@@ -20,6 +20,7 @@ df demo --neutron  the real Neutron API (gunicorn, ML2 driver df + df-l3, sqlite
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dragonflow.apps.ra import link_local
 from dragonflow.db.connect import open_nb
 from dragonflow.sim import neutron_aio
 from dragonflow.sim.deploy import Deployment
@@ -42,13 +44,17 @@ DEMO_PREFIX = "dfdemo"
 STATE = Path("/run/dragonflow-demo.json")
 
 NODES = [("hv1", "10.255.0.11"), ("hv2", "10.255.0.12"), ("hv3", "10.255.0.13")]
-NETWORKS = [("blue", "vxlan", 1001, "10.0.0.0/24"), ("red", "geneve", 1002, "10.0.0.0/24")]
+NETWORKS = [("blue", "vxlan", 1001, "10.0.0.0/24"), ("red", "geneve", 1002, "10.0.0.0/24"),
+            ("green", "vxlan", 1003, "10.1.0.0/24")]
+ROUTED = {"blue", "green"}  # router r1 joins them; red (blue's CIDR) stays on its own
+GREEN6 = "fd00:1::/64"  # green's IPv6 subnet: SLAAC from r1's advertisements
 VMS = [  # name, node, network, mac, ip
     ("b1", "hv1", "blue", "fa:16:3e:00:01:01", "10.0.0.11"),
     ("b2", "hv2", "blue", "fa:16:3e:00:01:02", "10.0.0.12"),
     ("b3", "hv3", "blue", "fa:16:3e:00:01:03", "10.0.0.13"),
     ("r1", "hv1", "red", "fa:16:3e:00:02:01", "10.0.0.21"),
     ("r2", "hv3", "red", "fa:16:3e:00:02:02", "10.0.0.22"),
+    ("g1", "hv2", "green", "fa:16:3e:00:03:01", "10.1.0.11"),
 ]
 
 
@@ -105,12 +111,31 @@ def ping_matrix(vms: dict[str, Vm], nets: dict[str, str]) -> tuple[int, int]:
                 row += f"{'':>7}"
                 continue
             ok = results[(a, b)]
-            expect = nets[a] == nets[b] and vms[a].ip != vms[b].ip
+            expect = (nets[a] == nets[b] or {nets[a], nets[b]} <= ROUTED) and \
+                vms[a].ip != vms[b].ip
             row += f"{'ok' if ok else '--':>6}{'' if expect else '*'}"
             good += ok == expect
             bad += ok != expect
         say(row)
     return good, bad
+
+
+def eui64(prefix: str, mac: str) -> str:
+    """The SLAAC address Neutron computes for ``mac`` in ``prefix``."""
+    iid = ipaddress.IPv6Address(link_local(mac)).packed[8:]
+    net = ipaddress.IPv6Network(prefix).network_address.packed[:8]
+    return str(ipaddress.IPv6Address(net + iid))
+
+
+def wait_global_v6(vm: Vm, timeout: float = 10.0) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = vm.exec(["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"])
+        for line in out.stdout.splitlines():
+            if "tentative" not in line:
+                return line.split()[3].split("/")[0]
+        time.sleep(0.2)
+    return None
 
 
 def dhcp_all(vms: dict[str, Vm]) -> dict[str, str]:
@@ -167,11 +192,21 @@ def demo(args: argparse.Namespace) -> int:
             f"underlay {', '.join(ip for _, ip in NODES)}), local controllers started")
         for name, ntype, vni, cidr in NETWORKS:
             dep.network(name, ntype, vni, cidr, dhcp=True, dns=("10.0.0.53",))
+        dep.subnet("green", "green-subnet6", GREEN6, gateway_ip="fd00:1::1", ipv6_mode="slaac")
         vms = {}
         for vm, hv_name, net, mac, ip in VMS:
-            vms[vm] = dep.vm(nodes[hv_name], vm, net, mac, ip, dhcp=True)
+            v6 = eui64(GREEN6, mac) if net == "green" else None
+            vms[vm] = dep.vm(nodes[hv_name], vm, net, mac, ip, dhcp=True,
+                             ipv6=f"{v6}/64" if v6 else None, slaac=v6 is not None)
+        dep.router("r1", [("blue", ["10.0.0.1/24"]), ("green", ["10.1.0.1/24", "fd00:1::1/64"])])
         up = dep.wait_active([f"{vm}-port" for vm, *_ in VMS], timeout=60)
         leases = dhcp_all(vms)
+        g1 = vms["g1"]
+        # IPv6 off and on again: the kernel solicits a router (a link bounce would also drop
+        # the IPv4 routes DHCP just installed)
+        g1.exec("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1; "
+                "sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0")
+        slaac = wait_global_v6(g1)
         say(f"\nTopology (set up in {time.monotonic() - t0:.1f} s; port ACTIVE = flows "
             "confirmed by an OpenFlow barrier on its node):")
         for name, ntype, vni, cidr in NETWORKS:
@@ -180,11 +215,14 @@ def demo(args: argparse.Namespace) -> int:
                 if net == name:
                     say(f"    VM {vm}  {ip:<10} {mac}  on {node}   "
                         f"ACTIVE {up[vm + '-port'] * 1000:.0f} ms after its NB port was created")
-        say("  (blue and red use the SAME CIDR: they must stay isolated)")
+        say("  (blue and red use the SAME CIDR: they must stay isolated; router r1 joins "
+            "blue and green, on every node)")
         say("\nThe VMs booted with no address and asked DHCP (ISC dhclient); each chassis "
             "answered its own VMs from the NB:")
         for vm in vms:
             say(f"  {vm}: {leases[vm]}")
+        say(f"  g1 formed {slaac or 'NO ADDRESS'} by SLAAC from r1's router advertisements "
+            f"(Neutron's address: {eui64(GREEN6, g1.mac)})")
         say("")
         good, bad = ping_matrix(vms, {vm: net for vm, _, net, _, _ in VMS})
         say(f"\n{good} pairs behaved as designed, {bad} did not.")
