@@ -17,7 +17,9 @@ MAC or IP) and answers from the NB, as RFC 2131 says:
   gateway, and the default route when there are host routes -- a client that gets option 121
   ignores option 3), and the port's extra DHCP options (by name or number).
 * The server address is the subnet's ``dhcp_ip``, else the address of the network's DHCP
-  port (device_owner network:dhcp), else the gateway; its MAC is that port's or the router
+  port (device_owner network:dhcp), else the gateway, else the subnet's first (or last) host
+  address when no port uses it (a subnet without a gateway still gets DHCP, and the metadata
+  route points at this address); its MAC is that port's or the router
   interface's, else a fixed locally administered one. ARP for the server address is answered
   here when nothing else on the network owns it, so unicast renewals reach us.
 
@@ -233,6 +235,10 @@ def server_of(sub: Subnet, ports: list[Port], all_ports: list[Port]) -> Server |
         ip = next(f.ip_address for f in dhcp_port.fixed_ips if f.subnet_id == sub.id)
     if ip is None:
         ip = sub.gateway_ip
+    if ip is None:  # no gateway, no DHCP port: the first (else last) host address no port uses
+        used = {f.ip_address for p in all_ports for f in p.fixed_ips}
+        hosts = (sub.cidr[1], sub.cidr[-2]) if sub.cidr.num_addresses > 2 else ()
+        ip = next((h for h in hosts if h not in used), None)
     if ip is None:
         return None
     owner = next((p for p in all_ports if any(f.ip_address == ip for f in p.fixed_ips)), None)

@@ -101,8 +101,10 @@ def test_inform_release_decline_and_no_address() -> None:
 
 def test_a_subnet_without_gateway_is_served_from_its_dhcp_port_with_a_metadata_route() -> None:
     t, port = topo(gateway=None)
-    # no gateway, no DHCP port, no dhcp_ip: no server address to answer from
-    assert build_reply(t, port, request(dhcp.DHCP_DISCOVER), DhcpConfig()) is None
+    # no gateway, no DHCP port, no dhcp_ip: the first host address no port uses serves
+    _, _, o = answer(t, port, request(dhcp.DHCP_DISCOVER))
+    assert o[54] == ipaddress.IPv4Address("10.0.0.1").packed and 3 not in o
+    assert o[121] == bytes([32, 169, 254, 169, 254, 10, 0, 0, 1])
     t.apply("port", "dhcp", Port.from_dict({
         "id": "dhcp", "topic": "t", "network_id": "n", "mac": "fa:16:3e:00:00:02",
         "device_owner": "network:dhcp", "unique_key": 9,
