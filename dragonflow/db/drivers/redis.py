@@ -63,7 +63,7 @@ from dragonflow.db.security import NbSecurity, SecurityConfigError, opt, redact_
 LOG = logging.getLogger(__name__)
 
 _MAX_SUB = 2**64 - 1  # largest sequence part of a stream id
-_BLOCK_MS = 200  # XREAD BLOCK: bounds how long cancel() waits
+_BLOCK_MS = 2000  # XREAD BLOCK: an idle watch makes one round trip per 2 s (cancel() cuts it)
 _BATCH = 1000  # stream entries per XREAD
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 0.5  # the first reconnect is immediate
 
@@ -457,6 +457,12 @@ class _RedisWatch:
 
     def cancel(self) -> None:
         self._stop.set()
+        conn = self._conn
+        if conn is not None:  # cut a blocked XREAD short: the thread sees _stop and ends
+            try:
+                conn.connection_pool.disconnect(inuse_connections=True)
+            except (redis.RedisError, OSError):
+                pass
         if threading.current_thread() is not self._thread and self._thread.ident is not None:
             self._thread.join()
 
@@ -481,6 +487,8 @@ class _RedisWatch:
                     self._read(self._conn)
                     backoff = 0.0
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                    if self._stop.is_set():
+                        return  # cancel() cut the connection
                     # refused credentials or TLS need an operator; a lost link does not
                     serious = isinstance(e, redis.AuthenticationError) or isinstance(
                         e.__context__, ssl.SSLError)
