@@ -125,28 +125,43 @@ class Reconciler:
         return bool(owners)
 
     def _sync_meters(self, sink: FlowSink, desired: dict[int, OfMeter], full: bool) -> None:
-        """Meters first (a flow naming a missing meter is refused). After a (re)connect the
-        switch may hold them already (from the last run): an add that finds one modifies
-        it. Meter-mods cannot go into a bundle (OVS refuses them there)."""
+        """Meters first (a flow naming a missing meter is refused), all changes in one
+        round trip (meter-mods cannot go into a bundle: OVS refuses them there). A full sync
+        (a (re)connect: the switch may hold meters of the last run) deletes every meter
+        first -- only the punt flows use meters, and the full flow install that follows
+        replaces those anyway -- so every meter is then simply added."""
         install = getattr(sink, "install_meters", None)
         if install is None:
             return
         if full:
-            self.meters_installed = {}
+            delete_all = getattr(sink, "delete_all_meters", None)
+            if delete_all is not None:
+                delete_all()
+                self.meters_installed = {}
         elif desired == self.meters_installed:
             return
-        for mid, m in sorted(desired.items()):
-            if self.meters_installed.get(mid) == m:
-                continue
+        ops = [("add" if mid not in self.meters_installed else "modify", m)
+               for mid, m in sorted(desired.items()) if self.meters_installed.get(mid) != m]
+        if ops:
             try:
-                install([("add" if mid not in self.meters_installed else "modify", m)])
+                install(ops)
             except Exception as e:
                 name = getattr(getattr(e, "error", None), "name", "")
                 if "METER_EXISTS" not in str(name):
                     raise
-                install([("modify", m)])
-            self.meters_installed[mid] = m
-        for mid, m in sorted(self.meters_installed.items()):
-            if mid not in desired:
-                install([("delete", m)])  # after its flows are gone (they were withdrawn
-                del self.meters_installed[mid]  # with the owners that used it)
+                # a switch that kept meters we did not know of (no delete_all): one by one
+                for op, m in ops:
+                    try:
+                        install([(op, m)])
+                    except Exception as e2:
+                        if "METER_EXISTS" not in str(getattr(getattr(e2, "error", None),
+                                                             "name", "")):
+                            raise
+                        install([("modify", m)])
+            for _, m in ops:
+                self.meters_installed[m.meter_id] = m
+        gone = [m for mid, m in sorted(self.meters_installed.items()) if mid not in desired]
+        if gone:  # after their flows are gone (withdrawn with the owners that used them)
+            install([("delete", m) for m in gone])
+            for m in gone:
+                del self.meters_installed[m.meter_id]
