@@ -536,16 +536,19 @@ class _RedisWatch:
         return got
 
     def _read(self, conn: redis.Redis) -> None:
-        """One round trip: the epoch and revision, then XREAD BLOCK from the last entry.
+        """One round trip: the epoch, the revision and what the stream has after the last
+        entry; only when that is nothing, a second one: XREAD BLOCK.
 
-        Checking the epoch and revision on every read (not only after a reconnect the client
-        may hide) proves the entries come from the history we were following.
+        Checking the epoch and revision before every read (not only after a reconnect the
+        client may hide) proves the entries come from the history we were following; a
+        server restarted empty is seen at once (a blocked read would wait for entries past
+        the old position, which the new stream may not reach for long).
         """
         pipe = conn.pipeline(transaction=False)
         pipe.set(self._k.epoch, uuid.uuid4().hex, nx=True)
         pipe.get(self._k.epoch)
         pipe.get(self._k.seq)
-        pipe.xread({self._k.stream: self._last_id()}, count=_BATCH, block=_BLOCK_MS)
+        pipe.xread({self._k.stream: self._last_id()}, count=_BATCH)
         resp: Any
         _, epoch, seq_raw, resp = pipe.execute()
         seq = int(seq_raw or 0)
@@ -559,7 +562,10 @@ class _RedisWatch:
         if not resp:
             if seq > self._seq or self._idx < self._n - 1:  # entries existed before XREAD
                 raise _Gap(f"stream has nothing after {self._last_id()} (trimmed)", seq)
-            return
+            resp = conn.xread({self._k.stream: self._last_id()}, count=_BATCH,
+                              block=_BLOCK_MS)
+            if not resp:
+                return
         for entry_id, fields in resp[0][1]:
             if self._stop.is_set():
                 return
