@@ -69,7 +69,8 @@ controller_opts = [
                     "(punix:<rundir>/<bridge>.df) is created here."),
     cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.5,
                  help="Seconds between chassis heartbeats written to the NB database."),
-    cfg.ListOpt("apps", default=["physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3"],
+    cfg.ListOpt("apps", default=["physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3",
+                                 "metadata"],
                 help="Apps compiled into the pipeline (stevedore namespace dragonflow.apps). "
                      "Each app declares its own stages; the pipeline is assembled from the "
                      "enabled apps and checked at start-up (an app of another package is "
@@ -98,9 +99,43 @@ controller_opts = [
 ]
 
 
+metadata_opts = [
+    cfg.StrOpt("interface", default="df-metadata",
+               help="Metadata: the OVS internal port on the integration bridge where "
+                    "df-metadata listens on 169.254.169.254:80 (df-metadata creates it; the "
+                    "controller steers every local port's requests to it). Both read this "
+                    "option: give them the same value."),
+    cfg.StrOpt("netns", default="",
+               help="Metadata: the network namespace (an `ip netns` name) of the integration "
+                    "bridge's devices, if it is not df-metadata's own -- e.g. a node of the "
+                    "test bed, whose OVS runs in a namespace while its control plane does "
+                    "not. Empty: df-metadata's own (a compute host)."),
+    cfg.StrOpt("nova_metadata_url", default=None,
+               help="Metadata: Nova's metadata API, http(s)://host:port (e.g. "
+                    "http://10.0.0.2:8775). Requests are forwarded there with X-Instance-ID "
+                    "(the port's device id), X-Tenant-ID, X-Forwarded-For and "
+                    "X-Instance-ID-Signature. Unset: df-metadata answers from the NB itself "
+                    "(openstack/<version>/meta_data.json and network_data.json)."),
+    cfg.StrOpt("metadata_proxy_shared_secret", default="", secret=True,
+               help="Metadata: the secret shared with Nova ([neutron] "
+                    "metadata_proxy_shared_secret in nova.conf): X-Instance-ID-Signature is "
+                    "HMAC-SHA256 of the instance id with it."),
+    cfg.FloatOpt("nova_metadata_timeout", default=10.0, min=0.5,
+                 help="Metadata: seconds before a request forwarded to Nova is given up "
+                      "(the VM gets 504)."),
+    cfg.IntOpt("syn_rate", default=20, min=1,
+               help="Metadata: TCP connections per second one local port may open to the "
+                    "metadata service (an OpenFlow meter per port on its SYNs; the excess is "
+                    "dropped and the VM's TCP retries)."),
+    cfg.IntOpt("syn_burst", default=40, min=0,
+               help="Metadata: burst of syn_rate (SYNs), per port."),
+]
+
+
 def register(conf: cfg.ConfigOpts) -> cfg.ConfigOpts:
     conf.register_opts(df_opts, group="df")
     conf.register_opts(controller_opts, group="controller")
+    conf.register_opts(metadata_opts, group="metadata")
     return conf
 
 
@@ -118,4 +153,5 @@ def load(conf: cfg.ConfigOpts, argv: list[str], prog: str, description: str = ""
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """For oslo-config-generator (entry point oslo.config.opts)."""
-    return [("df", list(df_opts)), ("controller", list(controller_opts))]
+    return [("df", list(df_opts)), ("controller", list(controller_opts)),
+            ("metadata", list(metadata_opts))]

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(openvswitch-switch etcd-server etcd-client redis-server iproute2 iputils-ping
-      tcpdump ethtool socat isc-dhcp-client traceroute python3-venv python3-dev gcc)
+      tcpdump ethtool socat isc-dhcp-client traceroute curl python3-venv python3-dev gcc)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

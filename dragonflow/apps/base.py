@@ -9,7 +9,9 @@ packet-in handlers and meters.
 * ``compile(view, owner)``: that owner's flows, reading only through ``view`` (which
   records dependencies);
 * ``packet_in(topo, stage, pin) -> Answer`` / ``flow_removed(topo, stage, msg) -> touched``
-  (optional): for its stages declared ``punt=True`` (see pipeline/punt.py).
+  (optional): for its stages declared ``punt=True`` (see pipeline/punt.py);
+* ``configure(facts)`` (optional): called once with this chassis' ChassisFacts before the
+  pipeline is assembled, for declarations that follow configuration (e.g. a meter's rate).
 
 Apps never send anything, never name a table number, and never write into another app's
 stage; "go on" is ``Next()``, another stage only through the stage declaration's ``goto``.

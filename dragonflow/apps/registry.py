@@ -11,7 +11,7 @@ from stevedore import named
 from dragonflow.apps.base import App
 
 NAMESPACE = "dragonflow.apps"
-DEFAULT_APPS = ("physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3")
+DEFAULT_APPS = ("physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3", "metadata")
 
 
 def load_apps(names: Sequence[str] = DEFAULT_APPS) -> list[App]:

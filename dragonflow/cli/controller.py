@@ -29,7 +29,10 @@ def config_from(conf: object) -> ControllerConfig:
         bridge_mappings=dict(c.bridge_mappings), l3_mode=c.l3_mode,
         reactive_idle_timeout=c.reactive_idle_timeout, status_file=c.status_file,
         dhcp_lease_time=c.dhcp_lease_time, dhcp_dns_servers=tuple(c.dhcp_dns_servers),
-        dhcp_domain=c.dhcp_domain, ra_interval=c.ra_interval)
+        dhcp_domain=c.dhcp_domain, ra_interval=c.ra_interval,
+        metadata_interface=conf.metadata.interface,  # type: ignore[attr-defined]
+        metadata_syn_rate=conf.metadata.syn_rate,  # type: ignore[attr-defined]
+        metadata_syn_burst=conf.metadata.syn_burst)  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,35 @@ def dhcp_all(vms: dict[str, Vm]) -> dict[str, str]:
     return out
 
 
+def metadata_all(vms: dict[str, Vm], wait: float = 15.0) -> dict[str, str]:
+    """What each VM's ``curl http://169.254.169.254/openstack/latest/meta_data.json`` got
+    (asked at once; retried until ``wait`` while the flows come)."""
+    out: dict[str, str] = {}
+    url = "http://169.254.169.254/openstack/latest/meta_data.json"
+
+    def one(name: str, vm: Vm) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            got = vm.exec(["curl", "-s", "-m", "3", "-w", "\n%{http_code}", url], timeout=15)
+            body, _, code = got.stdout.rpartition("\n")
+            if code == "200":
+                md = json.loads(body)
+                out[name] = (f"uuid {md['uuid']}  name {md['name']}  hostname "
+                             f"{md['hostname']}  project {md['project_id']}")
+                return
+            if time.monotonic() > deadline:
+                out[name] = f"NO ANSWER (HTTP {code or 'none'})"
+                return
+            time.sleep(0.3)
+
+    threads = [threading.Thread(target=one, args=(n, v)) for n, v in vms.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def demo(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         say("df demo needs root (network namespaces, Open vSwitch).")
@@ -207,6 +236,9 @@ def demo(args: argparse.Namespace) -> int:
         g1.exec("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1; "
                 "sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0")
         slaac = wait_global_v6(g1)
+        for hv in nodes.values():  # its own process, or a thread here on memory://
+            dep.start_metadata(hv)
+        metadata = metadata_all(vms)
         say(f"\nTopology (set up in {time.monotonic() - t0:.1f} s; port ACTIVE = flows "
             "confirmed by an OpenFlow barrier on its node):")
         for name, ntype, vni, cidr in NETWORKS:
@@ -223,6 +255,10 @@ def demo(args: argparse.Namespace) -> int:
             say(f"  {vm}: {leases[vm]}")
         say(f"  g1 formed {slaac or 'NO ADDRESS'} by SLAAC from r1's router advertisements "
             f"(Neutron's address: {eui64(GREEN6, g1.mac)})")
+        say("\nEach VM asked the metadata service (curl http://169.254.169.254/openstack/"
+            "latest/meta_data.json); its own chassis' df-metadata answered from the NB:")
+        for vm in vms:
+            say(f"  {vm}: {metadata[vm]}")
         say("")
         good, bad = ping_matrix(vms, {vm: net for vm, _, net, _, _ in VMS})
         say(f"\n{good} pairs behaved as designed, {bad} did not.")
@@ -244,7 +280,7 @@ def demo(args: argparse.Namespace) -> int:
             say(f"  df-db --db {args.db} ls port   (and: dump, watch)")
         if args.keep:
             kept = True
-            pids = [cp.pid for cp in dep.processes.values()]
+            pids = [cp.pid for cp in [*dep.processes.values(), *dep.metadata.values()]]
             STATE.write_text(json.dumps({"prefix": bed.prefix, "rundir": str(bed.rundir),
                                          "pids": pids}))
             if in_process:
@@ -258,7 +294,8 @@ def demo(args: argparse.Namespace) -> int:
                     pass
             else:
                 say("\n--keep: left running. `df demo --clean` removes everything.")
-        return 0 if bad == 0 else 2
+        unserved = [vm for vm, got in metadata.items() if got.startswith("NO ANSWER")]
+        return 0 if bad == 0 and not unserved else 2
     finally:
         if not kept or in_process:
             dep.stop()

@@ -93,6 +93,9 @@ class ControllerConfig:
     dhcp_dns_servers: tuple[str, ...] = ()
     dhcp_domain: str = "openstacklocal"
     ra_interval: float = 30.0
+    metadata_interface: str = "df-metadata"  # where df-metadata listens (apps/metadata.py)
+    metadata_syn_rate: int = 20
+    metadata_syn_burst: int = 40
     status_file: str | None = None  # default: <ovs_rundir>/<bridge>.df-status.json
 
     @property
@@ -128,7 +131,9 @@ class LocalController:
                                           dhcp_lease_time=cfg.dhcp_lease_time,
                                           dhcp_dns_servers=tuple(cfg.dhcp_dns_servers),
                                           dhcp_domain=cfg.dhcp_domain,
-                                          ra_interval=cfg.ra_interval))
+                                          ra_interval=cfg.ra_interval,
+                                          metadata_syn_rate=cfg.metadata_syn_rate,
+                                          metadata_syn_burst=cfg.metadata_syn_burst))
         self.engine = Engine(apps(), self.topo)  # assembles + checks the pipeline
         self.pipeline = self.engine.pipeline
         LOG.info("%s: pipeline\n%s", cfg.chassis_id, self.pipeline.describe())
@@ -293,6 +298,9 @@ class LocalController:
     def _iface_to_topology(self, ch: IfaceChange) -> set[DepKey]:
         old = self._ifaces.get(ch.name)
         touched: set[DepKey] = set()
+        if ch.name == self.cfg.metadata_interface:  # the metadata service's port
+            touched |= (self.topo.set_metadata_port(None, None) if ch.kind == "removed"
+                        else self.topo.set_metadata_port(ch.ofport, ch.mac))
         gone = old is not None and (ch.kind == "removed" or old.iface_id != ch.iface_id)
         if old is not None and old.iface_id and gone:
             touched |= self.topo.set_ofport(old.iface_id, None)

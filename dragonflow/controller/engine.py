@@ -33,8 +33,6 @@ from dragonflow.pipeline.topology import DepKey, OwnersView, Topology, View
 LOG = logging.getLogger(__name__)
 MISS_OWNER: OwnerKey = (PIPELINE_APP, "miss")
 COPP_OWNER: OwnerKey = (PIPELINE_APP, "copp")
-PORT_METER_BASE = 0x1000  # per-port punt meters; app meters are 1..255
-MAX_METER_ID = 0xFFFF0000  # OpenFlow's last meter id
 
 
 class Engine:
@@ -42,6 +40,10 @@ class Engine:
                  pipeline: Pipeline | None = None) -> None:
         self.apps = {a.name: a for a in apps}
         self.topo = topo
+        for a in apps:  # an app whose declarations depend on this chassis' config
+            configure = getattr(a, "configure", None)
+            if callable(configure):
+                configure(topo.facts)
         self.pipeline = pipeline if pipeline is not None else Pipeline.assemble(apps)
         self.lowering = Lowering(self.pipeline)
         self.table = FlowTable()
@@ -61,7 +63,7 @@ class Engine:
         # the apps' declared meters, by the ids the pipeline gave them, and the per-port
         # punt meters of the local ports
         self.meters = {mid: OfMeter(mid, m.rate, m.burst, m.unit)
-                       for mid, m in self.pipeline.meters.values()}
+                       for mid, m in self.pipeline.meters.values() if m.punt}
         self._per_port = self.pipeline.per_port_meters()
         self._port_meters: dict[str, dict[int, int]] = {}  # port id -> {app meter: its own}
 
@@ -80,12 +82,9 @@ class Engine:
             self.table.put((PIPELINE_APP, owner), ())
             return
         # the port's meter ids follow from its unique key (same on every run, and the
-        # incremental result equals a full recompute)
-        kinds = sorted(self._per_port)
-        want = {mid: PORT_METER_BASE + port.unique_key * len(kinds) + i
-                for i, mid in enumerate(kinds)}
-        if max(want.values()) > MAX_METER_ID:
-            want = {}  # (2**31 ports) its punts pass the shared meters only
+        # incremental result equals a full recompute); lowering names the same ids for a
+        # flow's Meter(name, port=key)
+        want = self.pipeline.port_meters(port.unique_key)
         for pmid in set(self._port_meters.get(port_id, {}).values()) - set(want.values()):
             self.meters.pop(pmid, None)
         self._port_meters[port_id] = mine = want

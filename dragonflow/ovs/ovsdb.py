@@ -49,7 +49,8 @@ TUNNEL_OPTIONS: Mapping[str, str] = {"remote_ip": "flow", "key": "flow"}
 OPENFLOW_PROTOCOLS = ("OpenFlow13", "OpenFlow15")
 # Interface columns we monitor; 'statistics' and friends are left out on purpose (ovs-vswitchd
 # rewrites them every few seconds).
-_IFACE_COLUMNS = ("name", "type", "ofport", "external_ids", "mac_in_use", "error", "options")
+_IFACE_COLUMNS = ("name", "type", "ofport", "external_ids", "mac_in_use", "error", "options",
+                  "mac")
 # Only the columns we read or write of the other tables: their status/statistics columns
 # (Controller.status, Port/Open_vSwitch statistics, ...) change every few seconds, and every
 # change would be parsed here for nothing.
@@ -388,6 +389,56 @@ class Ovsdb:
                 if left <= 0:
                     missing = sorted(n for n in names if names[n] not in got)
                     raise OvsdbError(f"no ofport after {self.timeout}s for {missing}")
+                self._tracker.cond.wait(left)
+
+    # -- a service's own internal port ---------------------------------------------------
+    def bridge_exists(self, name: str) -> bool:
+        return bool(self._read(
+            lambda api: idlutils.row_by_value(api.idl, "Bridge", "name", name, None) is not None))
+
+    def ensure_internal_port(self, bridge: str, name: str, mac: str,
+                             external_ids: Mapping[str, str] | None = None) -> int:
+        """Internal port ``name`` on ``bridge`` (which must exist) with Interface mac
+        ``mac`` and these external_ids, in one transaction that writes only what differs;
+        waits until it has an ofport and returns it. (The metadata service's interface.)"""
+        ids = dict(external_ids or {})
+
+        def run(api: Any, txn: Any) -> None:
+            br = idlutils.row_by_value(api.idl, "Bridge", "name", bridge, None)
+            if br is None:
+                raise OvsdbError(f"bridge {bridge} does not exist")
+            port = idlutils.row_by_value(api.idl, "Port", "name", name, None)
+            if port is None:
+                _add_port(api, txn, br, name, {"type": "internal", "mac": [mac],
+                                               "external_ids": ids})
+                return
+            if port not in br.ports:
+                raise OvsdbError(f"port {name} exists on another bridge than {bridge}")
+            if len(port.interfaces) != 1:
+                raise OvsdbError(f"port {name} has {len(port.interfaces)} interfaces, expected 1")
+            iface = port.interfaces[0]
+            if iface.type != "internal":
+                iface.type = "internal"
+            if list(iface.mac) != [mac]:
+                iface.mac = [mac]
+            if any(dict(iface.external_ids).get(k) != v for k, v in ids.items()):
+                iface.external_ids = {**dict(iface.external_ids), **ids}
+
+        self._run(run, wait_vswitchd=True)
+        return self._wait_ofport(name)
+
+    def _wait_ofport(self, name: str) -> int:
+        deadline = time.monotonic() + self.timeout
+        with self._tracker.cond:
+            while True:
+                found = next((c for c in self._tracker.rows.values() if c.name == name), None)
+                if found is not None and found.ofport == -1:
+                    raise OvsdbError(f"ovs-vswitchd could not create {name}: {found.error}")
+                if found is not None and found.ofport is not None and found.ofport > 0:
+                    return int(found.ofport)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OvsdbError(f"no ofport after {self.timeout}s for {name}")
                 self._tracker.cond.wait(left)
 
     def tunnel_ofports(self) -> dict[str, int]:

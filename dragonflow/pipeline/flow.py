@@ -102,9 +102,14 @@ class ToController:
 
 @dataclass(frozen=True, slots=True)
 class Meter:
-    """Police the flow's packets with the app's declared meter ``name``."""
+    """Police the flow's packets with the app's declared meter ``name``. With ``port`` (a
+    local port's unique key; the meter must be declared ``per_port``) a flow that does not
+    punt is policed by that port's own meter of this kind instead of the shared one (e.g.
+    one VM's TCP SYNs to a local service); punts are policed per port in the CoPP tables
+    and take no ``port``."""
 
     name: str
+    port: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,7 @@ def punt_origin(match: dict) -> int | None:
 class Lowering:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
+        self._punt_meters = {mid for mid, m in pipeline.meters.values() if m.punt}
 
     # --- control-plane policing (CoPP) -------------------------------------------------
     # Every punt goes through two tables after the pipeline: it loads the table that
@@ -117,7 +118,9 @@ class Lowering:
                          actions=(of.Resubmit(COPP_KIND_TABLE),), cookie=own),
                of.OfFlow(table=COPP_KIND_TABLE, priority=0, match=of.match(),
                          actions=(of.Controller(),), cookie=own)]
-        for _key, (mid, _decl) in sorted(self.p.meters.items()):
+        for _key, (mid, decl) in sorted(self.p.meters.items()):
+            if not decl.punt:
+                continue
             out.append(of.OfFlow(table=COPP_KIND_TABLE, priority=10,
                                  match=_punt_meter_match(mid), actions=(of.Controller(),),
                                  meter=mid, cookie=own))
@@ -133,7 +136,7 @@ class Lowering:
                                                                   PUNT_METER.mask)}),
                           actions=(of.Resubmit(COPP_KIND_TABLE),), meter=pmid,
                           cookie=cookie(PIPELINE_APP, owner))
-                for mid, pmid in sorted(port_meters.items())]
+                for mid, pmid in sorted(port_meters.items()) if mid in self._punt_meters]
 
     def miss_flows(self) -> list[of.OfFlow]:
         out = []
@@ -250,6 +253,15 @@ class Lowering:
                 meter = self.p.meter_id(app, a.name)
                 if meter is None:
                     raise bad(f"app {app} declares no meter {a.name!r}")
+                if a.port:
+                    if lf.ToController() in f.actions:
+                        raise bad("a punt is policed per port in the CoPP tables: "
+                                  "Meter(name) without port")
+                    if meter not in self.p.per_port_meters():
+                        raise bad(f"meter {a.name!r} is not declared per_port")
+                    # the port's own meter (Engine makes it while the port is local); a
+                    # key too large for per-port meter ids falls back to the shared one
+                    meter = self.p.port_meters(a.port).get(meter, meter)
             elif isinstance(a, lf.Ct):
                 actions.append(self._ct(bad, o, a))
             elif isinstance(a, (of.CtClear, of.Conjunction, of.SetQueue)):

@@ -16,8 +16,9 @@ and against the app that produced it: an app cannot put a flow into another app'
 
 The core apps give this pipeline (``df-controller`` logs it at start-up)::
 
-    classify (physical) -> arp_responder (arp) -> nd_responder (nd) -> l2_lookup (l2)
-      -> l3_input (icmp) -> l3_lookup (l3) -> egress (physical)
+    metadata (metadata) -> classify (physical) -> arp_responder (arp) -> dhcp (dhcp)
+      -> nd_responder (nd) -> ra (ra) -> l2_lookup (l2) -> l3_input (icmp)
+      -> l3_lookup (l3) -> egress (physical)
 
 Frames to a router interface MAC go l2_lookup -> l3_input; all others l2_lookup -> egress;
 frames from a tunnel go classify -> l2_lookup.
@@ -71,6 +72,7 @@ class MeterDecl:
     unit: Literal["pktps", "kbps"] = "pktps"
     per_port: int = 0
     per_port_burst: int = 0
+    punt: bool = True  # polices punts (CoPP tables); False: Meter(name, port=) on other flows
 
 
 # Control-plane policing tables, after every stage (Lowering.copp_flows): every punt loads
@@ -81,6 +83,8 @@ class MeterDecl:
 COPP_PORT_TABLE = 250
 COPP_KIND_TABLE = 251
 MAX_APP_METERS = 255  # an app meter id must fit punt_meter (8 bits)
+PORT_METER_BASE = 0x1000  # per-port meters (Pipeline.port_meters); app meters are 1..255
+MAX_METER_ID = 0xFFFF0000  # OpenFlow's last meter id
 
 
 def fields(*names: str) -> frozenset[str]:
@@ -205,6 +209,15 @@ class Pipeline:
     def per_port_meters(self) -> dict[int, MeterDecl]:
         """Meter id -> declaration, of the meters with a per-port budget."""
         return {mid: m for mid, m in self.meters.values() if m.per_port}
+
+    def port_meters(self, port_key: int) -> dict[int, int]:
+        """App meter id -> the meter id of local port ``port_key``'s own meter of that kind,
+        for every meter declared ``per_port``: a function of the key alone (the same on every
+        run, so an incremental compile equals a full one). Empty when the ids would not fit
+        OpenFlow's meter ids (2**31 ports): that port is policed by the shared meters only."""
+        kinds = sorted(self.per_port_meters())
+        want = {mid: PORT_METER_BASE + port_key * len(kinds) + i for i, mid in enumerate(kinds)}
+        return want if port_key > 0 and want and max(want.values()) <= MAX_METER_ID else {}
 
     def describe(self) -> str:
         """One line per stage: table, name, owner, miss (and the CoPP tables, if used)."""

@@ -15,6 +15,7 @@ Dependency keys:
     ("l3_scope",)             the routers with an interface on a local network, and every
                               network those routers reach (routed networks)
     ("learned", router_id)    reactive L3: the destinations this router has seen
+    ("metadata",)             the local metadata service's interface (ofport, MAC)
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ class ChassisFacts:
     dhcp_dns_servers: tuple[str, ...] = ()  # when a subnet names none
     dhcp_domain: str = "openstacklocal"
     ra_interval: float = 30.0  # seconds between unsolicited router advertisements
+    # the local metadata service's interface on the integration bridge (apps/metadata.py):
+    # its ofport and MAC while it exists; TCP SYNs per second (and burst) each local port
+    # may send it
+    metadata_ofport: int | None = None
+    metadata_mac: str | None = None
+    metadata_syn_rate: int = 20
+    metadata_syn_burst: int = 40
 
 
 class Topology:
@@ -129,6 +137,15 @@ class Topology:
             return set()
         seen.discard(ip)
         return {("learned", router_id)}
+
+    def set_metadata_port(self, ofport: int | None, mac: str | None) -> set[DepKey]:
+        """The metadata service's interface appeared, changed or went (None, None)."""
+        if ofport is None or ofport <= 0 or not mac:
+            ofport, mac = None, None
+        if (self.facts.metadata_ofport, self.facts.metadata_mac) == (ofport, mac):
+            return set()
+        self.facts.metadata_ofport, self.facts.metadata_mac = ofport, mac
+        return {("metadata",)}
 
     def set_tunnel_ofports(self, ofports: dict[str, int]) -> set[DepKey]:
         changed: set[DepKey] = {("tunnel", t) for t in set(ofports) | set(self.facts.tunnel_ofports)
@@ -336,6 +353,14 @@ class View:
     def tunnel_ofport(self, tunnel_type: str) -> int | None:
         self.deps.add(("tunnel", tunnel_type))
         return self._t.facts.tunnel_ofports.get(tunnel_type)
+
+    def metadata_port(self) -> tuple[int, str] | None:
+        """(ofport, MAC) of the local metadata service's interface, if it is plugged."""
+        self.deps.add(("metadata",))
+        f = self._t.facts
+        if f.metadata_ofport is None or f.metadata_mac is None:
+            return None
+        return f.metadata_ofport, f.metadata_mac
 
     def is_local_network(self, net_id: str) -> bool:
         self.deps.add(("local_networks",))

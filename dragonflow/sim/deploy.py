@@ -20,6 +20,8 @@ from dragonflow.apps.registry import load_apps
 from dragonflow.controller.controller import ControllerConfig, LocalController
 from dragonflow.db.nbapi import NbApi
 from dragonflow.db.security import NbSecurity
+from dragonflow.metadata.proxy import ProxyConfig
+from dragonflow.metadata.service import MetadataService, ServiceConfig
 from dragonflow.model import Binding, Chassis, DhcpOpt, FixedIp, Network, Port, Router, Subnet
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
@@ -57,6 +59,8 @@ class Deployment:
     nb_security: NbSecurity | None = None  # [df] TLS / credential options of the controllers
     controllers: dict[str, LocalController] = field(default_factory=dict)
     processes: dict[str, ControllerProcess] = field(default_factory=dict)
+    metadata: dict[str, ControllerProcess] = field(default_factory=dict)  # df-metadata
+    metadata_threads: dict[str, MetadataService] = field(default_factory=dict)  # embedded
     created: dict[str, float] = field(default_factory=dict)  # port id -> monotonic time
 
     # --- nodes and controllers -------------------------------------------------------
@@ -112,6 +116,58 @@ class Deployment:
         raise TimeoutError(f"df-controller of {cp.node.name} not up after {timeout}s:\n"
                            f"{cp.log.read_text()[-3000:]}")
 
+    def start_metadata(self, node: Node, nova_url: str | None = None, secret: str = "",
+                       timeout: float = 30.0) -> None:
+        """Run the metadata service of ``node`` as its controller runs: a ``df-metadata``
+        process (``metadata[node]``), or with in-process controllers a thread of this process
+        on the same NbApi (``metadata_threads[node]``; what the embedded memory:// NB needs);
+        its interface and socket in the node's namespace (``[metadata] netns``). Returns when
+        it listens. With ``nova_url`` it forwards to that Nova metadata API, signing with
+        ``secret``."""
+        if self.in_process:
+            svc = MetadataService(ServiceConfig(
+                ovsdb_connection=node.db_target, bridge=BR_INT, proxy=ProxyConfig(
+                    nova_metadata_url=nova_url, shared_secret=secret, netns=node.netns)),
+                self.nb)
+            svc.start_thread(timeout)
+            self.metadata_threads[node.name] = svc
+            return
+        conf = node.rundir / "df-metadata.ini"
+        conf.write_text(
+            "[df]\n"
+            f"nb_db_url = {self.nb_url}\nnb_db_root = {self.nb.root}\n"
+            + (self.nb_security.ini_lines() if self.nb_security else "") +
+            "[controller]\n"
+            f"ovsdb_connection = {node.db_target}\nintegration_bridge = {BR_INT}\n"
+            f"[metadata]\nnetns = {node.netns}\n"
+            + (f"nova_metadata_url = {nova_url}\n" if nova_url else "")
+            + f"metadata_proxy_shared_secret = {secret}\n")
+        log = node.rundir / "df-metadata.log"
+        start = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dragonflow.cli.metadata", "--config-file", str(conf)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        (node.rundir / "df-metadata.pid").write_text(str(proc.pid))
+        self.metadata[node.name] = ControllerProcess(node, proc, log)
+        deadline = time.monotonic() + timeout
+        while "metadata proxy on" not in log.read_bytes()[start:].decode(errors="replace"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"df-metadata of {node.name} exited ({proc.returncode}):\n"
+                                   f"{log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"df-metadata of {node.name} not up after {timeout}s:\n"
+                                   f"{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def kill_metadata(self, node: Node, sig: int = signal.SIGTERM) -> None:
+        if node.name in self.metadata_threads:
+            self.metadata_threads.pop(node.name).stop()
+            return
+        cp = self.metadata.pop(node.name)
+        os.kill(cp.pid, sig)
+        cp.proc.wait(timeout=20)
+
     def kill_controller(self, node: Node, sig: int = signal.SIGKILL) -> None:
         if self.in_process:
             self.controllers.pop(node.name).stop()
@@ -121,10 +177,13 @@ class Deployment:
         cp.proc.wait(timeout=20)
 
     def stop(self) -> None:
+        for svc in self.metadata_threads.values():
+            svc.stop()
+        self.metadata_threads.clear()
         for ctl in self.controllers.values():
             ctl.stop()
         self.controllers.clear()
-        for cp in self.processes.values():
+        for cp in [*self.processes.values(), *self.metadata.values()]:
             if cp.proc.poll() is None:
                 cp.proc.terminate()
                 try:
@@ -133,6 +192,7 @@ class Deployment:
                     cp.proc.kill()
                     cp.proc.wait()
         self.processes.clear()
+        self.metadata.clear()
 
     # --- NB topology -----------------------------------------------------------------
     def network(self, name: str, network_type: str, vni: int, cidr: str, *,
@@ -168,10 +228,12 @@ class Deployment:
            *, gateway: str | None = None, ipv6: str | None = None,
            ipv6_subnet: str | None = None, gateway6: str | None = None,
            topic: str | None = None, dhcp: bool = False,
-           extra_dhcp_opts: tuple[tuple[str, str], ...] = (), slaac: bool = False) -> Vm:
+           extra_dhcp_opts: tuple[tuple[str, str], ...] = (), slaac: bool = False,
+           device_id: str | None = None) -> Vm:
         """Create the NB port bound to ``node`` and plug a namespaced VM with it (the port
         of project ``topic``, default the deployment's). With ``dhcp`` the VM boots with no
-        address: ``vm.dhclient()`` asks for it."""
+        address: ``vm.dhclient()`` asks for it. The port's ``device_id`` (the instance the
+        metadata service names) is the VM's name unless given ("" : none)."""
         self.created[f"{name}-port"] = time.monotonic()
         ips = [{"subnet_id": f"{network}-subnet", "ip_address": ip}]
         if ipv6:
@@ -182,7 +244,7 @@ class Deployment:
             mac=mac,
             fixed_ips=tuple(FixedIp.from_dict(x) for x in ips),
             binding=Binding(kind="chassis", chassis_id=node.name),
-            device_owner="compute:demo", device_id=name,
+            device_owner="compute:demo", device_id=name if device_id is None else device_id,
             extra_dhcp_opts=tuple(DhcpOpt(opt_name=k, opt_value=v) for k, v in extra_dhcp_opts)))
         return self.bed.add_vm(node, name, mac, None if dhcp else f"{ip}/{prefixlen}",
                                f"{name}-port", ipv6=None if slaac else ipv6, gateway=gateway,

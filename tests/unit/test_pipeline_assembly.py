@@ -15,8 +15,8 @@ from dragonflow.pipeline.fields import LOGICAL_FIELDS, read_field
 from dragonflow.pipeline.lower import Lowering, app_of_cookie, cookie
 from dragonflow.pipeline.stages import MeterDecl, Pipeline, PipelineError, Stage, fields
 
-CORE = ["classify", "arp_responder", "dhcp", "nd_responder", "ra", "l2_lookup", "l3_input",
-        "l3_lookup", "egress"]
+CORE = ["metadata", "classify", "arp_responder", "dhcp", "nd_responder", "ra", "l2_lookup",
+        "l3_input", "l3_lookup", "egress"]
 
 
 @dataclass
@@ -46,12 +46,12 @@ def test_extension_stage_goes_between_two_core_stages() -> None:
     ext = FakeApp("ext", (Stage("filter", after=("classify",), before=("arp_responder",),
                                 matches=fields("eth_type"), miss="next"),))
     p = assemble(ext)
-    assert list(p.order) == ["classify", "filter", *CORE[1:]]
+    assert list(p.order) == ["metadata", "classify", "filter", *CORE[2:]]
     # classify's "go on" now reaches the extension, a tunnel frame still skips to l2
     low = Lowering(p)
     f = low.lower("physical", lf.Flow.make("classify", 100, {"in_ofport": 3},
                                            (lf.SetReg("in_port", 5), lf.Next()), "port/a"))
-    assert f.goto == p.table("filter") == 1
+    assert f.goto == p.table("filter") == 2
     assert p.table("l2_lookup") == CORE.index("l2_lookup") + 1
 
 
@@ -146,6 +146,11 @@ def test_network_key_takes_32_bits_of_metadata_not_64() -> None:
      r"not declared punt"),
     ("ext", lf.Flow.make("stateful", 1, {}, (lf.Meter("nope"),), "x"),
      r"declares no meter 'nope'"),
+    ("ext", lf.Flow.make("stateful", 1, {}, (lf.Meter("m", port=5),), "x"),
+     r"meter 'm' is not declared per_port"),
+    ("nd", lf.Flow.make("nd_responder", 1, {}, (lf.Meter("punt", port=5),
+                                                lf.ToController()), "x"),
+     r"a punt is policed per port in the CoPP tables"),
     ("ext", lf.Flow.make("stateful", 1, {}, (lf.Output(3),), "x"), r"physical"),
     ("ext", lf.Flow.make("stateful", 1, {}, (lf.Ct(table="egress"),), "x"),
      r"may not continue ct\(\) in 'egress'"),
@@ -176,7 +181,8 @@ def test_stateful_vocabulary_lowers(low: Lowering) -> None:
     assert action.table == p.table("arp_responder")
     assert action.exec == (of.Load("ct_mark", 1, 4, 4), of.Load("ct_label", 1, 64, 1))
     assert f.meter == p.meter_id("ext", "m") and f.meter is not None
-    assert str(f).startswith(f"table=1,priority=50,cookie={cookie('ext', 'rule/1'):#x}")
+    assert str(f).startswith(f"table={p.table('stateful')},priority=50,"
+                             f"cookie={cookie('ext', 'rule/1'):#x}")
     conj = low.lower("ext", lf.Flow.make("stateful", 5, {"eth_type": 0x800, "ip_proto": 6,
                                                          "tcp_dst": (0x400, 0xFC00)},
                                          (lf.Conjunction(7, 2, 2),), "rule/2"))
@@ -188,3 +194,24 @@ def test_cookie_names_app_and_owner() -> None:
     assert c == cookie("l2", "port/abc") != cookie("l2", "port/abd")
     assert app_of_cookie(c, ["physical", "l2", "l3"]) == "l2"
     assert c >> 48 != cookie("l3", "port/abc") >> 48
+
+
+def test_a_per_port_meter_on_a_flow_that_does_not_punt() -> None:
+    """Meter(name, port=key) names that port's own meter of the kind (the ids the engine
+    gives the port's meters); without port, the shared one; a key too large for meter ids
+    falls back to the shared meter."""
+    p = Pipeline.assemble(default_apps())
+    low = Lowering(p)
+    syn = p.meter_id("metadata", "syn")
+    assert syn is not None and syn in p.per_port_meters()
+    out = (lf.Output(9),)
+    f = low.lower("metadata", lf.Flow.make("metadata", 5, {"in_ofport": 3},
+                                           (lf.Meter("syn", port=7), *out), "port/a"))
+    assert f.meter == p.port_meters(7)[syn] != syn
+    assert p.port_meters(8)[syn] != f.meter  # every port its own
+    f = low.lower("metadata", lf.Flow.make("metadata", 5, {"in_ofport": 3},
+                                           (lf.Meter("syn"), *out), "port/a"))
+    assert f.meter == syn
+    f = low.lower("metadata", lf.Flow.make("metadata", 5, {"in_ofport": 3},
+                                           (lf.Meter("syn", port=2**31), *out), "port/a"))
+    assert p.port_meters(2**31) == {} and f.meter == syn
