@@ -23,8 +23,8 @@ import threading
 import time
 import uuid
 
+from common import pct
 from ovn_peer import INSTALL, OvnPeer, ovn_missing, ovn_version, print_table
-from port_ping_bench import pct
 
 from dragonflow.db.connect import open_nb
 from dragonflow.sim.deploy import Deployment

@@ -96,10 +96,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from common import cpu_seconds, first_reply, plug
+
 from dragonflow.db.connect import open_nb
 from dragonflow.db.nbapi import NbApi
 from dragonflow.model import Binding, Chassis, FixedIp, Port, Router
 from dragonflow.sim.deploy import Deployment
+from dragonflow.sim.storm import STORM
 from dragonflow.sim.testbed import (
     BR_INT,
     Node,
@@ -166,44 +169,6 @@ while True:
             sys.stdout.flush()
             sys.exit(0)
 """
-
-# tests/fullstack/test_storm.py's STORM, unchanged: NS for the router's IPv6 address, IPv4
-# with TTL 1 through the router, truncated MLD -- as fast as a raw socket sends.
-STORM = r"""
-import socket, struct, sys, time
-from os_ken.lib.packet import ethernet, icmpv6, ipv4, ipv6, packet, icmp
-src_mac, rmac, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-
-def build(*protos):
-    p = packet.Packet()
-    for x in protos:
-        p.add_protocol(x)
-    p.serialize()
-    return bytes(p.data)
-
-ns = build(ethernet.ethernet("33:33:ff:00:00:01", src_mac, 0x86DD),
-           ipv6.ipv6(src="fd00:9::66", dst="ff02::1:ff00:1", nxt=58, hop_limit=255),
-           icmpv6.icmpv6(type_=135, data=icmpv6.nd_neighbor(
-               dst="fd00:9::1", option=icmpv6.nd_option_sla(hw_src=src_mac))))
-ttl1 = build(ethernet.ethernet(rmac, src_mac, 0x0800),
-             ipv4.ipv4(src="10.9.0.66", dst="10.10.0.11", proto=1, ttl=1),
-             icmp.icmp(type_=8, data=icmp.echo(id_=1, seq=1, data=b"x" * 16)))
-mld = bytes.fromhex("333300000016") + bytes.fromhex(src_mac.replace(":", "")) + \
-    bytes.fromhex("86dd6000000000083a01fd00000900000000000000000000006" "6ff02000000000000"
-                  "0000000000000016" "8f00")  # truncated MLDv2 report
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(("eth0", 0))
-frames, sent, end = (ns, ns, ttl1, mld), 0, time.monotonic() + seconds
-while time.monotonic() < end:
-    for f in frames:
-        try:
-            s.send(f)
-            sent += 1
-        except OSError:
-            pass
-print(sent)
-"""
-
 
 def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
@@ -599,27 +564,8 @@ def wait_active(nb: NbApi, ids: list[str], timeout: float, poll: float = 0.05,
         time.sleep(poll)
 
 
-def first_reply(vm: Vm, ip: str, t0: float, timeout: float = 30.0) -> float:
-    """Ping ``ip`` from ``vm`` every 5 ms; seconds from ``t0`` (monotonic) to the first
-    reply (as bench/ovn_peer.py does, without importing its OVN dependencies)."""
-    pinger = subprocess.Popen(
-        ["ip", "netns", "exec", vm.netns, "ping", "-n", "-i", "0.005", "-c",
-         str(int(timeout / 0.005)), "-W", "0.2", "-w", str(int(timeout)), ip],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert pinger.stdout is not None
-        for line in pinger.stdout:
-            if "bytes from" in line:
-                return time.monotonic() - t0
-    finally:
-        pinger.kill()
-        pinger.wait()
-    raise TestbedError(f"no ping reply from {ip} to {vm.name} within {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def log_lines(node: Node) -> list[str]:
@@ -962,14 +908,6 @@ class WarningCount(logging.Handler):
         self.count += 1
 
 
-def plug_internal(node: Node, port_ids: list[str], start: int) -> None:
-    cmd: list[str] = []
-    for j, pid in enumerate(port_ids):
-        name = f"bp{start + j}"
-        cmd += ["--", "add-port", BR_INT, name, "--", "set", "Interface", name,
-                "type=internal", f"external_ids:iface-id={pid}"]
-    if cmd:
-        node.vsctl(*cmd)
 
 
 def s5_leader_kill(w: World, count: int) -> str:
@@ -977,7 +915,7 @@ def s5_leader_kill(w: World, count: int) -> str:
     w.dep.network("bulk", "vxlan", 903, "10.11.0.0/16")
     ids = [f"bulk{i}" for i in range(count)]
     for k, name in enumerate(names):
-        plug_internal(w.nodes[name], ids[k::3], start=k * count)
+        plug(w.nodes[name], ids[k::3], start=k * count)
     kill_at = count // 3
     notes: list[str] = []
     killed: list[DbServer] = []

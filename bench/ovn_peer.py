@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import first_reply
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
-from dragonflow.sim.testbed import BR_INT, Node, Testbed, TestbedError, Vm, kill_pid, sh
+from dragonflow.sim.testbed import BR_INT, Node, Testbed, TestbedError, kill_pid, sh
 
 BINARIES = ("ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl", "ovsdb-server")
 INSTALL = "apt-get install -y ovn-central ovn-host"
@@ -63,22 +63,6 @@ def _fmt(v: float | str) -> str:
     return f"{v:.0f}" if isinstance(v, int) or abs(v) >= 100 else f"{v:.1f}"
 
 
-def first_reply(vm: Vm, ip: str, t0: float, timeout: float = 20.0) -> float:
-    """Ping ``ip`` from ``vm`` every 5 ms; seconds from ``t0`` to the first echo reply."""
-    count = str(int(timeout / 0.005))
-    pinger = subprocess.Popen(
-        ["ip", "netns", "exec", vm.netns, "ping", "-n", "-i", "0.005", "-c", count,
-         "-W", "0.2", "-w", str(int(timeout)), ip], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True)  # ENOBUFS while the next hop is unresolved
-    try:
-        assert pinger.stdout is not None
-        for line in pinger.stdout:
-            if "bytes from" in line:
-                return time.monotonic() - t0
-    finally:
-        pinger.kill()
-        pinger.wait()
-    raise TestbedError(f"no ping reply from {ip} to {vm.name} within {timeout}s")
 
 
 @dataclass

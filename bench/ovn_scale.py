@@ -19,27 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import statistics
 import time
 from dataclasses import dataclass, field
 
+from common import cpu_seconds, plug, rss_mb
 from ovn_peer import OvnPeer
 
-from dragonflow.sim.testbed import BR_INT, Node, Testbed, new_prefix
-
-
-def cpu_seconds(pid: int) -> float:
-    import os
-
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from dragonflow.sim.testbed import Node, Testbed, new_prefix
 
 
 def subnet_of(i: int) -> ipaddress.IPv4Network:
@@ -53,9 +39,6 @@ class OvnScale:
     build_s: float = 0.0
 
 
-def _pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 def run_ovn_scale(chassis: int, real: int, ports: int, networks: int, routers: int,
@@ -128,7 +111,7 @@ def run_ovn_scale(chassis: int, real: int, ports: int, networks: int, routers: i
         if binds:
             ovn.sbctl(*binds[1:])
         for c, node in nodes.items():
-            _plug(node, by_chassis[c])
+            plug(node, by_chassis[c])
         ovn.nbctl("sync", wait="hv", timeout=1200)
         out.build_s = time.monotonic() - t0
         print(f"OVN: {chassis} chassis ({real} real), {ports} ports built and installed in "
@@ -177,7 +160,7 @@ def run_ovn_scale(chassis: int, real: int, ports: int, networks: int, routers: i
                 pid = f"new-{c}-{i}"
                 t = time.monotonic()
                 ovn.nbctl(*lsp(net, pid)[1:])
-                _plug(nodes[c], [pid], start=plugged[c])
+                plug(nodes[c], [pid], start=plugged[c])
                 plugged[c] += 1
                 ovn.nbctl("wait-until", "Logical_Switch_Port", pid, "up=true", timeout=60)
                 out.latencies.append(time.monotonic() - t)
@@ -223,21 +206,3 @@ def _quiet(pid: int, timeout: float = 120.0) -> None:
         if now == last:
             return
         last = now
-
-
-def _plug(node: Node, port_ids: list[str], start: int = 0) -> None:
-    for i in range(0, len(port_ids), 100):
-        cmd: list[str] = []
-        for j, pid in enumerate(port_ids[i:i + 100]):
-            name = f"op{start + i + j}"
-            cmd += ["--", "add-port", BR_INT, name, "--", "set", "Interface", name,
-                    "type=internal", f"external_ids:iface-id={pid}"]
-        node.vsctl(*cmd)
-
-
-def median(v: list[float]) -> float:
-    return statistics.median(v) if v else 0.0
-
-
-def pct(v: list[float], p: float) -> float:
-    return _pct(v, p) if v else 0.0

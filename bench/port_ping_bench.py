@@ -23,17 +23,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from common import pct
 from ovn_peer import INSTALL, PingFigures, ovn_missing, ovn_version, print_table, run_port_ping
 
 from dragonflow.db.connect import open_nb
 from dragonflow.model import Binding, FixedIp, Port
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed, new_prefix
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 @dataclass

@@ -27,16 +27,15 @@ import argparse
 import ipaddress
 import itertools
 import json
-import os
 import signal
 import statistics
 import threading
 import time
 from dataclasses import dataclass
 
+from common import cpu_seconds, pct, plug, rss_mb
 from ovn_peer import INSTALL, ovn_missing, ovn_version, print_table
 from ovn_scale import OvnScale, run_ovn_scale
-from port_ping_bench import pct
 
 from dragonflow.db.connect import open_nb
 from dragonflow.db.nbapi import NbApi
@@ -45,20 +44,11 @@ from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.neutron_aio import PrivateDb
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, new_prefix
 
-TICK = os.sysconf("SC_CLK_TCK")
 MACS = itertools.count(1)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 @dataclass
@@ -127,15 +117,6 @@ def create_port(nb: NbApi, net: str, chassis: str, next_host: dict[str, int], in
     return pid
 
 
-def plug(node: Node, port_ids: list[str], start: int = 0) -> None:
-    """Each port as an OVS internal port with its iface-id (one ovs-vsctl per 100)."""
-    for i in range(0, len(port_ids), 100):
-        cmd: list[str] = []
-        for j, pid in enumerate(port_ids[i:i + 100]):
-            name = f"bp{start + i + j}"
-            cmd += ["--", "add-port", BR_INT, name, "--", "set", "Interface", name,
-                    "type=internal", f"external_ids:iface-id={pid}"]
-        node.vsctl(*cmd)
 
 
 class Heartbeats(threading.Thread):

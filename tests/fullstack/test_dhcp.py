@@ -14,21 +14,15 @@ from dragonflow.db.connect import open_nb
 from dragonflow.model import Subnet
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed
+from tests.fixtures.deploy import two_nodes
 from tests.fixtures.wait import eventually
 
 
 @pytest.fixture(params=["etcd", "redis"])
 def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
     server = request.getfixturevalue(f"{request.param}_server")
-    nb = open_nb(server.url, root=f"/dhcp{uuid.uuid4().hex[:8]}/")
-    d = Deployment(testbed, nb, server.url, in_process=False)
-    try:
-        d.add_node("hv1", "10.255.0.11")
-        d.add_node("hv2", "10.255.0.12")
+    with two_nodes(testbed, server.url, tag="dhcp") as d:
         yield d
-    finally:
-        d.stop()
-        nb.driver.close()
 
 
 def test_vms_get_their_nb_address_gateway_dns_mtu_routes_and_options(dep: Deployment) -> None:

@@ -5,7 +5,6 @@ keeps converging."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,34 +17,14 @@ from dragonflow.db.driver import Put
 from dragonflow.model import Binding, Chassis, FixedIp, Port
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed
+from tests.fixtures.deploy import hold_next_sync, two_nodes
 from tests.fixtures.wait import eventually
 
 
 @pytest.fixture
 def dep(testbed: Testbed) -> Iterator[Deployment]:
-    nb = open_nb(f"memory://loopfault-{uuid.uuid4().hex[:8]}", root="/lf/")
-    d = Deployment(testbed, nb, "memory://", in_process=True)
-    try:
-        d.add_node("hv1", "10.255.0.11")
-        d.add_node("hv2", "10.255.0.12")
+    with two_nodes(testbed, tag="loopfault") as d:
         yield d
-    finally:
-        d.stop()
-
-
-def _hold_next_iteration(ctl: Any, seconds: float) -> threading.Event:
-    """The loop's next switch sync sleeps ``seconds``: whatever the NB delivers meanwhile
-    lands in ONE batch in the iteration after it."""
-    held = threading.Event()
-    original = ctl._sync_switch
-
-    def slow_sync() -> None:
-        original()
-        if not held.is_set():
-            held.set()
-            time.sleep(seconds)
-    ctl._sync_switch = slow_sync
-    return held
 
 
 @pytest.mark.parametrize("fails", ["once", "always"])
@@ -68,8 +47,7 @@ def test_an_event_that_raises_does_not_drop_the_rest_of_its_batch(
         return original_apply(table, obj_id, obj)
     ctl.topo.apply = apply
     caplog.set_level(logging.INFO, logger="dragonflow")
-    held = _hold_next_iteration(ctl, 0.5)
-    ctl._q.put(("noop", None))  # an iteration to hold
+    held = hold_next_sync(ctl, 0.5)
     assert held.wait(5)
     # both NB changes arrive while the loop is held: one batch, the failing one first
     dep.nb.create(Port(id="bad-port", topic=dep.topic, network_id="n1",

@@ -31,6 +31,7 @@ from dragonflow.model import Port
 from dragonflow.pipeline.stages import Pipeline
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Node, Testbed, Vm, kill_pid
+from tests.fixtures.deploy import two_nodes
 from tests.fixtures.wait import eventually
 
 pytestmark = pytest.mark.fullstack
@@ -41,15 +42,8 @@ NOVA_STUB = Path(__file__).resolve().parents[1] / "fixtures" / "nova_metadata.py
 @pytest.fixture(params=["redis", "etcd"])
 def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
     server = request.getfixturevalue(f"{request.param}_server")
-    nb = open_nb(server.url, root=f"/md{uuid.uuid4().hex[:8]}/")
-    d = Deployment(testbed, nb, server.url, in_process=False)
-    try:
-        d.add_node("hv1", "10.255.0.11")
-        d.add_node("hv2", "10.255.0.12")
+    with two_nodes(testbed, server.url, tag="md") as d:
         yield d
-    finally:
-        d.stop()
-        nb.driver.close()
 
 
 def curl(vm: Vm, url: str, *args: str, timeout: float = 4.0) -> tuple[int, str]:

@@ -5,15 +5,14 @@ DHCPv6-stateful subnet it forms none (M flag, prefix not autonomous)."""
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from dragonflow.apps.ra import link_local
-from dragonflow.db.connect import open_nb
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed, Vm
+from tests.fixtures.deploy import two_nodes
 from tests.fixtures.wait import eventually
 
 RMAC0 = "fa:16:3e:aa:02:00"  # r1's interface on the first network (Deployment.router)
@@ -27,14 +26,8 @@ def eui64(prefix: str, mac: str) -> str:
 
 @pytest.fixture
 def dep(testbed: Testbed) -> Iterator[Deployment]:
-    nb = open_nb(f"memory://ra-{uuid.uuid4().hex[:8]}", root="/ra/")
-    d = Deployment(testbed, nb, "memory://", in_process=True)
-    try:
-        d.add_node("hv1", "10.255.0.11")
-        d.add_node("hv2", "10.255.0.12")
+    with two_nodes(testbed, tag="ra") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def global_v6(vm: Vm) -> list[str]:

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from dragonflow.db.connect import open_nb
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import BR_INT, Testbed, Vm
+from tests.fixtures.deploy import hold_next_sync
 from tests.fixtures.wait import eventually
 
 RMAC = "fa:16:3e:aa:02:00"  # r1's interface on n1 (Deployment.router's MAC scheme)
@@ -88,28 +87,11 @@ def test_a_frame_ovs_cannot_parse_reaches_the_controller_a_bounded_number_of_tim
     assert bed.a.ping(bed.e.ip, count=2, timeout=3)  # and nothing else suffered
 
 
-def _hold_loop(ctl: Any, seconds: float) -> threading.Event:
-    """The loop's next iteration sleeps ``seconds`` after its switch sync, so what arrives
-    meanwhile (a flow-removed, a packet-in) is handled in ONE batch afterwards."""
-    held = threading.Event()
-    original = ctl._sync_switch
-
-    def slow_sync() -> None:
-        original()
-        if not held.is_set():
-            held.set()
-            time.sleep(seconds)
-            ctl._sync_switch = original
-    ctl._sync_switch = slow_sync
-    ctl._q.put(("noop", None))
-    return held
-
-
 def test_a_host_flow_that_idled_out_is_learned_again(bed: Bed) -> None:
     assert bed.host_flows() == []
     assert bed.a.ping(bed.e.ip, count=1, timeout=3)
     assert len(bed.host_flows()) == 1
-    held = _hold_loop(bed.ctl, IDLE + 3.0)
+    held = hold_next_sync(bed.ctl, IDLE + 3.0)
     assert held.wait(5)
     # while the loop is held: the host flow idles out (its flow-removed queues) ...
     assert eventually(lambda: bed.host_flows() == [], timeout=IDLE + 2.5), \

@@ -12,52 +12,19 @@ import logging
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from dragonflow.db.connect import open_nb
 from dragonflow.sim.deploy import Deployment
+from dragonflow.sim.storm import STORM
 from dragonflow.sim.testbed import Testbed
+from tests.fixtures.deploy import two_nodes
 
 STORM_SECONDS = 12
 RMAC = "fa:16:3e:aa:01:00"  # the router interface on n1 (Deployment.router's MAC scheme)
 
-STORM = r"""
-import socket, struct, sys, time
-from os_ken.lib.packet import ethernet, icmpv6, ipv4, ipv6, packet, icmp
-src_mac, rmac, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 
-def build(*protos):
-    p = packet.Packet()
-    for x in protos:
-        p.add_protocol(x)
-    p.serialize()
-    return bytes(p.data)
-
-ns = build(ethernet.ethernet("33:33:ff:00:00:01", src_mac, 0x86DD),
-           ipv6.ipv6(src="fd00:9::66", dst="ff02::1:ff00:1", nxt=58, hop_limit=255),
-           icmpv6.icmpv6(type_=135, data=icmpv6.nd_neighbor(
-               dst="fd00:9::1", option=icmpv6.nd_option_sla(hw_src=src_mac))))
-ttl1 = build(ethernet.ethernet(rmac, src_mac, 0x0800),
-             ipv4.ipv4(src="10.9.0.66", dst="10.10.0.11", proto=1, ttl=1),
-             icmp.icmp(type_=8, data=icmp.echo(id_=1, seq=1, data=b"x" * 16)))
-mld = bytes.fromhex("333300000016") + bytes.fromhex(src_mac.replace(":", "")) + \
-    bytes.fromhex("86dd6000000000083a01fd00000900000000000000000000006" "6ff02000000000000"
-                  "0000000000000016" "8f00")  # truncated MLDv2 report
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(("eth0", 0))
-frames, sent, end = (ns, ns, ttl1, mld), 0, time.monotonic() + seconds
-while time.monotonic() < end:
-    for f in frames:
-        try:
-            s.send(f)
-            sent += 1
-        except OSError:
-            pass
-print(sent)
-"""
 
 # A neighbour's solicitations for the router address, 25 per second (its own budget is 100/s)
 # while the flood runs; prints how many advertisements for the router came back.
@@ -95,14 +62,8 @@ print(answered)
 
 @pytest.fixture
 def dep(testbed: Testbed) -> Iterator[Deployment]:
-    nb = open_nb(f"memory://storm-{uuid.uuid4().hex[:8]}", root="/storm/")
-    d = Deployment(testbed, nb, "memory://", in_process=True)
-    try:
-        d.add_node("hv1", "10.255.0.11")
-        d.add_node("hv2", "10.255.0.12")
+    with two_nodes(testbed, tag="storm") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def test_a_storm_from_one_vm_does_not_stop_a_new_port_on_its_node(
