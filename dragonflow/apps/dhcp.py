@@ -179,7 +179,7 @@ class DhcpApp:
         owned = {str(f.ip_address) for p in ports for f in p.fixed_ips}
         flows = []
         for sub in _subnets_of(view, ports, net_id):
-            server = server_of(sub, ports, view.all_ports_of_network(net_id))
+            server = server_of(sub, view.all_ports_of_network(net_id))
             if server is None or server.ip in owned:
                 continue
             flows.append(Flow.make("dhcp", 100, {"network": net.unique_key, "eth_type": 0x0806,
@@ -226,8 +226,9 @@ def _subnets_of(view: View, ports: list[Port], net_id: str) -> list[Subnet]:
             and s.network_id == net_id and s.enable_dhcp and s.ip_version == 4]
 
 
-def server_of(sub: Subnet, ports: list[Port], all_ports: list[Port]) -> Server | None:
-    """The subnet's DHCP server address and MAC (see the module docstring)."""
+def server_of(sub: Subnet, all_ports: list[Port]) -> Server | None:
+    """The subnet's DHCP server address and MAC, from every port of its network (router
+    interfaces and the DHCP port included; see the module docstring)."""
     dhcp_port = next((p for p in all_ports if p.device_owner == DHCP_PORT_OWNER
                       and any(f.subnet_id == sub.id for f in p.fixed_ips)), None)
     ip = sub.dhcp_ip
@@ -263,7 +264,7 @@ def build_reply(topo: Topology, port: Port, data: bytes, cfg: DhcpConfig) -> byt
     sub, ip = found
     all_ports = [p for pid in sorted(topo.net_ports.get(net.id, ()))
                  if (p := topo.get(Port, pid)) is not None]
-    server = server_of(sub, all_ports, all_ports)
+    server = server_of(sub, all_ports)
     if server is None:
         return None
     requested = opts.get(dhcp.DHCP_REQUESTED_IP_ADDR_OPT)

@@ -133,31 +133,15 @@ class Reconciler:
         install = getattr(sink, "install_meters", None)
         if install is None:
             return
-        if full:
-            delete_all = getattr(sink, "delete_all_meters", None)
-            if delete_all is not None:
-                delete_all()
-                self.meters_installed = {}
+        if full:  # a switch that can install meters can delete them all (OfChannel)
+            sink.delete_all_meters()  # type: ignore[attr-defined]
+            self.meters_installed = {}
         elif desired == self.meters_installed:
             return
         ops = [("add" if mid not in self.meters_installed else "modify", m)
                for mid, m in sorted(desired.items()) if self.meters_installed.get(mid) != m]
-        if ops:
-            try:
-                install(ops)
-            except Exception as e:
-                name = getattr(getattr(e, "error", None), "name", "")
-                if "METER_EXISTS" not in str(name):
-                    raise
-                # a switch that kept meters we did not know of (no delete_all): one by one
-                for op, m in ops:
-                    try:
-                        install([(op, m)])
-                    except Exception as e2:
-                        if "METER_EXISTS" not in str(getattr(getattr(e2, "error", None),
-                                                             "name", "")):
-                            raise
-                        install([("modify", m)])
+        if ops:  # after a full sync the switch holds none but ours: no add can collide
+            install(ops)
             for _, m in ops:
                 self.meters_installed[m.meter_id] = m
         gone = [m for mid, m in sorted(self.meters_installed.items()) if mid not in desired]
