@@ -90,6 +90,17 @@ controller_opts = [
                 help="DHCP: DNS servers given to VMs on subnets that name none."),
     cfg.StrOpt("dhcp_domain", default="openstacklocal",
                help="DHCP: the domain name option given to VMs (empty: none)."),
+    cfg.IntOpt("dhcp_rate_per_port", default=50, min=1,
+               help="DHCP (v4 and v6): requests per second each local port may send the "
+                    "controller (an OpenFlow meter per port: a flooding VM uses up its own "
+                    "budget, not its neighbours' leases)."),
+    cfg.IntOpt("dhcp_burst_per_port", default=20, min=0,
+               help="DHCP: burst of dhcp_rate_per_port (requests), per port."),
+    cfg.IntOpt("rs_rate_per_port", default=10, min=1,
+               help="IPv6: router solicitations per second each local port may send the "
+                    "controller (a meter per port)."),
+    cfg.IntOpt("rs_burst_per_port", default=5, min=0,
+               help="IPv6: burst of rs_rate_per_port (solicitations), per port."),
     cfg.FloatOpt("ra_interval", default=30.0, min=1.0,
                  help="IPv6: seconds between the unsolicited router advertisements each "
                       "controller sends its VMs (solicitations are answered at once)."),

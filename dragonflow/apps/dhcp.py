@@ -44,7 +44,7 @@ from dragonflow.pipeline.fields import read_field
 from dragonflow.pipeline.flow import Flow, Meter, ToController
 from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
-from dragonflow.pipeline.topology import OwnersView, Topology, View
+from dragonflow.pipeline.topology import ChassisFacts, OwnersView, Topology, View
 
 LOG = logging.getLogger(__name__)
 DHCP_PORT_OWNER = "network:dhcp"
@@ -143,11 +143,19 @@ class DhcpApp:
               punt=True, miss="next",
               doc="DHCPv4/v6 from local ports punted (answered from the NB); server ARP"),
     )
-    # a VM flooding DISCOVERs uses up its own budget, not its neighbours' leases
-    meters = (MeterDecl("dhcp", rate=1000, burst=200, per_port=50, per_port_burst=20),)
-
     def __init__(self) -> None:
         self.malformed = 0  # DHCP packets the codec could not read (never answered)
+        self.meters: tuple[MeterDecl, ...] = self._meter(50, 20)
+
+    @staticmethod
+    def _meter(rate: int, burst: int) -> tuple[MeterDecl, ...]:
+        # a VM flooding DISCOVERs uses up its own budget, not its neighbours' leases
+        return (MeterDecl("dhcp", rate=1000, burst=200, per_port=max(1, rate),
+                          per_port_burst=max(0, burst)),)
+
+    def configure(self, facts: ChassisFacts) -> None:
+        """[controller] dhcp_rate_per_port / dhcp_burst_per_port."""
+        self.meters = self._meter(facts.dhcp_rate_per_port, facts.dhcp_burst_per_port)
 
     def owners(self, topo: OwnersView) -> set[str]:
         return local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}

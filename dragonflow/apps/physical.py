@@ -4,34 +4,84 @@ classify: a local port's ofport -> (in_port key, network key), on to the ARP res
           a tunnel port + VNI -> network key, flagged "from tunnel", on to L2 lookup.
 egress:   out_port of a local port -> its ofport; out_port of a remote port -> encapsulate
           towards its chassis with the network's VNI (never for packets from a tunnel).
+
+The hold: a booting VM asks for its address (DHCPv4 DISCOVER, DHCPv6 SOLICIT, router
+solicitation) the moment its interface is up, often before this chassis has installed its
+port's flows; classify has no flow for that ofport yet and the request would be lost, the
+client backing off for seconds. Such requests from an ofport classify does not know are
+punted instead (one shared meter, ``hold``), kept (at most HOLD_PER_PORT per ofport, for
+HOLD_PORTS ofports, HOLD_SECONDS) and replayed through the pipeline as from that ofport as
+soon as its port's flows are in (``port_wired``): the DHCP and RA stages answer them as if
+they had arrived just then. Nothing else is held: data traffic before the port is wired is
+dropped, as it always was.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
 from dragonflow.apps.base import scoped_network_ports, split_owner
-from dragonflow.pipeline.flow import Flow, Goto, Next, Output, OutputTunnel, SetReg
-from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import OwnersView, View
+from dragonflow.ovs.ofchannel import PacketIn
+from dragonflow.pipeline.flow import (
+    Flow,
+    Goto,
+    Meter,
+    Next,
+    Output,
+    OutputTunnel,
+    SetReg,
+    ToController,
+)
+from dragonflow.pipeline.punt import Answer
+from dragonflow.pipeline.stages import MeterDecl, Stage, fields
+from dragonflow.pipeline.topology import OwnersView, Topology, View
 
 TUNNEL_TYPES = ("vxlan", "geneve", "gre")
+HOLD_OWNER = "hold/unwired"
+# what a booting VM sends first to get an address: DHCPv4, DHCPv6, router solicitation
+HOLD_MATCHES = (
+    {"eth_type": 0x0800, "ip_proto": 17, "udp_src": 68, "udp_dst": 67},
+    {"eth_type": 0x86DD, "ip_proto": 17, "udp_src": 546, "udp_dst": 547},
+    {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 133},
+)
+HOLD_SECONDS = 10.0
+HOLD_PER_PORT = 4
+HOLD_PORTS = 256
 
 
 class PhysicalApp:
     name = "physical"
     stages = (
-        Stage("classify", physical=True, matches=fields("in_ofport", "tunnel_id"),
+        Stage("classify", physical=True,
+              matches=fields("in_ofport", "tunnel_id", "eth_type", "ip_proto", "udp_src",
+                             "udp_dst", "icmpv6_type"),
               sets=fields("network", "in_port", "from_tunnel"), goto=("l2_lookup",),
-              miss="drop", doc="ofport -> logical in_port + network; tunnel VNI -> network"),
+              punt=True, miss="drop",
+              doc="ofport -> logical in_port + network; tunnel VNI -> network; address "
+                  "requests of an ofport not wired yet held"),
         Stage("egress", physical=True, after=("classify", "l2_lookup", "l3_lookup"),
               matches=fields("out_port", "from_tunnel", "network"), miss="drop",
               doc="out_port -> local ofport, or encapsulate to the port's chassis"),
     )
 
+    meters = (MeterDecl("hold", rate=100, burst=100),)
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # ofport -> [(when, frame)], oldest ofport first
+        self.held: OrderedDict[int, list[tuple[float, bytes]]] = OrderedDict()
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return scoped_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
+        return (scoped_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
+                | {HOLD_OWNER})
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
+        if owner == HOLD_OWNER:
+            return [Flow.make("classify", 1, m, (Meter("hold"), ToController()), owner)
+                    for m in HOLD_MATCHES]
         if table == "network":
             return self._tunnel_in(view, obj_id, owner)
         port = view.port(obj_id)
@@ -71,3 +121,31 @@ class PhysicalApp:
                           {"in_ofport": ofport, "tunnel_id": net.segmentation_id},
                           (SetReg("network", net.unique_key), SetReg("from_tunnel", 1),
                            Goto("l2_lookup")), owner)]
+
+    # --- the hold ------------------------------------------------------------------------
+    def packet_in(self, topo: Topology, stage: str, pin: PacketIn) -> Answer:
+        """An address request from an ofport classify does not know: kept for its port."""
+        ofport = pin.in_port
+        if ofport is None or ofport in topo.facts.tunnel_ofports.values():
+            return Answer()  # a tunnel's unknown VNI is not a booting VM
+        now = self.clock()
+        self._expire(now)
+        frames = self.held.pop(ofport, [])
+        frames = (frames + [(now, pin.data)])[-HOLD_PER_PORT:]
+        self.held[ofport] = frames
+        while len(self.held) > HOLD_PORTS:
+            self.held.popitem(last=False)
+        return Answer()
+
+    def port_wired(self, topo: Topology, port_id: str) -> Answer:
+        """The port's flows are in: what its ofport sent before goes through them now."""
+        ofport = topo.facts.ofports.get(port_id)
+        if not self.held or ofport is None:
+            return Answer()
+        fresh = self.clock() - HOLD_SECONDS
+        return Answer(replay=[(ofport, frame) for when, frame in self.held.pop(ofport, [])
+                              if when >= fresh])
+
+    def _expire(self, now: float) -> None:
+        for ofport in [o for o, f in self.held.items() if f[-1][0] < now - HOLD_SECONDS]:
+            del self.held[ofport]

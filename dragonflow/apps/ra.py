@@ -31,7 +31,7 @@ from dragonflow.pipeline.fields import read_field
 from dragonflow.pipeline.flow import Flow, Meter, ToController
 from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
-from dragonflow.pipeline.topology import OwnersView, Topology, View
+from dragonflow.pipeline.topology import ChassisFacts, OwnersView, Topology, View
 
 LOG = logging.getLogger(__name__)
 RS = {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 133}
@@ -72,10 +72,18 @@ class RouterAdvertApp:
               matches=fields("in_port", "eth_type", "ip_proto", "icmpv6_type"),
               punt=True, miss="next", doc="router solicitations punted; advertisements"),
     )
-    meters = (MeterDecl("rs", rate=200, burst=50, per_port=10, per_port_burst=5),)
-
     def __init__(self) -> None:
         self.malformed = 0
+        self.meters: tuple[MeterDecl, ...] = self._meter(10, 5)
+
+    @staticmethod
+    def _meter(rate: int, burst: int) -> tuple[MeterDecl, ...]:
+        return (MeterDecl("rs", rate=200, burst=50, per_port=max(1, rate),
+                          per_port_burst=max(0, burst)),)
+
+    def configure(self, facts: ChassisFacts) -> None:
+        """[controller] rs_rate_per_port / rs_burst_per_port."""
+        self.meters = self._meter(facts.rs_rate_per_port, facts.rs_burst_per_port)
 
     def owners(self, topo: OwnersView) -> set[str]:
         return local_network_ports(topo)

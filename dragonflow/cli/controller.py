@@ -30,6 +30,8 @@ def config_from(conf: object) -> ControllerConfig:
         reactive_idle_timeout=c.reactive_idle_timeout, status_file=c.status_file,
         dhcp_lease_time=c.dhcp_lease_time, dhcp_dns_servers=tuple(c.dhcp_dns_servers),
         dhcp_domain=c.dhcp_domain, ra_interval=c.ra_interval,
+        dhcp_rate_per_port=c.dhcp_rate_per_port, dhcp_burst_per_port=c.dhcp_burst_per_port,
+        rs_rate_per_port=c.rs_rate_per_port, rs_burst_per_port=c.rs_burst_per_port,
         metadata_interface=conf.metadata.interface,  # type: ignore[attr-defined]
         metadata_syn_rate=conf.metadata.syn_rate,  # type: ignore[attr-defined]
         metadata_syn_burst=conf.metadata.syn_burst)  # type: ignore[attr-defined]

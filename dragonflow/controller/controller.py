@@ -93,6 +93,10 @@ class ControllerConfig:
     dhcp_dns_servers: tuple[str, ...] = ()
     dhcp_domain: str = "openstacklocal"
     ra_interval: float = 30.0
+    dhcp_rate_per_port: int = 50
+    dhcp_burst_per_port: int = 20
+    rs_rate_per_port: int = 10
+    rs_burst_per_port: int = 5
     metadata_interface: str = "df-metadata"  # where df-metadata listens (apps/metadata.py)
     metadata_syn_rate: int = 20
     metadata_syn_burst: int = 40
@@ -132,6 +136,10 @@ class LocalController:
                                           dhcp_dns_servers=tuple(cfg.dhcp_dns_servers),
                                           dhcp_domain=cfg.dhcp_domain,
                                           ra_interval=cfg.ra_interval,
+                                          dhcp_rate_per_port=cfg.dhcp_rate_per_port,
+                                          dhcp_burst_per_port=cfg.dhcp_burst_per_port,
+                                          rs_rate_per_port=cfg.rs_rate_per_port,
+                                          rs_burst_per_port=cfg.rs_burst_per_port,
                                           metadata_syn_rate=cfg.metadata_syn_rate,
                                           metadata_syn_burst=cfg.metadata_syn_burst))
         self.engine = Engine(apps(), self.topo)  # assembles + checks the pipeline
@@ -524,6 +532,8 @@ class LocalController:
             for in_port, frame in answer.reinject:  # through the whole pipeline again,
                 # flagged: if it reaches a punt again it is dropped, never looped back
                 self._of.packet_out(in_port, frame, [REINJECT_FLAG, Output(OFPP_TABLE)])
+            for in_port, frame in answer.replay:  # held before its port's flows existed
+                self._of.packet_out(in_port, frame, [Output(OFPP_TABLE)])
         except Exception as e:  # the channel went away: the sender will retry
             LOG.warning("%s: packet-out failed: %s", self.cfg.chassis_id, e)
 
@@ -745,8 +755,16 @@ class LocalController:
         else:
             candidates = {o[5:] for _, o in touched if o.startswith("port/")}
         local = self.topo.facts.ofports
+        wired = [h for app in self.engine.apps.values()
+                 if (h := getattr(app, "port_wired", None)) is not None]
         for pid in sorted(candidates):
             ok = pid in local and works(pid)
+            if ok:  # its flows are in (after the barrier): what it sent before, through them
+                for hook in wired:
+                    try:
+                        self._send(hook(self.topo, pid))
+                    except Exception:
+                        LOG.exception("%s: port_wired of %s failed", self.cfg.chassis_id, pid)
             if ok and pid not in self._active:
                 self._set_status(pid, "ACTIVE")
             elif not ok and pid in self._active:

@@ -2,7 +2,8 @@
 
 An app whose stage is declared ``punt=True`` handles the packet-ins of that stage:
 ``app.packet_in(topo, stage, pin) -> Answer`` (frames to send out of an ofport, frames to
-re-inject at table 0, dependency keys it touched, e.g. reactive L3 learning a destination);
+re-inject at table 0, frames to replay, dependency keys it touched, e.g. reactive L3
+learning a destination);
 a stage whose flows have timeouts gets their expiry: ``app.flow_removed(topo, stage, msg)
 -> touched keys``. Handlers run on the controller loop; they must never raise on a bad
 packet (the controller logs and drops anything they raise, and goes on).
@@ -21,6 +22,9 @@ from dragonflow.pipeline.topology import DepKey
 class Answer:
     frames: list[tuple[int, bytes]] = field(default_factory=list)  # (out ofport, frame)
     reinject: list[tuple[int, bytes]] = field(default_factory=list)  # (in ofport, frame)
+    # (in ofport, frame) through the pipeline UNflagged, as if it arrived now: only for a
+    # frame that never went through the flows of its port (held before they existed)
+    replay: list[tuple[int, bytes]] = field(default_factory=list)
     touched: set[DepKey] = field(default_factory=set)
 
 

@@ -61,6 +61,11 @@ class ChassisFacts:
     dhcp_dns_servers: tuple[str, ...] = ()  # when a subnet names none
     dhcp_domain: str = "openstacklocal"
     ra_interval: float = 30.0  # seconds between unsolicited router advertisements
+    # packets/s (and burst) each local port may punt: DHCP v4+v6, router solicitations
+    dhcp_rate_per_port: int = 50
+    dhcp_burst_per_port: int = 20
+    rs_rate_per_port: int = 10
+    rs_burst_per_port: int = 5
     # the local metadata service's interface on the integration bridge (apps/metadata.py):
     # its ofport and MAC while it exists; TCP SYNs per second (and burst) each local port
     # may send it

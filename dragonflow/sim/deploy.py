@@ -234,21 +234,31 @@ class Deployment:
         of project ``topic``, default the deployment's). With ``dhcp`` the VM boots with no
         address: ``vm.dhclient()`` asks for it. The port's ``device_id`` (the instance the
         metadata service names) is the VM's name unless given ("" : none)."""
+        self.vm_port(node, name, network, mac, ip, ipv6=ipv6, ipv6_subnet=ipv6_subnet,
+                     topic=topic, extra_dhcp_opts=extra_dhcp_opts, device_id=device_id)
+        return self.bed.add_vm(node, name, mac, None if dhcp else f"{ip}/{prefixlen}",
+                               f"{name}-port", ipv6=None if slaac else ipv6, gateway=gateway,
+                               gateway6=gateway6, mtu=1500 if dhcp else 1450)
+
+    def vm_port(self, node: Node, name: str, network: str, mac: str, ip: str, *,
+                ipv6: str | None = None, ipv6_subnet: str | None = None,
+                topic: str | None = None,
+                extra_dhcp_opts: tuple[tuple[str, str], ...] = (),
+                device_id: str | None = None) -> Port:
+        """The NB port ``<name>-port`` of a VM bound to ``node`` (``vm`` creates it, then
+        plugs the VM; a test may plug first, as a VM that boots before its port is wired)."""
         self.created[f"{name}-port"] = time.monotonic()
         ips = [{"subnet_id": f"{network}-subnet", "ip_address": ip}]
         if ipv6:
             ips.append({"subnet_id": ipv6_subnet or f"{network}-subnet6",
                         "ip_address": ipv6.split("/")[0]})
-        self.nb.create(Port(
+        return self.nb.create(Port(
             id=f"{name}-port", topic=topic or self.topic, name=name, network_id=network,
             mac=mac,
             fixed_ips=tuple(FixedIp.from_dict(x) for x in ips),
             binding=Binding(kind="chassis", chassis_id=node.name),
             device_owner="compute:demo", device_id=name if device_id is None else device_id,
             extra_dhcp_opts=tuple(DhcpOpt(opt_name=k, opt_value=v) for k, v in extra_dhcp_opts)))
-        return self.bed.add_vm(node, name, mac, None if dhcp else f"{ip}/{prefixlen}",
-                               f"{name}-port", ipv6=None if slaac else ipv6, gateway=gateway,
-                               gateway6=gateway6, mtu=1500 if dhcp else 1450)
 
     def router(self, name: str, interfaces: list[tuple[str, list[str]]],
                routes: list[tuple[str, str]] | None = None, *,

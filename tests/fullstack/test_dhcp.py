@@ -179,6 +179,67 @@ def test_a_discover_flood_does_not_starve_a_neighbours_lease(testbed: Testbed) -
         d.stop()
 
 
+# ONE DISCOVER, then wait for its OFFER: prints the address offered, or "none".
+ONCE = r"""
+import socket, sys, time
+from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+mac, wait = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("eth0", 0))
+s.settimeout(0.1)
+p = packet.Packet()
+p.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=mac, ethertype=0x0800))
+p.add_protocol(ipv4.ipv4(src="0.0.0.0", dst="255.255.255.255", proto=17))
+p.add_protocol(udp.udp(src_port=68, dst_port=67))
+p.add_protocol(dhcp.dhcp(op=1, chaddr=mac, xid=4242, options=dhcp.options(option_list=[
+    dhcp.option(tag=dhcp.DHCP_MESSAGE_TYPE_OPT, value=bytes([dhcp.DHCP_DISCOVER]))])))
+p.serialize()
+s.send(bytes(p.data))
+print("sent", flush=True)
+end = time.monotonic() + wait
+while time.monotonic() < end:
+    try:
+        frame = s.recv(2048)
+    except socket.timeout:
+        continue
+    try:
+        d = packet.Packet(frame).get_protocol(dhcp.dhcp)
+    except Exception:
+        continue
+    if d is not None and d.op == 2 and d.xid == 4242:
+        print(d.yiaddr)
+        sys.exit(0)
+print("none")
+"""
+
+
+def test_a_discover_sent_before_the_port_is_wired_is_answered_once_it_is(
+        dep: Deployment) -> None:
+    """A VM asks before its chassis has its port (here: before the NB port even exists):
+    its one DISCOVER is held and answered when the port's flows are in -- no client
+    back-off. Only one DISCOVER is ever sent, so an OFFER proves the hold."""
+    import subprocess
+    import sys
+
+    hv1 = dep.bed.nodes["hv1"]
+    dep.network("early", "vxlan", 907, "10.96.0.0/24", dhcp=True)
+    vm = dep.bed.add_vm(hv1, "early", "fa:16:3e:96:00:11", None, "early-port", mtu=1500)
+    asker = subprocess.Popen(["ip", "netns", "exec", vm.netns, sys.executable, "-c", ONCE,
+                              vm.mac, "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert asker.stdout is not None and asker.stdout.readline().strip() == "sent"
+        ofport = hv1.vsctl("get", "Interface", vm.port, "ofport").strip()
+        dump = hv1.ofctl("dump-flows", "br-int", f"in_port={ofport}")
+        assert "in_port" not in dump, dump  # asked before anything knew the port
+        dep.vm_port(hv1, "early", "early", vm.mac, "10.96.0.11")
+        dep.wait_active(["early-port"], timeout=30)
+        out, _ = asker.communicate(timeout=30)
+    finally:
+        if asker.poll() is None:
+            asker.kill()
+    assert out.strip() == "10.96.0.11", out
+
+
 def test_dhcpv6_stateful_gives_the_nb_address_and_stateless_the_options(
         dep: Deployment) -> None:
     n = dep.bed.nodes

@@ -54,7 +54,9 @@ class Rig:
         self.ofports = {vm: env.add_port(f"{env.prefix}{vm}") for vm in VMS}
         self.md = env.add_port(f"{env.prefix}md")
         topo = Topology(ChassisFacts("hv1", "10.255.0.11", ("vxlan",), metadata_syn_rate=7,
-                                     metadata_syn_burst=3))
+                                     metadata_syn_burst=3, dhcp_rate_per_port=9,
+                                     dhcp_burst_per_port=4, rs_rate_per_port=3,
+                                     rs_burst_per_port=2))
         topo.replace_all(nb_objects())
         for vm, ofport in self.ofports.items():
             topo.set_ofport(vm, ofport)
@@ -179,3 +181,17 @@ def test_other_traffic_of_the_vms_is_untouched(rig: Rig) -> None:
     t = rig.trace("tcp,nw_src=10.1.0.11,nw_dst=10.1.0.12,tp_dst=80,nw_ttl=64",
                   dst_mac=VMS["vm2"][0])
     assert outputs(t) == [str(rig.ofports["vm2"])], t
+
+
+def test_the_configured_per_port_rates_are_the_switchs_meters(rig: Rig) -> None:
+    """[controller] dhcp_/rs_rate_per_port and [metadata] syn_rate become each local port's
+    own meters in OVS (read back from the switch)."""
+    p, own = rig.engine.pipeline, rig.engine._port_meters
+    dumped = rig.env.ofctl("dump-meters", "br-int")
+    for app, kind, rate, burst in (("dhcp", "dhcp", 9, 4), ("ra", "rs", 3, 2),
+                                   ("metadata", "syn", 7, 3)):
+        mid = p.meter_id(app, kind)
+        assert mid is not None
+        for vm in VMS:
+            assert re.search(rf"meter={own[vm][mid]} pktps [^\n]*\ntype=drop rate={rate} "
+                             rf"burst_size={burst}\b", dumped), (app, dumped)
