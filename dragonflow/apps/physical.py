@@ -11,8 +11,9 @@ port's flows; classify has no flow for that ofport yet and the request would be 
 client backing off for seconds. Such requests from an ofport classify does not know are
 punted instead (one shared meter, ``hold``), kept (at most HOLD_PER_PORT per ofport, for
 HOLD_PORTS ofports, HOLD_SECONDS) and replayed through the pipeline as from that ofport as
-soon as its port's flows are in (``port_wired``): the DHCP and RA stages answer them as if
-they had arrived just then. Nothing else is held: data traffic before the port is wired is
+soon as its port's flows are in (``port_wired``), or at once when the port was wired while
+the request waited in the packet-in queue: the DHCP and RA stages answer them as if they had
+arrived just then. Nothing else is held: data traffic before the port is wired is
 dropped, as it always was.
 """
 
@@ -72,6 +73,7 @@ class PhysicalApp:
         self.clock = clock
         # ofport -> [(when, frame)], oldest ofport first
         self.held: OrderedDict[int, list[tuple[float, bytes]]] = OrderedDict()
+        self._replayed: OrderedDict[bytes, None] = OrderedDict()  # replayed on arrival
 
     def owners(self, topo: OwnersView) -> set[str]:
         return (scoped_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
@@ -130,6 +132,15 @@ class PhysicalApp:
             return Answer()  # a tunnel's unknown VNI is not a booting VM
         now = self.clock()
         self._expire(now)
+        known = ofport in topo.facts.ofports.values()
+        if known and pin.data not in self._replayed:
+            # its port was wired while this waited in the packet-in queue: this answer goes
+            # out after this iteration's flows are in; once (should it come back, its port
+            # has no flows after all: it waits for port_wired like the others)
+            self._replayed[pin.data] = None
+            while len(self._replayed) > HOLD_PORTS:
+                self._replayed.popitem(last=False)
+            return Answer(replay=[(ofport, pin.data)])
         frames = self.held.pop(ofport, [])
         frames = (frames + [(now, pin.data)])[-HOLD_PER_PORT:]
         self.held[ofport] = frames

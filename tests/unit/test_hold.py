@@ -60,3 +60,14 @@ def test_a_tunnels_unknown_vni_and_unwired_ports_give_nothing() -> None:
     app.packet_in(topo, "classify", pin(9, b"from a tunnel"))
     assert not app.held
     assert app.port_wired(topo, "nowhere").replay == []
+
+
+def test_a_request_whose_port_was_wired_meanwhile_is_replayed_at_once_but_only_once() -> None:
+    """The port went ACTIVE while its request waited in the packet-in queue: replayed now
+    (sent after this iteration's flows). Back again (its flows are not there after all):
+    held, not replayed in a loop."""
+    app, topo, _ = setup()
+    topo.facts.ofports["p5"] = 5
+    assert app.packet_in(topo, "classify", pin(5, b"discover")).replay == [(5, b"discover")]
+    assert app.packet_in(topo, "classify", pin(5, b"discover")).replay == []
+    assert app.port_wired(topo, "p5").replay == [(5, b"discover")]
