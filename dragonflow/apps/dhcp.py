@@ -83,15 +83,22 @@ OPTION_NAMES: dict[str, tuple[int, str]] = {
 }
 
 
+_KINDS = {code: kind for code, kind in OPTION_NAMES.values() if code > 0}
+
+
 def option_code(name: str) -> tuple[int, str] | None:
     """(code, value kind) of an extra DHCP option named as Neutron allows it: a dnsmasq
-    name, a number, or ``option:<name|number>`` (a ``tag:...,`` prefix is not ours)."""
+    name, a number, or ``option:<name|number>``; a ``tag:<class>,`` prefix is dropped
+    (every client of the port gets it). A number is encoded as its name would be (``6``
+    is ``dns-server``, as in dnsmasq); a number with no name carries the value's bytes."""
     name = name.strip()
+    while name.startswith("tag:") and "," in name:
+        name = name.split(",", 1)[1].strip()
     if name.startswith("option:"):
         name = name[len("option:"):]
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         code = int(name)
-        return (code, "str") if 0 < code < 255 else None
+        return (code, _KINDS.get(code, "str")) if 0 < code < 255 else None
     return OPTION_NAMES.get(name)
 
 

@@ -8,16 +8,32 @@ Subnets with DHCP enabled and ``ipv6_address_mode``:
 * ``dhcpv6-stateless``: INFORMATION-REQUEST -> REPLY with options only (a stateless
   subnet's addresses come from SLAAC; an IA_NA asked for there gets NoAddrsAvail);
 
-options: DNS servers (23: the subnet's, else the configured defaults that are IPv6) and the
-domain search list (24). The server's DUID is DUID-LL of the router interface MAC on the
+options: DNS servers (23: the subnet's, else the configured defaults that are IPv6), the
+domain search list (24), and the port's ``ip_version`` 6 extra DHCP options, each replacing
+the default of its code. The server's DUID is DUID-LL of the router interface MAC on the
 network (or the dhcp app's fixed one); replies go from its link-local address to the
 client's, out of the client's own port. os-ken's dhcp6 codec frames the message; the option
 bodies (IA_NA, IAADDR, status, DUID) are built here, as it carries them as bytes.
+
+Extra options are named as Neutron hands them to dnsmasq: a dnsmasq ``option6`` name or a
+number, bare or as ``option6:<name|number>`` (a ``tag:<class>,`` prefix is dropped: every
+client of the port gets the option). Values are dnsmasq's: comma separated, addresses bare or
+in brackets; ``ntp-server`` becomes RFC 5908 suboptions (1 for a server address, 2 for a
+multicast one, 3 for a name), ``bootfile-param`` RFC 5970's length-prefixed strings. A
+number is encoded as its name would be (``option6:23`` is ``dns-server``, as in dnsmasq); a
+number with no name here carries the value's bytes. The codes the server builds from the
+exchange (DUIDs, IAs, status...) are not a port's to set; information-refresh-time goes only
+in the REPLY to an INFORMATION-REQUEST (RFC 8415 21.23). They go, like the defaults, in every
+message that carries configuration (ADVERTISE; the REPLY to REQUEST, RENEW, REBIND,
+INFORMATION-REQUEST), whatever the client's ORO lists. One that does not encode is logged
+once and left out; the others are still sent.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 import struct
 
 from os_ken.lib.packet import dhcp6, ethernet, ipv6, packet, udp
@@ -26,6 +42,7 @@ from dragonflow.apps.ra import link_local
 from dragonflow.model import Network, Port, Router, Subnet
 from dragonflow.pipeline.topology import Topology, View
 
+LOG = logging.getLogger(__name__)
 CLIENT6 = {"eth_type": 0x86DD, "ip_proto": 17, "udp_src": 546, "udp_dst": 547}
 FALLBACK_SERVER_MAC = "fa:16:3e:d4:c9:01"  # no DHCP port, no router interface: ours
 MODES = ("dhcpv6-stateful", "dhcpv6-stateless")
@@ -34,6 +51,23 @@ ST_SUCCESS, ST_NOADDRS, ST_NOBINDING, ST_NOTONLINK = 0, 2, 3, 4
 PREFERRED, VALID = 604800, 2592000
 T1, T2 = PREFERRED // 2, PREFERRED * 4 // 5
 
+# extra DHCPv6 option names Neutron passes to dnsmasq (as option6:<name>) -> (code, kind)
+OPTION6_NAMES: dict[str, tuple[int, str]] = {
+    "sip-server-domain": (21, "domains"), "sip-server": (22, "ips6"),
+    "dns-server": (OPT_DNS, "ips6"), "domain-search": (OPT_DOMAINS, "domains"),
+    "nis-server": (27, "ips6"), "nis+-server": (28, "ips6"),
+    "nis-domain": (29, "domains"), "nis+-domain": (30, "domains"),
+    "sntp-server": (31, "ips6"), "information-refresh-time": (32, "u32"),
+    "ntp-server": (56, "ntp"), "bootfile-url": (59, "str"), "bootfile-param": (60, "strings"),
+}
+_KINDS = {code: kind for code, kind in OPTION6_NAMES.values()}
+# built by the server from the exchange (RFC 8415, RFC 3633): never a port's to set
+RESERVED6 = frozenset({1, 2, 3, 4, 5, 6, 9, 13, 14, 18, 19, 20, 25, 26})
+OPT_REFRESH = 32  # only in the REPLY to an INFORMATION-REQUEST
+NTP_ADDR, NTP_MCAST, NTP_FQDN = 1, 2, 3  # RFC 5908 suboptions
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+_warned: set[tuple[str, str, str]] = set()
+
 
 def dns_name(name: str) -> bytes:
     """A domain name in DNS wire form (labels, then 0)."""
@@ -41,6 +75,112 @@ def dns_name(name: str) -> bytes:
     for label in name.strip(".").split("."):
         out += bytes([len(label)]) + label.encode()
     return out + b"\x00"
+
+
+def option6_code(name: str) -> tuple[int, str] | None:
+    """(code, value kind) of an ``ip_version`` 6 extra DHCP option as Neutron names it
+    (see the module docstring); None for an unknown name or a code the server owns."""
+    name = name.strip()
+    while name.startswith("tag:") and "," in name:
+        name = name.split(",", 1)[1].strip()
+    if name.startswith("option6:"):
+        name = name[len("option6:"):]
+    if name.isascii() and name.isdigit():
+        code = int(name)
+        if not 0 < code <= 0xFFFF or code in RESERVED6:
+            return None
+        return code, _KINDS.get(code, "str")
+    return OPTION6_NAMES.get(name.lower())
+
+
+def _addr6(text: str) -> ipaddress.IPv6Address:
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    addr = ipaddress.IPv6Address(text)
+    if addr.is_unspecified:  # dnsmasq's "its own address": no such server here
+        raise ValueError("'::' names no server here")
+    return addr
+
+
+def _domain(name: str) -> bytes:
+    labels = name.strip(".").split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels) or len(name.strip(".")) > 253:
+        raise ValueError(f"{name!r} is not a domain name")
+    return dns_name(name)
+
+
+def encode_option6(kind: str, value: str) -> bytes:
+    """An extra DHCPv6 option's value in its wire form; ValueError if it does not fit."""
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    if kind in ("ips6", "domains", "ntp") and not parts:
+        raise ValueError("no value")
+    if kind == "ips6":
+        data = b"".join(_addr6(p).packed for p in parts)
+    elif kind == "domains":
+        data = b"".join(_domain(p) for p in parts)
+    elif kind == "u32":
+        n = int(value)
+        if not 0 <= n <= 0xFFFFFFFF:
+            raise ValueError(f"{n} does not fit 32 bits")
+        data = struct.pack("!I", n)
+    elif kind == "ntp":
+        data = b""
+        for p in parts:
+            try:
+                addr = _addr6(p)
+            except ValueError:
+                try:
+                    sub, body = NTP_FQDN, _domain(p)
+                except ValueError:
+                    raise ValueError(f"{p!r} is neither an IPv6 address nor a name") from None
+            else:
+                sub, body = (NTP_MCAST if addr.is_multicast else NTP_ADDR), addr.packed
+            data += struct.pack("!HH", sub, len(body)) + body
+    elif kind == "strings":
+        data = b""
+        for p in parts:
+            raw = p.encode()
+            if len(raw) > 0xFFFF:
+                raise ValueError("a parameter longer than 65535 bytes")
+            data += struct.pack("!H", len(raw)) + raw
+    else:
+        data = value.encode()
+    if len(data) > 0xFFFF:
+        raise ValueError("longer than 65535 bytes")
+    return data
+
+
+def _warn_once(port: Port, name: str, value: str, why: str) -> None:
+    key = (port.id, name, value)
+    if key in _warned:
+        return
+    if len(_warned) >= 10000:
+        _warned.clear()
+    _warned.add(key)
+    LOG.warning("port %s: extra DHCPv6 option %s=%r not sent: %s", port.id, name, value, why)
+
+
+def _port_options(port: Port, msg_type: int) -> list[dhcp6.option]:
+    """The port's ``ip_version`` 6 extra options for an answer to ``msg_type``; of two
+    with one code, the later one counts."""
+    found: dict[int, bytes] = {}
+    for extra in port.extra_dhcp_opts:
+        if extra.ip_version != 6:
+            continue
+        code_kind = option6_code(extra.opt_name)
+        if code_kind is None:
+            _warn_once(port, extra.opt_name, extra.opt_value,
+                       "not a DHCPv6 option a port may set")
+            continue
+        code, kind = code_kind
+        try:
+            data = encode_option6(kind, extra.opt_value)
+        except ValueError as e:
+            _warn_once(port, extra.opt_name, extra.opt_value, str(e))
+            continue
+        if code != OPT_REFRESH or msg_type == dhcp6.DHCPV6_INFORMATION_REQUEST:
+            found[code] = data
+    return [_opt(code, data) for code, data in found.items()]
 
 
 def v6_subnet(topo: Topology | View, port: Port) -> tuple[Subnet, ipaddress.IPv6Address] | None:
@@ -146,6 +286,9 @@ def build_reply6(topo: Topology, port: Port, data: bytes, dns_defaults: tuple[st
             out.append(_opt(OPT_DNS, b"".join(ipaddress.IPv6Address(d).packed for d in dns)))
         if domain:
             out.append(_opt(OPT_DOMAINS, dns_name(domain)))
+        extra = _port_options(port, kind)
+        codes = {o.code for o in extra}
+        out = [o for o in out if o.code not in codes] + extra
     answer = dhcp6.dhcp6(reply_type, dhcp6.options(option_list=out),
                          transaction_id=req.transaction_id)
     p = packet.Packet()

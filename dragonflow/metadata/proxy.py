@@ -38,7 +38,7 @@ from dragonflow.db.nbapi import NbApi
 from dragonflow.metadata import content
 from dragonflow.metadata.datapath import METADATA_IP, METADATA_TCP_PORT, decode_address
 from dragonflow.metadata.iface import in_netns
-from dragonflow.model import Network, Port, Subnet
+from dragonflow.model import Network, Port, SecurityGroup, Subnet
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -155,14 +155,16 @@ class MetadataProxy:
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, text="405 Method Not Allowed")
 
-        def read() -> tuple[Network | None, dict[str, Subnet]]:
+        def read() -> tuple[Network | None, dict[str, Subnet], dict[str, str]]:
             subnets = {f.subnet_id: s for f in port.fixed_ips
                        if (s := self.nb.get(Subnet, f.subnet_id)) is not None}
-            return self.nb.get(Network, port.network_id), subnets
+            groups = {g: sg.name for g in port.security_groups
+                      if (sg := self.nb.get(SecurityGroup, g)) is not None and sg.name}
+            return self.nb.get(Network, port.network_id), subnets, groups
 
-        network, subnets = await self._nb(read)
+        network, subnets, groups = await self._nb(read)
         status, ctype, body = content.respond(request.path, port, ip, network, subnets,
-                                              self.cfg.domain)
+                                              self.cfg.domain, group_names=groups)
         return web.Response(status=status, text=body, content_type=ctype)
 
     async def _forward(self, request: web.Request, port: Port, ip: str) -> web.Response:

@@ -22,7 +22,7 @@ def topo(gateway: str | None = "10.0.0.1", with_ip: bool = True) -> tuple[Topolo
         "id": "p", "topic": "t", "network_id": "n", "mac": MAC, "unique_key": 3,
         "fixed_ips": [{"subnet_id": "s", "ip_address": "10.0.0.10"}] if with_ip else [],
         "extra_dhcp_opts": [{"opt_name": "bootfile-name", "opt_value": "pxe.0"},
-                            {"opt_name": "150", "opt_value": "x"},
+                            {"opt_name": "224", "opt_value": "x"},
                             {"opt_name": "no-such-option", "opt_value": "1"}]})
     t.replace_all([
         Network(id="n", topic="t", network_type="vxlan", segmentation_id=5, unique_key=1,
@@ -70,7 +70,7 @@ def test_discover_gets_an_offer_with_every_option() -> None:
     assert o[6] == ipaddress.IPv4Address("10.0.0.53").packed
     assert o[51] == (3600).to_bytes(4, "big") and o[58] == (1800).to_bytes(4, "big")
     assert o[26] == (1442).to_bytes(2, "big") and o[12] == b"host-10-0-0-10"
-    assert o[67] == b"pxe.0" and o[150] == b"x"  # extra options by name and number
+    assert o[67] == b"pxe.0" and o[224] == b"x"  # extra options by name and number
     assert ip.dst == "10.0.0.10" and ip.src == "10.0.0.1"
 
 
@@ -126,6 +126,10 @@ def test_garbage_gets_no_answer_and_no_exception(data: bytes) -> None:
 def test_extra_option_encodings() -> None:
     assert option_code("option:ntp-server") == (42, "ips")
     assert option_code("66") == (66, "str") and option_code("nonsense") is None
+    # a number with a name is encoded as the name (dnsmasq): 6 is dns-server, addresses
+    assert option_code("6") == (6, "ips") and option_code("option:42") == (42, "ips")
+    assert option_code("tag:ipxe,option:bootfile-name") == (67, "str")
+    assert option_code("٦") is None  # a digit int() reads but no DHCP option number
     assert encode_option("ips", "10.0.0.1, 10.0.0.2") == bytes([10, 0, 0, 1, 10, 0, 0, 2])
     assert encode_option("u16", "1400") == (1400).to_bytes(2, "big")
     assert encode_option("domains", "a.example") == b"\x01a\x07example\x00"
@@ -267,3 +271,101 @@ def test_mutated_dhcpv6_packets_never_raise(base: bytes, flips: list[tuple[int, 
     answer = DhcpApp().packet_in(_T6, "dhcp", _pin(bytes(data[:max(14, len(data) - cut)])))
     for _, frame in answer.frames:
         assert packet.Packet(frame).get_protocol(dhcp6.dhcp6) is not None
+
+
+# --- DHCPv6: the port's extra options ------------------------------------------------------
+import logging  # noqa: E402
+
+from dragonflow.apps.dhcp6 import encode_option6, option6_code  # noqa: E402
+
+
+def topo6_with(mode: str, opts: list[dict[str, object]], port_id: str = "p"
+               ) -> tuple[Topology, Port]:
+    t, base = topo6(mode)
+    port = Port.from_dict({"id": port_id, "topic": "t", "network_id": "n", "mac": MAC,
+                           "unique_key": 3, "fixed_ips": [{"subnet_id": "s6",
+                                                           "ip_address": "fd00::10"}],
+                           "extra_dhcp_opts": opts})
+    t.apply("port", base.id, None)
+    t.apply("port", port.id, port)
+    return t, port
+
+
+def options6(t: Topology, port: Port, data: bytes) -> list[tuple[int, bytes]]:
+    """Every option of the answer, in order (os-ken's parser keeps repeats)."""
+    _, d, _ = answer6(t, port, data)
+    return [(o.code, o.data) for o in d.options.option_list]
+
+
+def v6(*addrs: str) -> bytes:
+    return b"".join(ipaddress.IPv6Address(a).packed for a in addrs)
+
+
+def test_dhcpv6_port_options_replace_the_defaults_and_are_sent() -> None:
+    t, port = topo6_with("dhcpv6-stateful", [
+        {"opt_name": "dns-server", "opt_value": "[fd00::99], fd00::98", "ip_version": 6},
+        {"opt_name": "option6:ntp-server", "opt_value": "fd00::123,ff05::101,ntp.example",
+         "ip_version": 6},
+        {"opt_name": "tag:ipxe,bootfile-url", "opt_value": "http://[fd00::1]/boot.ipxe",
+         "ip_version": 6},
+        {"opt_name": "bootfile-param", "opt_value": "ro,console=ttyS0", "ip_version": 6},
+        {"opt_name": "option6:31", "opt_value": "fd00::7", "ip_version": 6},  # sntp-server
+        {"opt_name": "65001", "opt_value": "opaque", "ip_version": 6},
+        {"opt_name": "information-refresh-time", "opt_value": "3600", "ip_version": 6},
+        # IPv4 options: the DHCPv4 server's, never in a DHCPv6 answer
+        {"opt_name": "dns-server", "opt_value": "10.0.0.9", "ip_version": 4},
+        {"opt_name": "bootfile-name", "opt_value": "pxe.0", "ip_version": 4}])
+    server = None
+    for kind in (dhcp6.DHCPV6_SOLICIT, dhcp6.DHCPV6_REQUEST):
+        opts = options6(t, port, request6(kind, server=server))
+        server = dict(opts)[dhcp6.DHCPV6_OPTION_SERVERID]
+        o = dict(opts)
+        assert [c for c, _ in opts] == [1, 2, 3, 24, 23, 56, 59, 60, 31, 65001]
+        assert o[23] == v6("fd00::99", "fd00::98")  # the port's, not the subnet's fd00::53
+        assert o[56] == (b"\x00\x01\x00\x10" + v6("fd00::123")  # server address
+                         + b"\x00\x02\x00\x10" + v6("ff05::101")  # multicast address
+                         + b"\x00\x03\x00\x0d\x03ntp\x07example\x00")  # name
+        assert o[59] == b"http://[fd00::1]/boot.ipxe"
+        assert o[60] == b"\x00\x02ro\x00\x0dconsole=ttyS0"
+        assert o[31] == v6("fd00::7") and o[65001] == b"opaque"
+        assert o[24] == b"\x0eopenstacklocal\x00"  # a default the port does not replace
+    # the refresh time only answers an INFORMATION-REQUEST (RFC 8415 21.23)
+    o = dict(options6(t, port, request6(dhcp6.DHCPV6_INFORMATION_REQUEST, ia=False)))
+    assert o[32] == (3600).to_bytes(4, "big") and o[23] == v6("fd00::99", "fd00::98")
+
+
+def test_dhcpv6_a_bad_option_is_logged_once_and_the_others_still_sent(
+        caplog: pytest.LogCaptureFixture) -> None:
+    t, port = topo6_with("dhcpv6-stateless", [
+        {"opt_name": "dns-server", "opt_value": "not-an-ip", "ip_version": 6},
+        {"opt_name": "ntp-server", "opt_value": "fd00::123,[bad", "ip_version": 6},
+        {"opt_name": "information-refresh-time", "opt_value": "-1", "ip_version": 6},
+        {"opt_name": "option6:3", "opt_value": "x", "ip_version": 6},  # IA_NA: the server's
+        {"opt_name": "no-such-option", "opt_value": "x", "ip_version": 6},
+        {"opt_name": "bootfile-url", "opt_value": "tftp://[fd00::1]/pxe", "ip_version": 6}],
+        port_id="p-bad")
+    with caplog.at_level(logging.WARNING, logger="dragonflow.apps.dhcp6"):
+        for _ in range(3):
+            o = dict(options6(t, port, request6(dhcp6.DHCPV6_INFORMATION_REQUEST, ia=False)))
+            assert o[23] == v6("fd00::53")  # the subnet's stays
+            assert o[59] == b"tftp://[fd00::1]/pxe"
+            assert not {56, 32, 3} & set(o)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 5 and all("p-bad" in w for w in warnings)
+
+
+def test_dhcpv6_option_names_and_encodings() -> None:
+    assert option6_code("dns-server") == option6_code("option6:dns-server") == (23, "ips6")
+    assert option6_code("option6:23") == option6_code("23") == (23, "ips6")
+    assert option6_code("tag:a,tag:b,option6:bootfile-url") == (59, "str")
+    assert option6_code("bootfile-param") == (60, "strings")
+    assert option6_code("4242") == (4242, "str")
+    for refused in ("2", "option6:13", "0", "65536", "option:dns-server", "tag:x", "nope"):
+        assert option6_code(refused) is None, refused
+    assert encode_option6("domains", "a.example,b") == b"\x01a\x07example\x00\x01b\x00"
+    assert encode_option6("u32", "86400") == (86400).to_bytes(4, "big")
+    for kind, bad in (("ips6", ""), ("ips6", "10.0.0.1"), ("ips6", "[::]"),
+                      ("domains", "a..b"), ("u32", "4294967296"), ("u32", "soon"),
+                      ("ntp", "has space"), ("str", "x" * 70000)):
+        with pytest.raises(ValueError):
+            encode_option6(kind, bad)

@@ -143,7 +143,7 @@ def test_built_in_documents() -> None:
     assert "meta_data.json" in content.respond("/openstack/latest/", port, "", net,
                                                subnets)[2].split()
     for missing in ("/openstack/latest/user_data", "/openstack/1999-01-01/meta_data.json",
-                    "/latest/meta-data/", "/openstack/latest/meta_data.json/x"):
+                    "/latest/user-data", "/openstack/latest/meta_data.json/x"):
         assert content.respond(missing, port, "", net, subnets)[0] == 404, missing
 
 
@@ -185,3 +185,66 @@ def test_the_proxy_finds_local_ports_by_key_and_only_those() -> None:
         assert found is not None and found.mac == "fa:16:3e:00:00:0c"
     finally:
         nb.driver.close()
+
+
+def ec2(path: str, group_names: dict[str, str] | None = None) -> tuple[int, str, str]:
+    by_id = {o.id: o for o in objects()}
+    port, net = by_id["vm1"], by_id["net1"]
+    assert isinstance(port, Port) and isinstance(net, Network)
+    port = port.replace(security_groups=("sg-a", "sg-b"))
+    return content.respond(path, port, "10.1.0.11", net, {}, "openstacklocal",
+                           group_names=group_names)
+
+
+def test_the_ec2_tree_lists_what_nova_lists() -> None:
+    versions = ["1.0", "2007-01-19", "2007-03-01", "2007-08-29", "2007-10-10", "2007-12-15",
+                "2008-02-01", "2008-09-01", "2009-04-04", "latest"]
+    assert ec2("/") == (200, "text/plain", "\n".join([*versions, "openstack"]))
+    for path in ("/ec2", "/ec2/"):
+        assert ec2(path) == (200, "text/plain", "\n".join(versions)), path
+    for path in ("/latest", "/latest/", "/2009-04-04/", "/1.0", "/ec2/latest/"):
+        assert ec2(path) == (200, "text/plain", "meta-data/"), path  # no user-data
+    listing = ["ami-id", "ami-launch-index", "ami-manifest-path", "block-device-mapping/",
+               "hostname", "instance-action", "instance-id", "instance-type",
+               "local-hostname", "local-ipv4", "placement/", "public-hostname",
+               "public-ipv4", "reservation-id", "security-groups"]
+    for path in ("/latest/meta-data/", "/latest/meta-data", "/2009-04-04/meta-data//",
+                 "/ec2/2008-09-01/meta-data/"):
+        assert ec2(path) == (200, "text/plain", "\n".join(listing)), path
+    # older versions have fewer keys, as in Nova
+    assert ec2("/1.0/meta-data/")[2].split("\n") == [
+        "ami-id", "ami-launch-index", "ami-manifest-path", "hostname", "instance-id",
+        "local-ipv4", "reservation-id", "security-groups"]
+    assert "placement/" not in ec2("/2007-12-15/meta-data/")[2].split("\n")
+    assert ec2("/latest/meta-data/placement/")[2] == "availability-zone"
+    assert ec2("/latest/meta-data/block-device-mapping")[2] == "ami\nroot"
+
+
+def test_every_ec2_leaf() -> None:
+    leaves = {
+        "ami-id": "", "ami-launch-index": "0", "ami-manifest-path": "FIXME",
+        "block-device-mapping/ami": "vda", "block-device-mapping/root": "/dev/vda",
+        "hostname": "web-server-1.openstacklocal", "instance-action": "none",
+        "instance-id": "inst-1", "instance-type": "",
+        "local-hostname": "web-server-1.openstacklocal", "local-ipv4": "10.1.0.11",
+        "placement/availability-zone": "nova",
+        "public-hostname": "web-server-1.openstacklocal", "public-ipv4": "",
+        "reservation-id": "", "security-groups": "sg-a\nsg-b",
+    }
+    for key, value in leaves.items():
+        for path in (f"/latest/meta-data/{key}", f"/2009-04-04/meta-data/{key}/",
+                     f"/ec2/latest/meta-data/{key}"):
+            assert ec2(path) == (200, "text/plain", value), path
+    names = {"sg-a": "default", "sg-b": ""}  # a group without a name: its id
+    assert ec2("/latest/meta-data/security-groups",
+               group_names=names)[2] == "default\nsg-b"
+
+
+def test_unknown_ec2_paths_are_not_found() -> None:
+    for path in ("/latest/user-data", "/2010-01-01/meta-data/", "/openstack2/",
+                 "/latest/meta-data/nope", "/latest/nope", "/latest/meta-data/hostname/x",
+                 "/latest/meta-data/placement/x", "/latest/meta-data/security-groups/sg-a",
+                 "/latest/meta-data/placement/availability-zone/nova", "/ec2/openstack",
+                 "/ec2/ec2/latest/meta-data/", "/1.0/meta-data/placement/",
+                 "/1.0/meta-data/local-hostname", "/meta-data/"):
+        assert ec2(path) == (404, "text/plain", "404 Not Found"), path
