@@ -3,7 +3,8 @@
 Two simulated nodes (netns + own OVS) with in-process local controllers on the embedded DB
 (or --db etcd://... / redis://... with df-controller processes). A target VM waits on hv1;
 for each of N new ports on hv2 we time: NB create -> NB status ACTIVE (flows confirmed by a
-barrier) and NB create -> the new VM's first ping reply from the target (pinging every 5 ms).
+barrier; stamped as the change reaches a subscriber of the NB stream) and NB create -> the
+new VM's first ping reply from the target (pinging every 5 ms).
 Prints p50/p99 and how the flow count grows per port. Needs root. Asserts nothing.
 
 With ``--peer ovn`` (the default when OVN is installed) the same sequence then runs on OVN
@@ -16,17 +17,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from common import pct
+from common import first_reply, pct
 from ovn_peer import INSTALL, PingFigures, ovn_missing, ovn_version, print_table, run_port_ping
 
 from dragonflow.db.connect import open_nb
+from dragonflow.db.nbapi import NbApi
+from dragonflow.db.stream import Change, Subscription
 from dragonflow.model import Binding, FixedIp, Port
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed, new_prefix
@@ -40,10 +42,38 @@ class Ours:
     flows: dict[str, int]
 
 
+class ActiveSeen:
+    """When each port was first seen ACTIVE: stamped as the NB change arrives (a
+    subscription to the change stream), as the OVN side stamps 'up' as its NB update
+    arrives -- not polled."""
+
+    def __init__(self, nb: NbApi) -> None:
+        self.at: dict[str, float] = {}
+        self._cv = threading.Condition()
+        self._sub = Subscription(nb, self._change, lambda objs, rev: None,
+                                 from_revision=nb.revision() + 1)
+
+    def _change(self, ch: Change) -> None:
+        if ch.table == "port" and isinstance(ch.obj, Port) and ch.obj.status == "ACTIVE":
+            with self._cv:
+                self.at.setdefault(ch.id, time.monotonic())
+                self._cv.notify_all()
+
+    def wait(self, port_id: str, timeout: float = 60.0) -> float:
+        with self._cv:
+            if not self._cv.wait_for(lambda: port_id in self.at, timeout):
+                raise TimeoutError(f"{port_id} not ACTIVE within {timeout}s")
+            return self.at[port_id]
+
+    def close(self) -> None:
+        self._sub.close()
+
+
 def run_ours(ports: int, db: str) -> Ours:
     bed = Testbed(new_prefix())
     nb = open_nb(db, root=f"/bench{uuid.uuid4().hex[:6]}/")
     dep = Deployment(bed, nb, db, in_process=db.startswith("memory:"))
+    seen: ActiveSeen | None = None
     try:
         hv1 = dep.add_node("hv1", "10.255.0.11")
         hv2 = dep.add_node("hv2", "10.255.0.12")
@@ -52,7 +82,7 @@ def run_ours(ports: int, db: str) -> Ours:
         dep.wait_active(["target-port"])
         base = {n.name: dep.flow_count(n) for n in (hv1, hv2)}
         to_active, to_ping = [], []
-        watcher = ThreadPoolExecutor(max_workers=1)
+        seen = ActiveSeen(nb)
         for i in range(ports):
             name = f"p{i}"
             mac = f"fa:16:3e:00:{i // 256:02x}:{i % 256:02x}"
@@ -60,26 +90,17 @@ def run_ours(ports: int, db: str) -> Ours:
             vm = bed.add_vm(hv2, name, mac, f"10.9.1.{i + 10}/16", f"{name}-port")
             vm.exec(f"ip neigh replace {target.ip} lladdr {target.mac} dev eth0")
             t0 = time.monotonic()
-            dep.created[f"{name}-port"] = t0
             nb.create(Port(id=f"{name}-port", topic=dep.topic, network_id="net", mac=mac,
                            fixed_ips=(FixedIp.from_dict({"subnet_id": "net-subnet",
                                                          "ip_address": vm.ip}),),
                            binding=Binding(kind="chassis", chassis_id="hv2")))
-            active = watcher.submit(dep.wait_active, [f"{name}-port"])  # polled meanwhile
-            pinger = subprocess.Popen(
-                ["ip", "netns", "exec", vm.netns, "ping", "-n", "-i", "0.005", "-c", "2000",
-                 "-W", "0.2", target.ip], stdout=subprocess.PIPE, text=True)
-            assert pinger.stdout is not None
-            for line in pinger.stdout:
-                if "bytes from" in line:
-                    to_ping.append(time.monotonic() - t0)
-                    break
-            pinger.kill()
-            pinger.wait()
-            to_active.append(active.result()[f"{name}-port"])
+            to_ping.append(first_reply(vm, target.ip, t0) * 1000)
+            to_active.append((seen.wait(f"{name}-port") - t0) * 1000)
         flows = {n.name: dep.flow_count(n) for n in (hv1, hv2)}
-        return Ours([x * 1000 for x in to_active], [x * 1000 for x in to_ping], base, flows)
+        return Ours(to_active, to_ping, base, flows)
     finally:
+        if seen is not None:
+            seen.close()
         dep.stop()
         bed.teardown()
 
@@ -105,8 +126,8 @@ def report(ports: int, db: str, ours: Ours, ovn: PingFigures | None) -> None:
     peer = f"OVN {ovn_version()}" if ovn else "OVN not run"
     print_table(f"{ports} ports created on hv2, target VM on hv1; ours on {db} vs {peer} "
                 "(same machine, one run)", rows)
-    print("(ours: ACTIVE polled every 5 ms from NB create on; "
-          "OVN: 'up' is timed as the NB update arrives)")
+    print("(both: ACTIVE / 'up' timed as the NB update arrives; first ping: pinging every "
+          "5 ms from the NB create on)")
 
 
 def main() -> None:
