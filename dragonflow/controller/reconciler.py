@@ -72,10 +72,11 @@ class Reconciler:
              meters: dict[int, OfMeter] | None = None) -> int:
         """Make the switch hold exactly ``table.desired``; returns the flow-mods sent.
         Raises whatever the sink raises when it cannot be traced to owners (the switch
-        state is then unknown: the next sync is full)."""
+        state is then unknown: the next sync is full). New and changed meters go in the
+        same round trip as the flows (before them: a flow naming a missing meter is
+        refused); meters no longer wanted are deleted after the flows that used them."""
         full = full or self.need_full
-        if meters is not None:
-            self._sync_meters(sink, meters, full)
+        pre = self._meter_changes(sink, meters, full) if meters is not None else []
         self.pending |= table.resolve()
         for _ in range(MAX_REJECT_ROUNDS):
             if full:
@@ -84,10 +85,20 @@ class Reconciler:
                 ops = self.diff(table, self.pending)
                 if not ops:
                     self.pending.clear()
+                    self._finish_meters(sink, pre, meters)
                     return 0
             try:
-                sink.install(ops, replace_all=full)
+                if pre:  # only a meter-capable sink (OfChannel) has meter changes
+                    sink.install(ops, replace_all=full, meters=pre)  # type: ignore[call-arg]
+                else:
+                    sink.install(ops, replace_all=full)
             except Exception as e:
+                if pre and getattr(e, "meter", None) is not None:
+                    self.need_full = True  # which meter-mods went in is not known
+                    raise
+                if pre and getattr(e, "errors", None):  # OVS took every meter-mod
+                    self._meters_in(pre)
+                    pre = []
                 if not self._reject(table, e):
                     self.need_full = True
                     raise
@@ -106,6 +117,7 @@ class Reconciler:
             self.need_full = False
             self.bundles += 1
             self.flow_mods += len(ops)
+            self._finish_meters(sink, pre, meters, sent=True)
             return len(ops)
         self.need_full = True
         raise RuntimeError(f"flows still rejected after {MAX_REJECT_ROUNDS} rounds")
@@ -124,28 +136,42 @@ class Reconciler:
             self.rejections += 1
         return bool(owners)
 
-    def _sync_meters(self, sink: FlowSink, desired: dict[int, OfMeter], full: bool) -> None:
-        """Meters first (a flow naming a missing meter is refused), all changes in one
-        round trip (meter-mods cannot go into a bundle: OVS refuses them there). A full sync
-        (a (re)connect: the switch may hold meters of the last run) deletes every meter
-        first -- only the punt flows use meters, and the full flow install that follows
-        replaces those anyway -- so every meter is then simply added."""
-        install = getattr(sink, "install_meters", None)
-        if install is None:
-            return
+    def _meter_changes(self, sink: FlowSink, desired: dict[int, OfMeter],
+                       full: bool) -> list[tuple[str, OfMeter]]:
+        """The meter adds / modifies to send with the flows (meter-mods cannot go into a
+        bundle: OVS refuses them there). A full sync (a (re)connect: the switch may hold
+        meters of the last run) deletes every meter first -- only the punt flows use
+        meters, and the full flow install that follows replaces those anyway -- so every
+        meter is then simply added."""
+        if getattr(sink, "install_meters", None) is None:
+            return []
         if full:  # a switch that can install meters can delete them all (OfChannel)
             sink.delete_all_meters()  # type: ignore[attr-defined]
             self.meters_installed = {}
         elif desired == self.meters_installed:
+            return []
+        # after a full sync the switch holds none but ours: no add can collide
+        return [("add" if mid not in self.meters_installed else "modify", m)
+                for mid, m in sorted(desired.items()) if self.meters_installed.get(mid) != m]
+
+    def _meters_in(self, ops: list[tuple[str, OfMeter]]) -> None:
+        for _, m in ops:
+            self.meters_installed[m.meter_id] = m
+
+    def _finish_meters(self, sink: FlowSink, pre: list[tuple[str, OfMeter]],
+                       desired: dict[int, OfMeter] | None, sent: bool = False) -> None:
+        """Record the meter changes the flows carried (or send them alone when no flow
+        changed), then delete the meters no longer wanted -- after the flows that used
+        them are gone (withdrawn with their owners)."""
+        if pre:
+            if not sent:
+                sink.install_meters(pre)  # type: ignore[attr-defined]
+            self._meters_in(pre)
+        if (desired is None or getattr(sink, "install_meters", None) is None
+                or len(desired) == len(self.meters_installed)):  # all desired are in: none gone
             return
-        ops = [("add" if mid not in self.meters_installed else "modify", m)
-               for mid, m in sorted(desired.items()) if self.meters_installed.get(mid) != m]
-        if ops:  # after a full sync the switch holds none but ours: no add can collide
-            install(ops)
-            for _, m in ops:
-                self.meters_installed[m.meter_id] = m
         gone = [m for mid, m in sorted(self.meters_installed.items()) if mid not in desired]
-        if gone:  # after their flows are gone (withdrawn with the owners that used them)
-            install([("delete", m) for m in gone])
+        if gone:
+            sink.install_meters([("delete", m) for m in gone])  # type: ignore[attr-defined]
             for m in gone:
                 del self.meters_installed[m.meter_id]

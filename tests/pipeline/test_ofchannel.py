@@ -386,6 +386,25 @@ def test_meters_install_modify_delete(ovs_bridge: OvsBridgeEnv, conn: Conn) -> N
     assert ovs_bridge.dump_flows() == ["priority=3,reg0=0x3 actions=output:1"]
 
 
+def test_meters_travel_with_the_bundle_and_a_rejected_one_discards_it(
+        ovs_bridge: OvsBridgeEnv, conn: Conn) -> None:
+    """install(meters=): the meter-mods go just before the bundle, checked by its barrier
+    (one round trip fewer); flows naming the new meter go in with it. A rejected meter-mod
+    discards the bundle (no flow of it installed) and the error names the meter."""
+    a = OfMeter(1, 100)
+    conn.channel.install(adds([OfFlow(0, 1, match(reg0=1), (Output(1),), meter=1)]),
+                         meters=[("add", a)])
+    assert dumped_meters(ovs_bridge) == {1: str(a)}
+    assert ovs_bridge.dump_flows() == ["priority=1,reg0=0x1 actions=meter:1,output:1"]
+    with pytest.raises(OfError) as caught:  # meter 1 exists: the add is refused
+        conn.channel.install(adds([OfFlow(0, 2, match(reg0=2), (Output(1),), meter=1)]),
+                             meters=[("add", OfMeter(1, 7))])
+    assert (caught.value.op, caught.value.meter) == ("add", OfMeter(1, 7))
+    assert caught.value.error.name == "OFPMMFC_METER_EXISTS"
+    assert ovs_bridge.dump_flows() == ["priority=1,reg0=0x1 actions=meter:1,output:1"]
+    assert dumped_meters(ovs_bridge) == {1: str(a)}
+
+
 def test_meter_mods_are_not_allowed_in_bundles(conn: Conn) -> None:
     """Why install_meters() is not atomic: OVS refuses meter-mods inside ONF bundles."""
     xid = conn.channel.reserve_xids(3)
