@@ -37,7 +37,14 @@ from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
 
 from dragonflow.apps.arp import arp_reply_actions
 from dragonflow.apps.base import local_network_ports, split_owner
-from dragonflow.apps.dhcp6 import CLIENT6, FALLBACK_SERVER_MAC, build_reply6, dns_name, v6_subnet
+from dragonflow.apps.dhcp6 import (
+    CLIENT6,
+    FALLBACK_SERVER_MAC,
+    bare_option_name,
+    build_reply6,
+    dns_name,
+    v6_subnet,
+)
 from dragonflow.model import Network, Port, Subnet
 from dragonflow.ovs.ofchannel import PacketIn
 from dragonflow.pipeline.fields import read_field
@@ -91,11 +98,7 @@ def option_code(name: str) -> tuple[int, str] | None:
     name, a number, or ``option:<name|number>``; a ``tag:<class>,`` prefix is dropped
     (every client of the port gets it). A number is encoded as its name would be (``6``
     is ``dns-server``, as in dnsmasq); a number with no name carries the value's bytes."""
-    name = name.strip()
-    while name.startswith("tag:") and "," in name:
-        name = name.split(",", 1)[1].strip()
-    if name.startswith("option:"):
-        name = name[len("option:"):]
+    name = bare_option_name(name, "option:")
     if name.isascii() and name.isdigit():
         code = int(name)
         return (code, _KINDS.get(code, "str")) if 0 < code < 255 else None

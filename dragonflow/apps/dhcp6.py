@@ -77,14 +77,19 @@ def dns_name(name: str) -> bytes:
     return out + b"\x00"
 
 
-def option6_code(name: str) -> tuple[int, str] | None:
-    """(code, value kind) of an ``ip_version`` 6 extra DHCP option as Neutron names it
-    (see the module docstring); None for an unknown name or a code the server owns."""
+def bare_option_name(name: str, prefix: str) -> str:
+    """An extra DHCP option's name without ``tag:<class>,`` prefixes (every client of the
+    port gets it) and without ``prefix`` (``option:`` / ``option6:``)."""
     name = name.strip()
     while name.startswith("tag:") and "," in name:
         name = name.split(",", 1)[1].strip()
-    if name.startswith("option6:"):
-        name = name[len("option6:"):]
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def option6_code(name: str) -> tuple[int, str] | None:
+    """(code, value kind) of an ``ip_version`` 6 extra DHCP option as Neutron names it
+    (see the module docstring); None for an unknown name or a code the server owns."""
+    name = bare_option_name(name, "option6:")
     if name.isascii() and name.isdigit():
         code = int(name)
         if not 0 < code <= 0xFFFF or code in RESERVED6:

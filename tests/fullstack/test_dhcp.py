@@ -103,26 +103,26 @@ print(sent)
 """
 
 
-# A neighbour's own DISCOVERs during the flood, 20 per second (its own budget is 50/s):
-# prints how many OFFERs came back.
-ASK = r"""
+# What the two raw DHCP clients below share: a DISCOVER frame, and waiting for its OFFER.
+CLIENT = r"""
 import socket, sys, time
 from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
-mac, count = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-s.bind(("eth0", 0))
-s.settimeout(0.01)
-offers = 0
-for i in range(count):
+
+
+def discover(mac, xid):
     p = packet.Packet()
     p.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=mac, ethertype=0x0800))
     p.add_protocol(ipv4.ipv4(src="0.0.0.0", dst="255.255.255.255", proto=17))
     p.add_protocol(udp.udp(src_port=68, dst_port=67))
-    p.add_protocol(dhcp.dhcp(op=1, chaddr=mac, xid=1000 + i, options=dhcp.options(option_list=[
+    p.add_protocol(dhcp.dhcp(op=1, chaddr=mac, xid=xid, options=dhcp.options(option_list=[
         dhcp.option(tag=dhcp.DHCP_MESSAGE_TYPE_OPT, value=bytes([dhcp.DHCP_DISCOVER]))])))
     p.serialize()
-    s.send(bytes(p.data))
-    end = time.monotonic() + 0.05
+    return bytes(p.data)
+
+
+def offer(s, xid, seconds):
+    # the address OFFERed for xid within seconds, else None
+    end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:
             frame = s.recv(2048)
@@ -132,9 +132,24 @@ for i in range(count):
             d = packet.Packet(frame).get_protocol(dhcp.dhcp)
         except Exception:
             continue
-        if d is not None and d.op == 2 and d.xid == 1000 + i:
-            offers += 1
-            break
+        if d is not None and d.op == 2 and d.xid == xid:
+            return d.yiaddr
+    return None
+
+
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("eth0", 0))
+"""
+
+# A neighbour's own DISCOVERs during the flood, 20 per second (its own budget is 50/s):
+# prints how many OFFERs came back.
+ASK = CLIENT + r"""
+mac, count = sys.argv[1], int(sys.argv[2])
+s.settimeout(0.01)
+offers = 0
+for i in range(count):
+    s.send(discover(mac, 1000 + i))
+    offers += offer(s, 1000 + i, 0.05) is not None
 print(offers)
 """
 ASKS = 60
@@ -180,36 +195,12 @@ def test_a_discover_flood_does_not_starve_a_neighbours_lease(testbed: Testbed) -
 
 
 # ONE DISCOVER, then wait for its OFFER: prints the address offered, or "none".
-ONCE = r"""
-import socket, sys, time
-from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+ONCE = CLIENT + r"""
 mac, wait = sys.argv[1], float(sys.argv[2])
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-s.bind(("eth0", 0))
 s.settimeout(0.1)
-p = packet.Packet()
-p.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=mac, ethertype=0x0800))
-p.add_protocol(ipv4.ipv4(src="0.0.0.0", dst="255.255.255.255", proto=17))
-p.add_protocol(udp.udp(src_port=68, dst_port=67))
-p.add_protocol(dhcp.dhcp(op=1, chaddr=mac, xid=4242, options=dhcp.options(option_list=[
-    dhcp.option(tag=dhcp.DHCP_MESSAGE_TYPE_OPT, value=bytes([dhcp.DHCP_DISCOVER]))])))
-p.serialize()
-s.send(bytes(p.data))
+s.send(discover(mac, 4242))
 print("sent", flush=True)
-end = time.monotonic() + wait
-while time.monotonic() < end:
-    try:
-        frame = s.recv(2048)
-    except socket.timeout:
-        continue
-    try:
-        d = packet.Packet(frame).get_protocol(dhcp.dhcp)
-    except Exception:
-        continue
-    if d is not None and d.op == 2 and d.xid == 4242:
-        print(d.yiaddr)
-        sys.exit(0)
-print("none")
+print(offer(s, 4242, wait) or "none")
 """
 
 
