@@ -22,7 +22,7 @@ class L2App:
     stages = (
         Stage("l2_lookup", after=("classify", "arp_responder", "nd_responder"),
               matches=fields("network", "from_tunnel", "eth_dst"), masked=fields("eth_dst"),
-              sets=fields("out_port", "router"), goto=("l3_input", "egress"),
+              sets=fields("out_port", "router"), goto=("l3_input", "deliver"),
               resubmit=("egress",), miss="drop",
               doc="destination MAC -> out_port (or the router); broadcast replication"),
     )
@@ -52,7 +52,7 @@ class L2App:
             return []
         port, net = found
         return [Flow.make("l2_lookup", 100, {"network": net.unique_key, "eth_dst": port.mac},
-                          (SetReg("out_port", port.unique_key), Goto("egress")), owner)]
+                          (SetReg("out_port", port.unique_key), Goto("deliver")), owner)]
 
     def _flood(self, view: View, net_id: str, owner: str) -> list[Flow]:
         net = view.network(net_id)

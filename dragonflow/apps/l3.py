@@ -62,7 +62,7 @@ def prefix_priority(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
 
 def route_to_port(rp_mac: str, port: Port, net_key: int) -> tuple[Action, ...]:
     return (DecTtl(), SetField("eth_src", rp_mac), SetField("eth_dst", port.mac),
-            SetReg("network", net_key), SetReg("out_port", port.unique_key), Goto("egress"))
+            SetReg("network", net_key), SetReg("out_port", port.unique_key), Goto("deliver"))
 
 
 class L3App:
@@ -71,7 +71,7 @@ class L3App:
         Stage("l3_lookup", after=("l3_input", "l2_lookup"),
               matches=fields("router", "eth_type", "ipv4_dst", "ipv6_dst"),
               masked=fields("ipv4_dst", "ipv6_dst"),
-              sets=fields("network", "out_port", "eth_src", "eth_dst"), goto=("egress",),
+              sets=fields("network", "out_port", "eth_src", "eth_dst"), goto=("deliver",),
               punt=True, miss="drop",
               doc="longest prefix: host flows, attached subnets, extra routes"),
     )

@@ -62,6 +62,10 @@ class PhysicalApp:
               punt=True, miss="drop",
               doc="ofport -> logical in_port + network; tunnel VNI -> network; address "
                   "requests of an ofport not wired yet held"),
+        Stage("deliver", after=("l2_lookup", "l3_lookup"), before=("egress",), miss="next",
+              doc="where a frame for a known out_port enters the output side: services "
+                  "acting on the destination port (ingress security) sit between it and "
+                  "egress"),
         Stage("egress", physical=True, after=("classify", "l2_lookup", "l3_lookup"),
               matches=fields("out_port", "from_tunnel", "network"), miss="drop",
               doc="out_port -> local ofport, or encapsulate to the port's chassis"),

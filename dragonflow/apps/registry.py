@@ -11,7 +11,8 @@ from stevedore import named
 from dragonflow.apps.base import App
 
 NAMESPACE = "dragonflow.apps"
-DEFAULT_APPS = ("physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3", "metadata")
+DEFAULT_APPS = ("physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3", "metadata",
+                "port_security", "secgroup")
 
 
 def load_apps(names: Sequence[str] = DEFAULT_APPS) -> list[App]:

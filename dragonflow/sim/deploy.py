@@ -22,7 +22,17 @@ from dragonflow.db.nbapi import NbApi
 from dragonflow.db.security import NbSecurity
 from dragonflow.metadata.proxy import ProxyConfig
 from dragonflow.metadata.service import MetadataService, ServiceConfig
-from dragonflow.model import Binding, Chassis, DhcpOpt, FixedIp, Network, Port, Router, Subnet
+from dragonflow.model import (
+    AddressPair,
+    Binding,
+    Chassis,
+    DhcpOpt,
+    FixedIp,
+    Network,
+    Port,
+    Router,
+    Subnet,
+)
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
 
@@ -229,13 +239,19 @@ class Deployment:
            ipv6_subnet: str | None = None, gateway6: str | None = None,
            topic: str | None = None, dhcp: bool = False,
            extra_dhcp_opts: tuple[tuple[str, str], ...] = (), slaac: bool = False,
-           device_id: str | None = None) -> Vm:
+           device_id: str | None = None, security_groups: tuple[str, ...] = (),
+           port_security: bool = True,
+           address_pairs: tuple[tuple[str, str | None], ...] = ()) -> Vm:
         """Create the NB port bound to ``node`` and plug a namespaced VM with it (the port
         of project ``topic``, default the deployment's). With ``dhcp`` the VM boots with no
         address: ``vm.dhclient()`` asks for it. The port's ``device_id`` (the instance the
-        metadata service names) is the VM's name unless given ("" : none)."""
+        metadata service names) is the VM's name unless given ("" : none).
+        ``security_groups`` / ``port_security`` / ``address_pairs`` ((ip or cidr, mac or
+        None), ...) are the port's, as Neutron has them."""
         self.vm_port(node, name, network, mac, ip, ipv6=ipv6, ipv6_subnet=ipv6_subnet,
-                     topic=topic, extra_dhcp_opts=extra_dhcp_opts, device_id=device_id)
+                     topic=topic, extra_dhcp_opts=extra_dhcp_opts, device_id=device_id,
+                     security_groups=security_groups, port_security=port_security,
+                     address_pairs=address_pairs)
         return self.bed.add_vm(node, name, mac, None if dhcp else f"{ip}/{prefixlen}",
                                f"{name}-port", ipv6=None if slaac else ipv6, gateway=gateway,
                                gateway6=gateway6, mtu=1500 if dhcp else 1450)
@@ -244,7 +260,9 @@ class Deployment:
                 ipv6: str | None = None, ipv6_subnet: str | None = None,
                 topic: str | None = None,
                 extra_dhcp_opts: tuple[tuple[str, str], ...] = (),
-                device_id: str | None = None) -> Port:
+                device_id: str | None = None, security_groups: tuple[str, ...] = (),
+                port_security: bool = True,
+                address_pairs: tuple[tuple[str, str | None], ...] = ()) -> Port:
         """The NB port ``<name>-port`` of a VM bound to ``node`` (``vm`` creates it, then
         plugs the VM; a test may plug first, as a VM that boots before its port is wired)."""
         self.created[f"{name}-port"] = time.monotonic()
@@ -258,7 +276,10 @@ class Deployment:
             fixed_ips=tuple(FixedIp.from_dict(x) for x in ips),
             binding=Binding(kind="chassis", chassis_id=node.name),
             device_owner="compute:demo", device_id=name if device_id is None else device_id,
-            extra_dhcp_opts=tuple(DhcpOpt(opt_name=k, opt_value=v) for k, v in extra_dhcp_opts)))
+            extra_dhcp_opts=tuple(DhcpOpt(opt_name=k, opt_value=v) for k, v in extra_dhcp_opts),
+            security_groups=security_groups, port_security_enabled=port_security,
+            allowed_address_pairs=tuple(AddressPair.from_dict(
+                {"ip_address": a, **({"mac": m} if m else {})}) for a, m in address_pairs)))
 
     def router(self, name: str, interfaces: list[tuple[str, list[str]]],
                routes: list[tuple[str, str]] | None = None, *,

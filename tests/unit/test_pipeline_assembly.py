@@ -15,8 +15,9 @@ from dragonflow.pipeline.fields import LOGICAL_FIELDS, read_field
 from dragonflow.pipeline.lower import Lowering, app_of_cookie, cookie
 from dragonflow.pipeline.stages import MeterDecl, Pipeline, PipelineError, Stage, fields
 
-CORE = ["metadata", "classify", "arp_responder", "dhcp", "nd_responder", "ra", "l2_lookup",
-        "l3_input", "l3_lookup", "egress"]
+CORE = ["metadata", "classify", "arp_responder", "dhcp", "nd_responder", "ra", "port_security",
+        "secgroup_out_ct", "secgroup_out", "l2_lookup", "l3_input", "l3_lookup", "deliver",
+        "secgroup_in_ct", "secgroup_in", "egress"]
 
 
 @dataclass
@@ -125,7 +126,7 @@ def test_network_key_takes_32_bits_of_metadata_not_64() -> None:
     assert f.write_metadata == (0xABCDEF01, 0xFFFFFFFF)
     f = Lowering(p).lower("l2", lf.Flow.make(
         "l2_lookup", 100, {"network": 0xABCDEF01, "eth_dst": "fa:16:3e:00:00:01"},
-        (lf.SetReg("out_port", 3), lf.Goto("egress")), "port/a"))
+        (lf.SetReg("out_port", 3), lf.Goto("deliver")), "port/a"))
     assert ("metadata", 0xABCDEF01, 0xFFFFFFFF) in f.match
     assert read_field({"metadata": (7 << 32) | 0xABCDEF01}, "network") == 0xABCDEF01
     assert LOGICAL_FIELDS["network"].mask == 0xFFFFFFFF
