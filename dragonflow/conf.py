@@ -12,6 +12,10 @@ import socket
 
 from oslo_config import cfg
 
+# the core apps (stevedore entry points in dragonflow.apps): [controller] apps' default
+CORE_APPS = ("physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3", "metadata",
+             "port_security", "secgroup")
+
 DEFAULT_CONFIG_FILE = "/etc/dragonflow/dragonflow.ini"
 
 df_opts = [
@@ -69,8 +73,7 @@ controller_opts = [
                     "(punix:<rundir>/<bridge>.df) is created here."),
     cfg.FloatOpt("heartbeat_interval", default=10.0, min=0.5,
                  help="Seconds between chassis heartbeats written to the NB database."),
-    cfg.ListOpt("apps", default=["physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3",
-                                 "metadata"],
+    cfg.ListOpt("apps", default=list(CORE_APPS),
                 help="Apps compiled into the pipeline (stevedore namespace dragonflow.apps). "
                      "Each app declares its own stages; the pipeline is assembled from the "
                      "enabled apps and checked at start-up (an app of another package is "

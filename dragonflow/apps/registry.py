@@ -9,10 +9,10 @@ from typing import Any
 from stevedore import named
 
 from dragonflow.apps.base import App
+from dragonflow.conf import CORE_APPS
 
 NAMESPACE = "dragonflow.apps"
-DEFAULT_APPS = ("physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3", "metadata",
-                "port_security", "secgroup")
+DEFAULT_APPS = CORE_APPS  # [controller] apps' default
 
 
 def load_apps(names: Sequence[str] = DEFAULT_APPS) -> list[App]:

@@ -1,13 +1,122 @@
-"""Security groups (stateful, conntrack): skeleton -- see below."""
+"""Stateful security groups, in flows, on the chassis of each port (Neutron semantics).
+
+A local port with port security and security groups gets its traffic in both directions
+through conntrack, in a zone of its own, and its groups' rules decide what may START a
+connection; what belongs to an allowed connection (replies, related ICMP errors) passes.
+
+Zones: one per local port (as OVN), ``zone_of(port)`` from its unique key -- the packets of
+one port's connections never share conntrack state with another port's, whatever their
+networks or addresses (two networks with the same CIDR included), and a connection between
+two ports on one chassis is checked twice: by the sender's egress rules in the sender's zone
+and by the receiver's ingress rules in the receiver's zone. (A zone per network, as
+Neutron's OVS firewall, would let the receiver's lookup find the sender's entry and skip the
+receiver's ingress rules.) A key above 65,535 is folded into the 16 bits: two local ports
+whose keys fold to one zone would share state -- logged when it happens.
+
+Stages (from a VM: ``secgroup_out_ct`` -> ``secgroup_out``, before L2; to a VM:
+``secgroup_in_ct`` -> ``secgroup_in``, between ``deliver`` and ``egress``):
+
+* ``*_ct``: IPv4 / IPv6 of the port -> its zone, into conntrack, on to the next stage with
+  ct_state; neighbour discovery, MLD and router solicitation/advertisement (ICMPv6 130-136,
+  143) skip it (conntrack does not track them; port security polices them).
+* verdict stage, per port (priority):
+    300  +inv                                      drop
+    290  +rpl, not blocked                         pass (replies of allowed connections)
+    280  +rel, not blocked                         pass (ICMP errors about them)
+    100  a rule allows it (conjunction, below)     commit (mark: not blocked), pass
+     50  +est, original direction, no rule now     commit with the BLOCKED mark, drop
+     10  anything else tracked                     drop
+  A rule removed: the next packet of a connection it allowed finds no rule, marks the
+  connection blocked and is dropped; so are its replies (ct_mark blocked, as OVN's
+  ct_label.blocked). A rule added never touches existing connections.
+* Rules as conjunctive matches, so that flows grow with ports + members + rules, never
+  their product (as OVN's port groups and address sets): conjunction id = the rule's
+  (group, rule) hash; clause 1 = the local ports of the group (``in_port`` / ``out_port``),
+  clause 2 = the remote side when the rule has one (the remote CIDR, or every address of
+  every member of the remote group, allowed address pairs included), the last clause = the
+  ethertype, protocol and port range (a range as its covering masked matches, not one flow
+  per port) or ICMP type/code. A member joining a remote group adds one flow per address;
+  a port joining a group one clause-1 action. Clause flows of several groups with the same
+  match are merged by the flow table (many owners, one flow).
+
+Owners: ``port/<id>`` (a local port: zone, state flows, its clause-1 flows) and
+``secgroup/<id>`` (a group with a local member: clause 2/3 flows and the conj_id verdicts).
+Ports with port security off or no groups get nothing: the stages' miss lets them pass.
+"""
 
 from __future__ import annotations
 
-from dragonflow.pipeline.flow import Flow
+import hashlib
+import ipaddress
+import logging
+
+from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.ra import link_local
+from dragonflow.model import Port, SecurityGroup, SecurityGroupRule
+from dragonflow.model.secgroup import PROTOCOL_NUMBERS
+from dragonflow.pipeline.fields import (
+    CT_ESTABLISHED,
+    CT_INVALID,
+    CT_RELATED,
+    CT_REPLY,
+    CT_TRACKED,
+)
+from dragonflow.pipeline.flow import NEXT, Conjunction, Ct, Flow, Next, SetReg
 from dragonflow.pipeline.stages import Stage, fields
 from dragonflow.pipeline.topology import OwnersView, View
 
+LOG = logging.getLogger(__name__)
 RULE_MATCHES = fields("eth_type", "ip_proto", "tcp_dst", "udp_dst", "sctp_dst",
                       "icmpv4_type", "icmpv4_code", "icmpv6_type", "icmpv6_code")
+ETH = {"IPv4": 0x0800, "IPv6": 0x86DD}
+# ICMPv6 conntrack does not track: MLD (130-132, 143), RS, RA, NS, NA
+UNTRACKED_ICMP6 = (130, 131, 132, 133, 134, 135, 136, 143)
+BLOCKED = 0x1  # ct_mark bit: the rule that allowed this connection is gone
+PRIO_INVALID, PRIO_REPLY, PRIO_RELATED, PRIO_RULE, PRIO_BLOCK, PRIO_DROP = (
+    300, 290, 280, 100, 50, 10)
+# (stage of the ct lookup, verdict stage, the port's logical field, remote-side address)
+DIRECTIONS = {"egress": ("secgroup_out_ct", "secgroup_out", "in_port", "dst"),
+              "ingress": ("secgroup_in_ct", "secgroup_in", "out_port", "src")}
+
+
+def zone_of(port: Port) -> int:
+    """The conntrack zone of a local port (1..65535)."""
+    key = port.unique_key
+    return key if 0 < key <= 0xFFFF else key % 0xFFFF + 1
+
+
+def conj_id(group_id: str, rule_id: str) -> int:
+    digest = hashlib.blake2b(f"{group_id}/{rule_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+def port_mask_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The (value, mask) pairs of 16-bit ports that together match exactly lo..hi."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 0xFFFF & ~(size - 1)))
+        lo += size
+    return out
+
+
+def enforced(port: Port | None) -> bool:
+    """Security groups apply: port security on and at least one group (Neutron's rule)."""
+    return port is not None and port.port_security_enabled and bool(port.security_groups)
+
+
+def member_addresses(port: Port, version: int) -> list[ipaddress.IPv4Network
+                                                      | ipaddress.IPv6Network]:
+    """Every address a member of a remote group may use: fixed IPs and allowed address
+    pairs (IP or CIDR) of that IP version."""
+    out = [ipaddress.ip_network(f.ip_address) for f in port.fixed_ips
+           if f.ip_address.version == version]
+    out += [p.ip_address for p in port.allowed_address_pairs if p.ip_address.version == version]
+    if version == 6:  # its link-local address (a rule naming a group covers it, as OVN)
+        out.append(ipaddress.ip_network(link_local(port.mac)))
+    return out
 
 
 class SecurityGroupApp:
@@ -39,7 +148,127 @@ class SecurityGroupApp:
     )
 
     def owners(self, topo: OwnersView) -> set[str]:
-        return set()
+        ports = local_network_ports(topo)
+        groups = {f"secgroup/{g}" for owner in ports
+                  if (p := topo.get(Port, owner[5:])) is not None and enforced(p)
+                  for g in p.security_groups}
+        return ports | groups
 
     def compile(self, view: View, owner: str) -> list[Flow]:
-        return []
+        table, obj_id = split_owner(owner)
+        if table == "secgroup":
+            return self._group(view, obj_id, owner)
+        port = view.port(obj_id)
+        if not enforced(port) or view.ofport(obj_id) is None:
+            return []
+        assert port is not None
+        return self._port(view, port, owner)
+
+    # --- one local port: zone, states, clause 1 -----------------------------------------
+    def _port(self, view: View, port: Port, owner: str) -> list[Flow]:
+        flows: list[Flow] = []
+        zone, key = zone_of(port), port.unique_key
+        trk = CT_TRACKED
+        not_blocked = (0, BLOCKED)
+        rules: dict[str, list[Conjunction]] = {"egress": [], "ingress": []}
+        for gid in port.security_groups:
+            group = view.get(SecurityGroup, gid)
+            for rule in group.rules if group is not None else ():
+                n = 3 if rule.remote_ip_prefix or rule.remote_group_id else 2
+                rules[rule.direction].append(Conjunction(conj_id(gid, rule.id), 1, n))
+        for direction, (ct_stage, stage, field, _) in DIRECTIONS.items():
+            me = {field: key}
+            for eth in ETH.values():
+                flows.append(Flow.make(ct_stage, 100, dict(me, eth_type=eth),
+                                       (SetReg("zone", zone), Ct(zone="zone", table=NEXT)),
+                                       owner))
+            for t in UNTRACKED_ICMP6:
+                flows.append(Flow.make(ct_stage, 110, dict(me, eth_type=0x86DD, ip_proto=58,
+                                                           icmpv6_type=t), (Next(),), owner))
+            flows += [
+                Flow.make(stage, PRIO_INVALID,
+                          dict(me, ct_state=(trk | CT_INVALID, trk | CT_INVALID)), (), owner),
+                Flow.make(stage, PRIO_REPLY, dict(me, ct_state=(trk | CT_REPLY, trk | CT_REPLY),
+                                                  ct_mark=not_blocked), (Next(),), owner),
+                Flow.make(stage, PRIO_RELATED,
+                          dict(me, ct_state=(trk | CT_RELATED, trk | CT_RELATED),
+                               ct_mark=not_blocked), (Next(),), owner),
+                Flow.make(stage, PRIO_DROP, dict(me, ct_state=(trk, trk)), (), owner),
+            ]
+            # a connection no rule allows any more: marked, so its replies stop too (ct
+            # actions need the IP version in the match)
+            flows += [Flow.make(stage, PRIO_BLOCK, dict(me, eth_type=eth, ct_state=(
+                trk | CT_ESTABLISHED, trk | CT_ESTABLISHED | CT_REPLY)),
+                (Ct(commit=True, zone="zone", mark=(BLOCKED, BLOCKED)),), owner)
+                for eth in ETH.values()]
+            clause1: list[Conjunction] = sorted(set(rules[direction]),
+                                                key=lambda c: c.conj_id)
+            if clause1:
+                flows.append(Flow.make(stage, PRIO_RULE, me, tuple(clause1), owner))
+        return flows
+
+    # --- one group: the remote and L4 clauses, the verdicts -----------------------------
+    def _group(self, view: View, gid: str, owner: str) -> list[Flow]:
+        group = view.get(SecurityGroup, gid)
+        if group is None or not any(enforced(p) and view.ofport(p.id) is not None
+                                    for p in self._members(view, gid)):
+            return []
+        flows: list[Flow] = []
+        for rule in group.rules:
+            flows += self._rule(view, gid, rule, owner)
+        return flows
+
+    def _members(self, view: View, gid: str) -> list[Port]:
+        return [p for p in view.ports_of_group(gid) if gid in p.security_groups]
+
+    def _rule(self, view: View, gid: str, rule: SecurityGroupRule, owner: str) -> list[Flow]:
+        _, stage, _, side = DIRECTIONS[rule.direction]
+        cid = conj_id(gid, rule.id)
+        eth = ETH[rule.ethertype]
+        version = rule.ip_version
+        addr_field = f"ipv{version}_{side}"
+        remote: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
+        if rule.remote_ip_prefix is not None:
+            remote = [rule.remote_ip_prefix]
+        elif rule.remote_group_id is not None:
+            remote = sorted({a for m in self._members(view, rule.remote_group_id)
+                             for a in member_addresses(m, version)}, key=str)
+        n = 2 if remote is None else 3
+        flows: list[Flow] = []
+        if remote is not None:
+            for net in remote:
+                value = (str(net.network_address) if net.prefixlen == net.max_prefixlen
+                         else (str(net.network_address), str(net.netmask)))
+                flows.append(Flow.make(stage, PRIO_RULE, {"eth_type": eth, addr_field: value},
+                                       (Conjunction(cid, 2, n),), owner))
+        for match in self._l4(rule, eth):
+            flows.append(Flow.make(stage, PRIO_RULE, match, (Conjunction(cid, n, n),), owner))
+        # the verdict: a new (or still allowed) connection in the original direction; the
+        # zone register still holds the port's zone (set before the lookup)
+        flows.append(Flow.make(stage, PRIO_RULE, {"conj_id": cid, "eth_type": eth, "ct_state": (
+            CT_TRACKED, CT_TRACKED | CT_REPLY | CT_INVALID)},
+            (Ct(commit=True, zone="zone", mark=(0, BLOCKED)), Next()), owner))
+        return flows
+
+    @staticmethod
+    def _l4(rule: SecurityGroupRule, eth: int) -> list[dict[str, object]]:
+        """The protocol clause: one match per masked port range (or ICMP type/code)."""
+        base: dict[str, object] = {"eth_type": eth}
+        proto = rule.protocol
+        if proto is None:
+            return [base]
+        number = PROTOCOL_NUMBERS.get(proto, proto) if isinstance(proto, str) else proto
+        base["ip_proto"] = number
+        lo, hi = rule.port_range_min, rule.port_range_max
+        if proto in ("tcp", "udp", "sctp"):
+            if lo is None or hi is None or (lo, hi) == (0, 65535) or (lo, hi) == (1, 65535):
+                return [base]
+            return [dict(base, **{f"{proto}_dst": (v, m) if m != 0xFFFF else v})
+                    for v, m in port_mask_ranges(lo, hi)]
+        if proto in ("icmp", "icmpv6"):
+            kind = "icmpv4" if proto == "icmp" else "icmpv6"
+            if lo is not None:
+                base[f"{kind}_type"] = lo
+                if hi is not None:
+                    base[f"{kind}_code"] = hi
+        return [base]

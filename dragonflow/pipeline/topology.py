@@ -9,6 +9,7 @@ dependency key, so the engine knows exactly which owners a later change can affe
 Dependency keys:
     ("obj", table, id)        one object
     ("net_ports", net_id)     the set of ports of a network
+    ("group_ports", sg_id)    the set of ports in a security group (its members)
     ("ofport", port_id)       where a local port is plugged (None = not local)
     ("tunnel", type)          the ofport of this chassis' tunnel port of that type
     ("local_networks",)       the set of networks with a port on this chassis
@@ -33,6 +34,7 @@ from dragonflow.model import (
     Port,
     Router,
     RouterPort,
+    SecurityGroup,
     Subnet,
 )
 
@@ -80,6 +82,7 @@ class Topology:
         self.facts = facts
         self.objs: dict[str, dict[str, NbObject]] = defaultdict(dict)
         self.net_ports: dict[str, set[str]] = defaultdict(set)
+        self.group_ports: dict[str, set[str]] = defaultdict(set)  # security group -> ports
         self._local_networks: frozenset[str] = frozenset()
         self._local_routers: frozenset[str] = frozenset()
         self._routed_networks: frozenset[str] = frozenset()
@@ -99,6 +102,9 @@ class Topology:
         if isinstance(cur, Port):
             self.net_ports[cur.network_id].discard(obj_id)
             touched.add(("net_ports", cur.network_id))
+            for g in cur.security_groups:
+                self.group_ports[g].discard(obj_id)
+                touched.add(("group_ports", g))
         if obj is None:
             del self.objs[table][obj_id]
         else:
@@ -106,6 +112,9 @@ class Topology:
             if isinstance(obj, Port):
                 self.net_ports[obj.network_id].add(obj_id)
                 touched.add(("net_ports", obj.network_id))
+                for g in obj.security_groups:
+                    self.group_ports[g].add(obj_id)
+                    touched.add(("group_ports", g))
         if isinstance(obj, Router) or isinstance(cur, Router):
             return touched | self._refresh_local_networks(force_l3=True)
         return touched | self._refresh_local_networks()
@@ -113,10 +122,13 @@ class Topology:
     def replace_all(self, objs: Iterable[NbObject]) -> None:
         self.objs = defaultdict(dict)
         self.net_ports = defaultdict(set)
+        self.group_ports = defaultdict(set)
         for o in objs:
             self.objs[o.TABLE][o.id] = o
             if isinstance(o, Port):
                 self.net_ports[o.network_id].add(o.id)
+                for g in o.security_groups:
+                    self.group_ports[g].add(o.id)
         self._refresh_local_networks(force_l3=True)
 
     def set_ofport(self, port_id: str, ofport: int | None) -> set[DepKey]:
@@ -218,8 +230,14 @@ class Topology:
             if router is not None and router.gateway is not None:
                 nets.add(router.gateway.network_id)
         out = {f"net:{n}" for n in nets}
-        out |= {f"project:{p.topic}" for pid in self.facts.ofports
-                if (p := self.get(Port, pid)) is not None and p.topic}
+        local = [p for pid in self.facts.ofports if (p := self.get(Port, pid)) is not None]
+        out |= {f"project:{p.topic}" for p in local if p.topic}
+        # the members of the groups of local ports and of the groups their rules name
+        for p in local:
+            for gid in p.security_groups:
+                out.add(f"sg:{gid}")
+                group = self.get(SecurityGroup, gid)
+                out |= {f"sg:{r}" for r in (group.remote_groups() if group else ())}
         return out
 
     def irrelevant(self, wanted: Callable[[NbObject], bool]) -> list[NbObject]:
@@ -251,7 +269,9 @@ def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
     groups, QoS policies) in ``project:<project id>``."""
     if isinstance(obj, Network):
         return (f"net:{obj.id}",)
-    if isinstance(obj, (Subnet, Port)):
+    if isinstance(obj, Port):  # and the groups it is a member of (remote-group rules)
+        return (f"net:{obj.network_id}", *(f"sg:{g}" for g in obj.security_groups))
+    if isinstance(obj, Subnet):
         return (f"net:{obj.network_id}",)
     if isinstance(obj, Router):
         scopes = [f"net:{rp.network_id}" for rp in obj.ports]
@@ -268,7 +288,8 @@ def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
 def relevance_scope_id(scope: str) -> str:
     """The id every object of a relevance scope carries in its stored form: ``net:<id>``
     objects name the network (id, network_id, a router port's or gateway's network_id, a
-    floating IP's floating_network_id), ``project:<id>`` objects their project (topic)."""
+    floating IP's floating_network_id), ``project:<id>`` objects their project (topic),
+    ``sg:<id>`` ports their security group."""
     return scope.split(":", 1)[1]
 
 
@@ -349,6 +370,12 @@ class View:
         """Every port of the network, router interfaces and service ports included."""
         self.deps.add(("net_ports", net_id))
         return [p for pid in sorted(self._t.net_ports.get(net_id, ()))
+                if (p := self.port(pid)) is not None]
+
+    def ports_of_group(self, group_id: str) -> list[Port]:
+        """Every known port in security group ``group_id`` (its members), by id."""
+        self.deps.add(("group_ports", group_id))
+        return [p for pid in sorted(self._t.group_ports.get(group_id, ()))
                 if (p := self.port(pid)) is not None]
 
     def ofport(self, port_id: str) -> int | None:

@@ -41,8 +41,9 @@ RBAC_REREAD_DELAY = 0.3  # seconds after an RBAC policy request: the policy is w
 # written to the NB but NOT bound until provider networks are in the datapath: a port
 # that goes ACTIVE with nothing behind it would be a lie to Nova and the user.
 DATAPATH_NETWORK_TYPES = ("vxlan", "geneve", "gre", "local")
-# Security groups are not enforced by the datapath yet: Nova must not be told they are.
-PORT_FILTER = False
+# The apps that enforce port security and security groups on every chassis: the driver
+# tells Nova "port_filter" only when the deployment's [controller] apps has both.
+FILTER_APPS = ("port_security", "secgroup")
 
 
 class DfMechanismDriver(api.MechanismDriver):
@@ -54,7 +55,7 @@ class DfMechanismDriver(api.MechanismDriver):
         self.writer = NbWriter(self.nb, source.fresh)
         self.vif_type = portbindings.VIF_TYPE_OVS
         self.vif_details = {
-            portbindings.CAP_PORT_FILTER: PORT_FILTER,
+            portbindings.CAP_PORT_FILTER: all(a in conf.controller.apps for a in FILTER_APPS),
             portbindings.OVS_HYBRID_PLUG: False,
             portbindings.VIF_DETAILS_BRIDGE_NAME: conf.controller.integration_bridge,
             portbindings.OVS_DATAPATH_TYPE: conf.controller.datapath_type,

@@ -229,7 +229,7 @@ class TestPorts(DfMl2Case):
         got = self.neutron("port", port["id"])
         self.assertEqual(portbindings.VIF_TYPE_OVS, got[portbindings.VIF_TYPE])
         details = got[portbindings.VIF_DETAILS]
-        self.assertEqual((False, False, "br-int", "system"),  # no SG enforced: no filter
+        self.assertEqual((True, False, "br-int", "system"),  # SGs enforced by the chassis
                          (details[portbindings.CAP_PORT_FILTER],
                           details[portbindings.OVS_HYBRID_PLUG],
                           details[portbindings.VIF_DETAILS_BRIDGE_NAME],

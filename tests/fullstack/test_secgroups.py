@@ -1,0 +1,232 @@
+"""Stateful security groups with real traffic: three nodes, df-controller processes on real
+etcd and redis, VMs in different groups, TCP / UDP / ICMP over IPv4 and IPv6. Every cell of
+the matrix (allowed or blocked) is asserted against the rules; established connections
+survive an unrelated rule being added and stop when their rule is removed; replies and
+related ICMP errors come back although no ingress rule names them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dragonflow.model import SecurityGroup, SecurityGroupRule
+from dragonflow.sim.deploy import Deployment
+from dragonflow.sim.testbed import Testbed, Vm
+from tests.fixtures.deploy import two_nodes
+from tests.fixtures.wait import eventually
+
+# TCP echo servers on the given ports (IPv4 and IPv6), until killed
+SERVE = r"""
+import socket, sys, threading
+def serve(fam, port):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    s.listen(64)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+def echo(c):
+    try:
+        while (data := c.recv(100)):
+            c.sendall(data)
+    except OSError:
+        pass
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, peer = s.recvfrom(100)
+        s.sendto(data, peer)
+for p in sys.argv[1:]:
+    if p.startswith("u"):
+        threading.Thread(target=udp, args=(int(p[1:]),), daemon=True).start()
+    else:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            threading.Thread(target=serve, args=(fam, int(p)), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+# one try: "open" (echo came back), "refused" (RST / ICMP unreachable), "timeout" (dropped)
+PROBE = r"""
+import socket, sys
+proto, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(1.5)
+try:
+    s.connect((ip, port))
+    s.send(b"ping")
+    print("open" if s.recv(100) == b"ping" else "wrong")
+except ConnectionRefusedError:
+    print("refused")
+except (socket.timeout, TimeoutError):
+    print("timeout")
+"""
+
+# a long TCP conversation: every 0.2 s one line and its echo; prints "<time> ok|fail"
+TALK = r"""
+import socket, sys, time
+ip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.create_connection((ip, port), timeout=2)
+s.settimeout(0.8)
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        s.send(b"x")
+        ok = s.recv(10) == b"x"
+    except OSError:
+        ok = False
+    print(f"{time.time():.3f} {'ok' if ok else 'fail'}", flush=True)
+    time.sleep(0.2)
+"""
+
+
+def rule(rid: str, direction: str, **kw: object) -> SecurityGroupRule:
+    return SecurityGroupRule.from_dict({"id": rid, "direction": direction, **kw})
+
+
+def probe(vm: Vm, proto: str, ip: str, port: int) -> str:
+    return vm.exec([sys.executable, "-c", PROBE, proto, ip, str(port)], timeout=20
+                   ).stdout.strip()
+
+
+@pytest.fixture(params=["etcd", "redis"])
+def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
+    server = request.getfixturevalue(f"{request.param}_server")
+    with two_nodes(testbed, server.url, tag="sg") as d:
+        d.add_node("hv3", "10.255.0.13")
+        yield d
+
+
+def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
+    n = dep.bed.nodes
+    dep.network("net", "vxlan", 970, "10.97.0.0/24")
+    dep.subnet("net", "net-subnet6", "fd00:97::/64", gateway_ip="fd00:97::1")
+    any4, any6 = {"ethertype": "IPv4"}, {"ethertype": "IPv6"}
+    dep.nb.create(SecurityGroup(id="app", topic=dep.topic, rules=(
+        rule("app-e4", "egress", **any4),
+        rule("app-22", "ingress", protocol="tcp", port_range_min=22, port_range_max=22,
+             remote_ip_prefix="10.97.0.0/28"),
+    )))
+    dep.nb.create(SecurityGroup(id="web", topic=dep.topic, rules=(
+        rule("web-e4", "egress", **any4), rule("web-e6", "egress", **any6),
+        rule("web-80", "ingress", protocol="tcp", port_range_min=80, port_range_max=80),
+        rule("web-80v6", "ingress", ethertype="IPv6", protocol="tcp", port_range_min=80,
+             port_range_max=80),
+        rule("web-icmp", "ingress", protocol="icmp", remote_group_id="web"),
+        # a range as masked matches, from members of another group (remote group)
+        rule("web-udp", "ingress", protocol="udp", port_range_min=5000, port_range_max=5003,
+             remote_group_id="app"),
+    )))
+    v6: dict[str, str] = {}
+
+    def vm(node: str, name: str, last: int, **kw: object) -> Vm:
+        v6[name] = f"fd00:97::{last:x}"
+        return dep.vm(n[node], name, "net", f"fa:16:3e:97:00:{last:02x}", f"10.97.0.{last}",
+                      ipv6=f"fd00:97::{last:x}/64", ipv6_subnet="net-subnet6", **kw)
+
+    w1 = vm("hv1", "w1", 10, security_groups=("web",))
+    w2 = vm("hv2", "w2", 11, security_groups=("web",))
+    a1 = vm("hv3", "a1", 12, security_groups=("app",))
+    free = vm("hv1", "free", 20)  # port security on, no groups: nothing filtered
+    off = vm("hv2", "off", 21, port_security=False)
+    vms = [w1, w2, a1, free, off]
+    dep.wait_active([f"{v.name}-port" for v in vms], timeout=60)
+    servers = [subprocess.Popen(["ip", "netns", "exec", v.netns, sys.executable, "-c", SERVE,
+                                 "80", "22", "8080", "u5001", "u6000"],
+                                stdout=subprocess.PIPE, text=True) for v in vms]
+    try:
+        for s in servers:
+            assert s.stdout is not None and s.stdout.readline().strip() == "ready"
+        # everyone reaches everyone's neighbours' link layer first (ND/ARP are not filtered)
+        assert eventually(lambda: w1.ping(free.ip), timeout=30), "the network never came up"
+        want = {
+            # (from, proto, to, port): expected
+            ("free", "tcp", "w1", 80): "open",       # rule web-80: from anywhere
+            ("free", "tcp", "w1", 8080): "timeout",  # no rule: dropped, not refused
+            ("free", "tcp", "w1", 22): "timeout",
+            ("a1", "tcp", "w1", 80): "open",
+            ("w1", "tcp", "a1", 22): "open",         # 10.97.0.10 is in app-22's 10.97.0.0/28
+            ("free", "tcp", "a1", 22): "timeout",    # 10.97.0.20 is not
+            ("w1", "tcp", "a1", 80): "timeout",
+            ("a1", "udp", "w1", 5001): "open",       # remote group app, range 5000-5003
+            ("free", "udp", "w1", 5001): "timeout",  # not a member of app
+            ("a1", "udp", "w1", 6000): "timeout",    # outside the range
+            ("w1", "tcp", "free", 8080): "open",     # egress allowed; free filters nothing
+            ("off", "tcp", "w2", 80): "open",
+            ("off", "tcp", "w2", 8080): "timeout",
+            ("w2", "tcp", "off", 8080): "open",      # the reply passes w2's ingress: stateful
+            ("a1", "tcp", "free", 22): "open",
+        }
+        names = {v.name: v for v in vms}
+        got = {k: probe(names[k[0]], k[1], names[k[2]].ip, k[3]) for k in want}
+        assert got == want, {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+        # ICMP: only from members of web
+        assert w2.ping(w1.ip, count=2, timeout=3)
+        assert not free.ping(w1.ip, count=2, timeout=2)
+        assert not a1.ping(w1.ip, count=2, timeout=2)
+        assert w1.ping(free.ip, count=2, timeout=3)  # egress: the echo reply comes back
+        # IPv6: tcp 80 open to anyone, 8080 not; ND works through all of it
+        assert probe(free, "tcp", v6["w1"], 80) == "open"
+        assert probe(free, "tcp", v6["w1"], 8080) == "timeout"
+        assert probe(w1, "tcp", v6["free"], 8080) == "open"
+        # related: w1 asks free's closed UDP port; the ICMP port unreachable comes back
+        assert probe(w1, "udp", free.ip, 7777) == "refused"
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+
+
+def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
+        dep: Deployment) -> None:
+    n = dep.bed.nodes
+    dep.network("net", "vxlan", 971, "10.98.0.0/24")
+    base = (rule("e", "egress"),)
+    dep.nb.create(SecurityGroup(id="srv", topic=dep.topic, rules=(
+        *base, rule("allow-80", "ingress", protocol="tcp", port_range_min=80,
+                    port_range_max=80))))
+    srv = dep.vm(n["hv1"], "srv", "net", "fa:16:3e:98:00:10", "10.98.0.10",
+                 security_groups=("srv",))
+    cli = dep.vm(n["hv2"], "cli", "net", "fa:16:3e:98:00:11", "10.98.0.11")
+    dep.wait_active(["srv-port", "cli-port"], timeout=60)
+    server = subprocess.Popen(["ip", "netns", "exec", srv.netns, sys.executable, "-c", SERVE,
+                               "80"], stdout=subprocess.PIPE, text=True)
+    talk = None
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        assert eventually(lambda: probe(cli, "tcp", srv.ip, 80) == "open", timeout=30)
+        talk = subprocess.Popen(["ip", "netns", "exec", cli.netns, sys.executable, "-c", TALK,
+                                 srv.ip, "80", "9"], stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        added = time.time()
+        group = dep.nb.get(SecurityGroup, "srv")
+        assert group is not None
+        dep.nb.update(group.replace(rules=(*group.rules, rule(
+            "other", "ingress", protocol="udp", port_range_min=53, port_range_max=53))))
+        time.sleep(2.5)
+        removed = time.time()
+        group = dep.nb.get(SecurityGroup, "srv")
+        assert group is not None
+        dep.nb.update(group.replace(rules=tuple(r for r in group.rules if r.id != "allow-80")))
+        out, _ = talk.communicate(timeout=30)
+        lines = [(float(t), v) for t, v in (ln.split() for ln in out.splitlines())]
+        before = [v for t, v in lines if t < removed]
+        after = [v for t, v in lines if t > removed + 1.5]
+        assert before and all(v == "ok" for v in before), out  # the added rule disturbed nothing
+        assert any(t > added + 0.5 for t, _ in lines if t < removed), out
+        assert after and all(v == "fail" for v in after), out  # its rule went: it stopped
+        assert probe(cli, "tcp", srv.ip, 80) == "timeout"  # and no new one starts
+    finally:
+        for p in (server, talk):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
