@@ -3,11 +3,13 @@
 :class:`NeutronAio` writes ``neutron.conf`` + ``plugins/ml2/ml2_conf.ini`` into a temp dir
 (core plugin ML2 with mechanism driver ``df``, service plugin ``df-l3``, noauth, ``fake:/``
 transport, no RPC workers, one API worker, sqlite, ``[df] nb_db_url`` of an etcd or redis
-server), builds the sqlite schema from Neutron's models and stamps it at the migration heads
-(sqlite cannot run the migrations), then runs Neutron's WSGI app
-``neutron.wsgi.api:application`` under gunicorn (:func:`wsgi_app` is the factory gunicorn
-loads: it hides gunicorn's argv from oslo.config and makes sqlite transactions queue for the
-write lock instead of failing) on a free 127.0.0.1 port, and waits until ``GET /`` answers.
+server), builds the sqlite schema from Neutron's models, adds the rows the skipped data
+migration would have (the default security group rule templates, see
+:func:`sg_default_rule_templates`) and stamps it at the migration heads (sqlite cannot run
+the migrations), then runs Neutron's WSGI app ``neutron.wsgi.api:application`` under
+gunicorn (:func:`wsgi_app` is the factory gunicorn loads: it hides gunicorn's argv from
+oslo.config and makes sqlite transactions queue for the write lock instead of failing) on a
+free 127.0.0.1 port, and waits until ``GET /`` answers.
 ``stop()`` kills it by pid (master, then any worker left).
 
 :class:`NeutronStack` puts it together with the test bed: simulated nodes running
@@ -556,15 +558,63 @@ class PrivateDb:
 
 
 # --- child process: the schema ----------------------------------------------------------
+# The alembic migration that creates ``securitygroupdefaultrules`` and fills it with the
+# default security group rule templates (Neutron 2023.2+). The models have the table but
+# not the rows, and without them every new group -- the default one too -- has no rules.
+SG_DEFAULT_RULES_MIGRATION = "c33da356b165"
+
+
+def sg_default_rule_templates() -> list[dict[str, Any]]:
+    """The rule templates migration ``c33da356b165`` (2023.2/expand/
+    c33da356b165_security_group_default_rules.py) inserts, read from that file's own
+    ``default_template_rules``: egress IPv4 and IPv6 to anywhere for every group, ingress
+    IPv4 and IPv6 from the group itself (``remote_group_id`` ``PARENT``) for the default
+    group only. Each is a fresh dict (the migration pops ``description`` from its rows)."""
+    from neutron.db.migration import alembic_migrations
+
+    versions = Path(alembic_migrations.__file__).parent / "versions"
+    found = sorted(versions.glob(f"*/*/{SG_DEFAULT_RULES_MIGRATION}_*.py"))
+    if len(found) != 1:
+        raise AioError(f"Neutron migration {SG_DEFAULT_RULES_MIGRATION} (default security "
+                       f"group rules) not found once under {versions}: {found}")
+    spec = importlib.util.spec_from_file_location(
+        f"_neutron_migration_{SG_DEFAULT_RULES_MIGRATION}", found[0])
+    if spec is None or spec.loader is None:
+        raise AioError(f"cannot load {found[0]}")
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    return [dict(rule) for rule in migration.default_template_rules]
+
+
+def _fill_sg_default_rules(engine: Any) -> int:
+    """What migration ``c33da356b165`` does after creating the table: one
+    ``SecurityGroupDefaultRule`` (with its standard attributes row, resource type
+    ``securitygroupdefaultrules``, carrying the description) per template. Only into an
+    empty table, as the migration only fills the table it has just created. Returns the
+    number of rows added."""
+    import sqlalchemy as sa
+    from neutron.db.models.securitygroup_default_rules import SecurityGroupDefaultRule
+    from sqlalchemy import orm
+
+    with orm.Session(engine) as session, session.begin():
+        if session.scalar(sa.select(sa.func.count()).select_from(SecurityGroupDefaultRule)):
+            return 0
+        rules = sg_default_rule_templates()
+        session.add_all(SecurityGroupDefaultRule(**rule) for rule in rules)
+    return len(rules)
+
+
 def _create_schema(db_url: str, conf_files: list[str]) -> None:
     """Neutron's tables from its models (sqlite cannot ALTER constraints, so no upgrade),
-    then ``neutron-db-manage stamp heads`` in this process."""
+    the data the skipped migrations would have inserted (the default security group rule
+    templates), then ``neutron-db-manage stamp heads`` in this process."""
     import sqlalchemy as sa
     from neutron.db.migration import cli
     from neutron.db.migration.models import head
 
     engine = sa.create_engine(db_url)
     head.get_metadata().create_all(engine)
+    _fill_sg_default_rules(engine)
     engine.dispose()
     sys.argv = ["neutron-db-manage", *(a for f in conf_files for a in ("--config-file", f)),
                 "stamp", "heads"]

@@ -9,22 +9,30 @@ installed; then pings within and across subnets. Unplugging a VM brings its port
 Deleting everything through Neutron leaves no object in the NB and every node's flows as
 they were before the topology existed.
 
+New security groups get Neutron's default rules, as in a real deployment: the all-in-one
+fills the rule templates that the schema built from the models lacks (the data of migration
+c33da356b165). This check needs only the Neutron API and the NB, no nodes.
+
 Skipped when the neutron extra (neutron, gunicorn, openstacksdk) is missing, except under
 CI=true, where that fails.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from dragonflow.model import Chassis, NbObject, Network, Port, Router, Subnet
+from dragonflow.db.connect import open_nb
+from dragonflow.model import Chassis, NbObject, Network, Port, Router, SecurityGroup, Subnet
 from dragonflow.sim import neutron_aio
-from dragonflow.sim.neutron_aio import NeutronStack
+from dragonflow.sim.neutron_aio import NeutronAio, NeutronStack
 from dragonflow.sim.testbed import BR_INT, Node, Testbed
 from tests.fixtures import unavailable
 
@@ -53,6 +61,21 @@ def stack(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[NeutronS
         if request.session.testsfailed > failed or os.environ.get("DF_AIO_LOG"):
             print(f"--- Neutron log (tail) ---\n{s.neutron.log.read_text()[-20000:]}")
         s.stop()
+
+
+@pytest.fixture
+def neutron(request: pytest.FixtureRequest) -> Iterator[NeutronAio]:
+    """The Neutron API alone (driver df, an etcd NB), without nodes or controllers."""
+    require_neutron()
+    url = request.getfixturevalue("etcd_server").url
+    aio = NeutronAio(url, nb_root=f"/aio{uuid.uuid4().hex[:8]}/").start()
+    failed = request.session.testsfailed
+    try:
+        yield aio
+    finally:
+        if request.session.testsfailed > failed or os.environ.get("DF_AIO_LOG"):
+            print(f"--- Neutron log (tail) ---\n{aio.log.read_text()[-20000:]}")
+        aio.remove()
 
 
 def flows_of(node: Node) -> set[str]:
@@ -173,3 +196,106 @@ def test_neutron_api_topology_pings_and_cleans_up(stack: NeutronStack) -> None:
         left[table] = [o.id for o in objs]
     assert left == {t: [] for t in NB_TABLES}
     wait_flows(nodes, baseline)
+
+
+# --- default security group rules -------------------------------------------------------
+EGRESS_ANY = {("egress", "IPv4", None), ("egress", "IPv6", None)}
+
+
+def api_get(neutron: NeutronAio, path: str) -> Any:
+    """``GET /v2.0/<path>`` as plain JSON (Neutron's own field names, which openstacksdk
+    renames)."""
+    with urllib.request.urlopen(f"{neutron.endpoint}/v2.0/{path}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def rule_set(rules: Any, parent: str) -> set[tuple[str, str, str | None]]:
+    """(direction, ethertype, remote) of rules that allow any protocol and port; remote is
+    "self" for the group ``parent`` itself, else the prefix or group; None: anywhere."""
+    out = set()
+    for r in rules:
+        r = dict(r)
+        assert (r.get("protocol"), r.get("port_range_min"), r.get("port_range_max")) == (
+            None, None, None), r
+        group, prefix = r.get("remote_group_id"), r.get("remote_ip_prefix")
+        assert group is None or prefix is None, r
+        out.add((r["direction"], r["ethertype"],
+                 "self" if group == parent else group or prefix))
+    return out
+
+
+def test_new_security_groups_get_neutron_default_rules(neutron: NeutronAio) -> None:
+    net_api = neutron.connection().network
+    default_sg = EGRESS_ANY | {("ingress", "IPv4", "self"), ("ingress", "IPv6", "self")}
+
+    # --- a new project's default group, made by Neutron on its first port ----------------
+    project = uuid.uuid4().hex
+    net = net_api.create_network(name="sg-net", project_id=project)
+    port = net_api.create_port(network_id=net.id, project_id=project)
+    sgs = list(net_api.security_groups(project_id=project))
+    assert [(sg.name, sg.project_id) for sg in sgs] == [("default", project)]
+    dflt = sgs[0]
+    assert port.security_group_ids == [dflt.id]
+    assert rule_set(dflt.security_group_rules, dflt.id) == default_sg
+    rules = api_get(neutron, f"security-group-rules?security_group_id={dflt.id}")[
+        "security_group_rules"]
+    assert rule_set(rules, dflt.id) == default_sg
+    assert {r["project_id"] for r in rules} == {project}
+
+    # --- another project's, made on its first list -----------------------------------------
+    other = uuid.uuid4().hex
+    (other_sg,) = net_api.security_groups(project_id=other)
+    assert (other_sg.name, other_sg.project_id) == ("default", other)
+    assert other_sg.id != dflt.id
+    assert rule_set(other_sg.security_group_rules, other_sg.id) == default_sg
+
+    # --- a non-default group: the two egress rules only ------------------------------------
+    web = net_api.create_security_group(name="web", project_id=project)
+    assert rule_set(web.security_group_rules, web.id) == EGRESS_ANY
+    assert rule_set(api_get(neutron, f"security-group-rules?security_group_id={web.id}")[
+        "security_group_rules"], web.id) == EGRESS_ANY
+
+    # --- the CLI shows them ------------------------------------------------------------------
+    for sg, want in ((dflt, default_sg), (web, EGRESS_ANY)):
+        rows = neutron.cli("security", "group", "rule", "list", sg.id)
+        assert {(r["Direction"], r["Ethertype"], r["IP Protocol"], r["Port Range"],
+                 r["Remote Security Group"]) for r in rows} == {
+            (d, e, None, "", sg.id if remote == "self" else None) for d, e, remote in want}
+        assert {r["IP Range"] for r in rows if r["Direction"] == "egress"} == {
+            "0.0.0.0/0", "::/0"}
+
+    # --- and Dragonflow's NB has the same rules ----------------------------------------------
+    nb = open_nb(neutron.nb_url, root=neutron.nb_root)
+    try:
+        for sg, want in ((dflt, default_sg), (other_sg, default_sg), (web, EGRESS_ANY)):
+            nb_rules = nb.get_or_raise(SecurityGroup, sg.id).rules
+            assert rule_set(({"direction": r.direction, "ethertype": r.ethertype,
+                              "protocol": r.protocol, "port_range_min": r.port_range_min,
+                              "port_range_max": r.port_range_max,
+                              "remote_group_id": r.remote_group_id,
+                              "remote_ip_prefix": r.remote_ip_prefix}
+                             for r in nb_rules), sg.id) == want
+    finally:
+        nb.driver.close()
+
+    # --- the templates, through the default-security-group-rules API --------------------
+    aliases = {e.alias for e in net_api.extensions()}
+    assert "security-groups-default-rules" in aliases
+    templates = api_get(neutron, "default-security-group-rules")["default_security_group_rules"]
+    assert sorted((t["direction"], t["ethertype"], t["remote_group_id"],
+                   t["used_in_default_sg"], t["used_in_non_default_sg"], t["description"])
+                  for t in templates) == [
+        ("egress", "IPv4", None, True, True, "Legacy default SG rule for egress traffic"),
+        ("egress", "IPv6", None, True, True, "Legacy default SG rule for egress traffic"),
+        ("ingress", "IPv4", "PARENT", True, False,
+         "Legacy default SG rule for ingress traffic"),
+        ("ingress", "IPv6", "PARENT", True, False,
+         "Legacy default SG rule for ingress traffic"),
+    ]
+    cli_templates = neutron.cli("default", "security", "group", "rule", "list")
+    assert {r["ID"] for r in cli_templates} == {t["id"] for t in templates}
+
+    net_api.delete_port(port.id)
+    net_api.delete_network(net.id)
+    for sg in (web, dflt, other_sg):
+        net_api.delete_security_group(sg.id)
