@@ -6,8 +6,6 @@ related ICMP errors come back although no ingress rule names them."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -15,87 +13,14 @@ import pytest
 
 from dragonflow.model import SecurityGroup, SecurityGroupRule
 from dragonflow.sim.deploy import Deployment
+from dragonflow.sim.probes import probe, serve, talk
 from dragonflow.sim.testbed import Testbed, Vm
 from tests.fixtures.deploy import two_nodes
 from tests.fixtures.wait import eventually
 
-# TCP echo servers on the given ports (IPv4 and IPv6), until killed
-SERVE = r"""
-import socket, sys, threading
-def serve(fam, port):
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if fam == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
-    s.listen(64)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=echo, args=(c,), daemon=True).start()
-def echo(c):
-    try:
-        while (data := c.recv(100)):
-            c.sendall(data)
-    except OSError:
-        pass
-def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
-    while True:
-        data, peer = s.recvfrom(100)
-        s.sendto(data, peer)
-for p in sys.argv[1:]:
-    if p.startswith("u"):
-        threading.Thread(target=udp, args=(int(p[1:]),), daemon=True).start()
-    else:
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            threading.Thread(target=serve, args=(fam, int(p)), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
-
-# one try: "open" (echo came back), "refused" (RST / ICMP unreachable), "timeout" (dropped)
-PROBE = r"""
-import socket, sys
-proto, ip, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-s.settimeout(1.5)
-try:
-    s.connect((ip, port))
-    s.send(b"ping")
-    print("open" if s.recv(100) == b"ping" else "wrong")
-except ConnectionRefusedError:
-    print("refused")
-except (socket.timeout, TimeoutError):
-    print("timeout")
-"""
-
-# a long TCP conversation: every 0.2 s one line and its echo; prints "<time> ok|fail"
-TALK = r"""
-import socket, sys, time
-ip, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.create_connection((ip, port), timeout=2)
-s.settimeout(0.8)
-end = time.time() + seconds
-while time.time() < end:
-    try:
-        s.send(b"x")
-        ok = s.recv(10) == b"x"
-    except OSError:
-        ok = False
-    print(f"{time.time():.3f} {'ok' if ok else 'fail'}", flush=True)
-    time.sleep(0.2)
-"""
-
 
 def rule(rid: str, direction: str, **kw: object) -> SecurityGroupRule:
     return SecurityGroupRule.from_dict({"id": rid, "direction": direction, **kw})
-
-
-def probe(vm: Vm, proto: str, ip: str, port: int) -> str:
-    return vm.exec([sys.executable, "-c", PROBE, proto, ip, str(port)], timeout=20
-                   ).stdout.strip()
 
 
 @pytest.fixture(params=["etcd", "redis"])
@@ -140,12 +65,8 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
     off = vm("hv2", "off", 21, port_security=False)
     vms = [w1, w2, a1, free, off]
     dep.wait_active([f"{v.name}-port" for v in vms], timeout=60)
-    servers = [subprocess.Popen(["ip", "netns", "exec", v.netns, sys.executable, "-c", SERVE,
-                                 "80", "22", "8080", "u5001", "u6000"],
-                                stdout=subprocess.PIPE, text=True) for v in vms]
+    servers = [serve(v, ["80", "22", "8080", "u5001", "u6000"]) for v in vms]
     try:
-        for s in servers:
-            assert s.stdout is not None and s.stdout.readline().strip() == "ready"
         # everyone reaches everyone's neighbours' link layer first (ND/ARP are not filtered)
         assert eventually(lambda: w1.ping(free.ip), timeout=30), "the network never came up"
         want = {
@@ -198,14 +119,11 @@ def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
                  security_groups=("srv",))
     cli = dep.vm(n["hv2"], "cli", "net", "fa:16:3e:98:00:11", "10.98.0.11")
     dep.wait_active(["srv-port", "cli-port"], timeout=60)
-    server = subprocess.Popen(["ip", "netns", "exec", srv.netns, sys.executable, "-c", SERVE,
-                               "80"], stdout=subprocess.PIPE, text=True)
-    talk = None
+    server = serve(srv, ["80"])
+    conversation = None
     try:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         assert eventually(lambda: probe(cli, "tcp", srv.ip, 80) == "open", timeout=30)
-        talk = subprocess.Popen(["ip", "netns", "exec", cli.netns, sys.executable, "-c", TALK,
-                                 srv.ip, "80", "9"], stdout=subprocess.PIPE, text=True)
+        conversation = talk(cli, srv.ip, 80, 9)
         time.sleep(2.0)
         added = time.time()
         group = dep.nb.get(SecurityGroup, "srv")
@@ -217,7 +135,7 @@ def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
         group = dep.nb.get(SecurityGroup, "srv")
         assert group is not None
         dep.nb.update(group.replace(rules=tuple(r for r in group.rules if r.id != "allow-80")))
-        out, _ = talk.communicate(timeout=30)
+        out, _ = conversation.communicate(timeout=30)
         lines = [(float(t), v) for t, v in (ln.split() for ln in out.splitlines())]
         before = [v for t, v in lines if t < removed]
         after = [v for t, v in lines if t > removed + 1.5]
@@ -226,7 +144,7 @@ def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
         assert after and all(v == "fail" for v in after), out  # its rule went: it stopped
         assert probe(cli, "tcp", srv.ip, 80) == "timeout"  # and no new one starts
     finally:
-        for p in (server, talk):
+        for p in (server, conversation):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
