@@ -209,19 +209,31 @@ class SecurityGroupApp:
 
     # --- one group: the remote and L4 clauses, the verdicts -----------------------------
     def _group(self, view: View, gid: str, owner: str) -> list[Flow]:
+        """Clause flows of every rule of the group, one flow per distinct match (the
+        conjunction actions of all rules that share it: a member address named by three
+        rules is ONE flow), and one verdict flow per rule."""
         group = view.get(SecurityGroup, gid)
         if group is None or not any(enforced(p) and view.ofport(p.id) is not None
                                     for p in self._members(view, gid)):
             return []
+        clauses: dict[tuple[str, tuple[tuple[str, object], ...]], set[Conjunction]] = {}
         flows: list[Flow] = []
         for rule in group.rules:
-            flows += self._rule(view, gid, rule, owner)
+            stage, verdict, parts = self._rule(view, gid, rule)
+            flows.append(verdict)
+            for match, conj in parts:
+                clauses.setdefault((stage, tuple(sorted(match.items()))), set()).add(conj)
+        for (stage, key), conjs in sorted(clauses.items(), key=lambda kv: repr(kv[0])):
+            actions: list[Conjunction] = sorted(conjs, key=lambda c: (c.conj_id, c.clause))
+            flows.append(Flow.make(stage, PRIO_RULE, dict(key), tuple(actions), owner))
         return flows
 
     def _members(self, view: View, gid: str) -> list[Port]:
         return [p for p in view.ports_of_group(gid) if gid in p.security_groups]
 
-    def _rule(self, view: View, gid: str, rule: SecurityGroupRule, owner: str) -> list[Flow]:
+    def _rule(self, view: View, gid: str, rule: SecurityGroupRule
+              ) -> tuple[str, Flow, list[tuple[dict[str, object], Conjunction]]]:
+        """(stage, the rule's verdict flow, its clause-2/3 (match, conjunction) parts)."""
         _, stage, _, side = DIRECTIONS[rule.direction]
         cid = conj_id(gid, rule.id)
         eth = ETH[rule.ethertype]
@@ -234,21 +246,18 @@ class SecurityGroupApp:
             remote = sorted({a for m in self._members(view, rule.remote_group_id)
                              for a in member_addresses(m, version)}, key=str)
         n = 2 if remote is None else 3
-        flows: list[Flow] = []
-        if remote is not None:
-            for net in remote:
-                value = (str(net.network_address) if net.prefixlen == net.max_prefixlen
-                         else (str(net.network_address), str(net.netmask)))
-                flows.append(Flow.make(stage, PRIO_RULE, {"eth_type": eth, addr_field: value},
-                                       (Conjunction(cid, 2, n),), owner))
-        for match in self._l4(rule, eth):
-            flows.append(Flow.make(stage, PRIO_RULE, match, (Conjunction(cid, n, n),), owner))
+        parts: list[tuple[dict[str, object], Conjunction]] = []
+        for net in remote or ():
+            value = (str(net.network_address) if net.prefixlen == net.max_prefixlen
+                     else (str(net.network_address), str(net.netmask)))
+            parts.append(({"eth_type": eth, addr_field: value}, Conjunction(cid, 2, n)))
+        parts += [(match, Conjunction(cid, n, n)) for match in self._l4(rule, eth)]
         # the verdict: a new (or still allowed) connection in the original direction; the
         # zone register still holds the port's zone (set before the lookup)
-        flows.append(Flow.make(stage, PRIO_RULE, {"conj_id": cid, "eth_type": eth, "ct_state": (
+        verdict = Flow.make(stage, PRIO_RULE, {"conj_id": cid, "eth_type": eth, "ct_state": (
             CT_TRACKED, CT_TRACKED | CT_REPLY | CT_INVALID)},
-            (Ct(commit=True, zone="zone", mark=(0, BLOCKED)), Next()), owner))
-        return flows
+            (Ct(commit=True, zone="zone", mark=(0, BLOCKED)), Next()), f"secgroup/{gid}")
+        return stage, verdict, parts
 
     @staticmethod
     def _l4(rule: SecurityGroupRule, eth: int) -> list[dict[str, object]]:
