@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dragonflow.model import SecurityGroup, SecurityGroupRule
+from dragonflow.model import Port, SecurityGroup, SecurityGroupRule
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.probes import probe, serve, talk
 from dragonflow.sim.testbed import Testbed, Vm
@@ -148,3 +148,35 @@ def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_ports_groups_and_port_security_change_on_live_traffic(dep: Deployment) -> None:
+    """Moving a running VM to another group, and turning its port security off, take effect
+    without any restart."""
+    n = dep.bed.nodes
+    dep.network("net", "vxlan", 972, "10.99.0.0/24")
+    dep.nb.create(SecurityGroup(id="open80", topic=dep.topic, rules=(
+        rule("o-e", "egress"), rule("o-80", "ingress", protocol="tcp", port_range_min=80,
+                                    port_range_max=80))))
+    dep.nb.create(SecurityGroup(id="open22", topic=dep.topic, rules=(
+        rule("t-e", "egress"), rule("t-22", "ingress", protocol="tcp", port_range_min=22,
+                                    port_range_max=22))))
+    srv = dep.vm(n["hv1"], "srv", "net", "fa:16:3e:99:00:10", "10.99.0.10",
+                 security_groups=("open80",))
+    cli = dep.vm(n["hv3"], "cli", "net", "fa:16:3e:99:00:11", "10.99.0.11")
+    dep.wait_active(["srv-port", "cli-port"], timeout=60)
+    server = serve(srv, ["80", "22"])
+    try:
+        assert eventually(lambda: probe(cli, "tcp", srv.ip, 80) == "open", timeout=30)
+        assert probe(cli, "tcp", srv.ip, 22) == "timeout"
+        port = dep.nb.get(Port, "srv-port")
+        assert port is not None
+        port = dep.nb.update(port.replace(security_groups=("open22",)))
+        assert eventually(lambda: probe(cli, "tcp", srv.ip, 22) == "open", timeout=20)
+        assert probe(cli, "tcp", srv.ip, 80) == "timeout"
+        dep.nb.update(port.replace(security_groups=(), port_security_enabled=False))
+        assert eventually(lambda: probe(cli, "tcp", srv.ip, 80) == "open", timeout=20)
+        assert probe(cli, "tcp", srv.ip, 22) == "open"
+    finally:
+        server.kill()
+        server.wait()
