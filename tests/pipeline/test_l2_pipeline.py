@@ -48,7 +48,9 @@ class Rig:
         return sent
 
     def trace(self, vm: str, dst_mac: str, extra: str = "") -> str:
-        _, _, mac, _, _ = VMS[vm]
+        _, _, mac, ip, _ = VMS[vm]
+        # a real frame of the VM (its own addresses: port security drops anything else)
+        extra = extra or f",ip,nw_src={ip},nw_dst=10.0.0.99"
         return self.env.trace(f"in_port={self.ofports[vm]},dl_src={mac},dl_dst={dst_mac}{extra}")
 
 
@@ -157,7 +159,8 @@ def test_arp_for_known_ip_is_answered_locally(rig: Rig) -> None:
 def test_arp_is_scoped_to_the_network(rig: Rig) -> None:
     # vm4 (net-b) asks for 10.0.0.13, which exists only in net-a: not answered, flooded in net-b
     t = rig.trace("vm4", "ff:ff:ff:ff:ff:ff",
-                  ",arp,arp_op=1,arp_spa=10.0.0.11,arp_tpa=10.0.0.13")
+                  ",arp,arp_op=1,arp_spa=10.0.0.11,arp_tpa=10.0.0.13,"
+                  f"arp_sha={VMS['vm4'][2]}")
     assert "IN_PORT" not in outputs(t)
     assert f"set_field:{HV['hv3']}->tun_dst" in t  # flooded to net-b's remote chassis only
     assert HV["hv2"] not in t

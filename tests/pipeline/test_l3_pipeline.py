@@ -38,11 +38,14 @@ def nb_objects() -> list[NbObject]:
         Network(id="net2", topic="p", network_type="vxlan", segmentation_id=102, unique_key=2),
         Subnet.from_dict({"id": "s1", "topic": "p", "network_id": "net1", "cidr": "10.1.0.0/24"}),
         Subnet.from_dict({"id": "s2", "topic": "p", "network_id": "net2", "cidr": "10.2.0.0/24"}),
+        Subnet.from_dict({"id": "s1v6", "topic": "p", "network_id": "net1",
+                          "cidr": "fd00:1::/64"}),
     ]
     for vm, (net, hv, mac, ip, key) in VMS.items():
         objs.append(Port.from_dict({
             "id": vm, "topic": "p", "network_id": net, "mac": mac, "unique_key": key,
-            "fixed_ips": [{"subnet_id": "s" + net[-1], "ip_address": ip}],
+            "fixed_ips": [{"subnet_id": "s" + net[-1], "ip_address": ip}]
+            + ([{"subnet_id": "s1v6", "ip_address": "fd00:1::11"}] if vm == "vm1" else []),
             "binding": {"kind": "chassis", "chassis_id": hv}}))
     # Neutron also stores the router interface as a port (same MAC and IP): it must not turn
     # into an ordinary logical port competing with the router for that MAC
