@@ -32,8 +32,9 @@ Stages (from a VM: ``secgroup_out_ct`` -> ``secgroup_out``, before L2; to a VM:
 * Rules as conjunctive matches, so that flows grow with ports + members + rules, never
   their product (as OVN's port groups and address sets): conjunction id = the rule's
   (group, rule) hash; clause 1 = the local ports of the group (``in_port`` / ``out_port``),
-  clause 2 = the remote side when the rule has one (the remote CIDR, or every address of
-  every member of the remote group, allowed address pairs included), the last clause = the
+  clause 2 = the remote side when the rule has one (the remote CIDR, every address of
+  every member of the remote group, allowed address pairs included, or the addresses of the
+  remote address group -- an empty or unknown one allows nothing), the last clause = the
   ethertype, protocol and port range (a range as its covering masked matches, not one flow
   per port) or ICMP type/code. A member joining a remote group adds one flow per address;
   a port joining a group one clause-1 action. Clause flows of several groups with the same
@@ -52,8 +53,8 @@ import logging
 
 from dragonflow.apps.base import local_network_ports, split_owner
 from dragonflow.apps.ra import link_local
-from dragonflow.model import Port, SecurityGroup, SecurityGroupRule
-from dragonflow.model.secgroup import PROTOCOL_NUMBERS
+from dragonflow.model import AddressGroup, Port, SecurityGroup, SecurityGroupRule
+from dragonflow.model.secgroup import PROTOCOL_NUMBERS, REMOTE_FIELDS
 from dragonflow.pipeline.fields import (
     CT_ESTABLISHED,
     CT_INVALID,
@@ -100,6 +101,16 @@ def port_mask_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
         out.append((lo, 0xFFFF & ~(size - 1)))
         lo += size
     return out
+
+
+def remote_kind(rule: SecurityGroupRule) -> str | None:
+    """Which remote side the rule names (None: any address). Every kind the model has must
+    be handled here AND in _rule: a rule whose remote side is unknown would otherwise be
+    compiled as "from anywhere"."""
+    for name in REMOTE_FIELDS:
+        if getattr(rule, name) is not None:
+            return name
+    return None
 
 
 def enforced(port: Port | None) -> bool:
@@ -174,7 +185,7 @@ class SecurityGroupApp:
         for gid in port.security_groups:
             group = view.get(SecurityGroup, gid)
             for rule in group.rules if group is not None else ():
-                n = 3 if rule.remote_ip_prefix or rule.remote_group_id else 2
+                n = 2 if remote_kind(rule) is None else 3
                 rules[rule.direction].append(Conjunction(conj_id(gid, rule.id), 1, n))
         for direction, (ct_stage, stage, field, _) in DIRECTIONS.items():
             me = {field: key}
@@ -240,11 +251,17 @@ class SecurityGroupApp:
         version = rule.ip_version
         addr_field = f"ipv{version}_{side}"
         remote: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None
+        kind = remote_kind(rule)
         if rule.remote_ip_prefix is not None:
             remote = [rule.remote_ip_prefix]
         elif rule.remote_group_id is not None:
             remote = sorted({a for m in self._members(view, rule.remote_group_id)
                              for a in member_addresses(m, version)}, key=str)
+        elif rule.remote_address_group_id is not None:
+            # an address group not (yet) known, or empty, allows nothing: no clause 2 flow
+            ag = view.get(AddressGroup, rule.remote_address_group_id)
+            remote = list(ag.networks(version)) if ag is not None else []
+        assert (remote is None) == (kind is None)  # a remote side we do not know: never "any"
         n = 2 if remote is None else 3
         parts: list[tuple[dict[str, object], Conjunction]] = []
         for net in remote or ():

@@ -17,8 +17,8 @@ Column = tuple[str, Callable[[Row], str]]
 # Tables in dependency order: an object only refers to tables listed before its own (security
 # groups may also refer to other security groups; the loader orders those among themselves).
 TABLE_ORDER = (
-    "chassis", "qospolicy", "securitygroup", "network", "subnet", "port", "router",
-    "floatingip",
+    "chassis", "qospolicy", "addressgroup", "securitygroup", "network", "subnet", "port",
+    "router", "floatingip",
 )
 
 
@@ -107,6 +107,7 @@ COLUMNS: dict[str, list[Column]] = {
                    ("NETWORK", field("floating_network_id")), ("PORT", field("port_id")),
                    ("FIXED_IP", field("fixed_ip_address")), ("ROUTER", field("router_id"))],
     "qospolicy": [("RULES", _qos_rules)],
+    "addressgroup": [("ADDRESSES", field("addresses"))],
 }
 
 BASE_COLUMNS: list[Column] = [

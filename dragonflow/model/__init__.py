@@ -26,11 +26,12 @@ from dragonflow.model.l2 import (
 )
 from dragonflow.model.l3 import FloatingIP, Gateway, Route, Router, RouterPort
 from dragonflow.model.qos import QosPolicy, QosRule
-from dragonflow.model.secgroup import SecurityGroup, SecurityGroupRule
+from dragonflow.model.secgroup import AddressGroup, SecurityGroup, SecurityGroupRule
 
 TABLES: dict[str, type[NbObject]] = {
     cls.TABLE: cls
-    for cls in (Chassis, Network, Subnet, Port, Router, SecurityGroup, FloatingIP, QosPolicy)
+    for cls in (Chassis, Network, Subnet, Port, Router, SecurityGroup, FloatingIP, QosPolicy,
+                AddressGroup)
 }
 
 REFERENCED_BY: dict[str, list[tuple[str, str]]] = {
@@ -39,6 +40,7 @@ REFERENCED_BY: dict[str, list[tuple[str, str]]] = {
     "subnet": [("port", "subnet_id"), ("router", "subnet_id")],
     "securitygroup": [("port", "security_group"), ("securitygroup", "remote_group")],
     "qospolicy": [("port", "qos_policy_id"), ("network", "qos_policy_id")],
+    "addressgroup": [("securitygroup", "remote_address_group")],
     "port": [("floatingip", "port_id")],
     "router": [("floatingip", "router_id")],
 }
@@ -56,6 +58,7 @@ def obj_from_json(table: str, data: Mapping[str, Any]) -> NbObject:
 __all__ = [
     "REFERENCED_BY",
     "TABLES",
+    "AddressGroup",
     "AddressPair",
     "Binding",
     "Chassis",

@@ -1,4 +1,5 @@
-"""Security groups of the NB model: a group is a tuple of rules (Neutron semantics)."""
+"""Security groups of the NB model: a group is a tuple of rules (Neutron semantics); an
+address group is a named set of networks a rule may name as its remote side."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ class Protocol(Codec):
 
 
 PORT_NUMBER = Opt(Int(0, 65535))
+# a rule's remote side: at most one of these is set (none: any address)
+REMOTE_FIELDS = ("remote_ip_prefix", "remote_group_id", "remote_address_group_id")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,6 +69,7 @@ class SecurityGroupRule(Record):
     port_range_max: int | None = fld(PORT_NUMBER, None)
     remote_ip_prefix: IPNetwork | None = fld(Opt(Cidr(bare_ip=True)), None)
     remote_group_id: str | None = fld(OPT_ID, None)
+    remote_address_group_id: str | None = fld(OPT_ID, None)
 
     @property
     def ip_version(self) -> int:
@@ -82,9 +86,10 @@ class SecurityGroupRule(Record):
         if prefix is not None and prefix.version != version:
             raise Invalid("remote_ip_prefix", f"{prefix} is IPv{prefix.version} but ethertype "
                                               f"is {self.ethertype}")
-        if prefix is not None and self.remote_group_id is not None:
-            raise Invalid("remote_group_id", "cannot be combined with remote_ip_prefix "
-                                             "(a rule has at most one of them)")
+        remotes = [name for name in REMOTE_FIELDS if getattr(self, name) is not None]
+        if len(remotes) > 1:
+            raise Invalid(remotes[1], f"cannot be combined with {remotes[0]} (a rule has at "
+                                      f"most one of {', '.join(REMOTE_FIELDS)})")
 
     def _check_ports(self) -> None:
         lo, hi, proto = self.port_range_min, self.port_range_max, self.protocol
@@ -130,10 +135,42 @@ class SecurityGroup(NbObject):
             r.remote_group_id for r in self.rules
             if r.remote_group_id is not None and r.remote_group_id != self.id))
 
+    def address_groups(self) -> list[str]:
+        """The address groups this group's rules name, in rule order."""
+        return list(dict.fromkeys(
+            r.remote_address_group_id for r in self.rules
+            if r.remote_address_group_id is not None))
+
     def references(self) -> list[tuple[str, str, str]]:
-        return [("securitygroup", r.remote_group_id, f"rules[{i}].remote_group_id")
-                for i, r in enumerate(self.rules)
-                if r.remote_group_id is not None and r.remote_group_id != self.id]
+        refs = []
+        for i, r in enumerate(self.rules):
+            if r.remote_group_id is not None and r.remote_group_id != self.id:
+                refs.append(("securitygroup", r.remote_group_id, f"rules[{i}].remote_group_id"))
+            if r.remote_address_group_id is not None:
+                refs.append(("addressgroup", r.remote_address_group_id,
+                             f"rules[{i}].remote_address_group_id"))
+        return refs
 
     def index_entries(self) -> list[tuple[str, str]]:
-        return dedupe(("remote_group", g) for g in self.remote_groups())
+        return dedupe([*(("remote_group", g) for g in self.remote_groups()),
+                       *(("remote_address_group", a) for a in self.address_groups())])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AddressGroup(NbObject):
+    """Neutron's address group: networks (a bare address is a /32 or /128) that security
+    group rules name with ``remote_address_group_id``. Kept sorted (IPv4 first), no
+    duplicates: Neutron stores them as a set."""
+
+    TABLE: ClassVar[str] = "addressgroup"
+
+    addresses: tuple[IPNetwork, ...] = fld(TupleOf(Cidr(bare_ip=True), unique=True), ())
+
+    def _check(self) -> None:
+        ordered = tuple(sorted(self.addresses, key=lambda n: (n.version, n)))
+        if ordered != self.addresses:
+            object.__setattr__(self, "addresses", ordered)
+
+    def networks(self, version: int) -> list[IPNetwork]:
+        """The addresses of IP ``version`` (4 or 6)."""
+        return [n for n in self.addresses if n.version == version]

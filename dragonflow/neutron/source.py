@@ -22,7 +22,8 @@ from dragonflow.neutron import translate
 NOT_FOUND = (n_exc.NotFound,)  # every Neutron "... could not be found" derives from it
 
 # NB table -> how the sync lists Neutron's objects of it, in creation order.
-SYNC_TABLES = ("network", "subnet", "securitygroup", "port", "router", "floatingip")
+SYNC_TABLES = ("network", "subnet", "addressgroup", "securitygroup", "port", "router",
+               "floatingip")
 
 
 def admin_context() -> Any:
@@ -67,6 +68,10 @@ def security_group(ctx: Any, obj_id: str) -> NbObject | None:
                 translate.security_group)
 
 
+def address_group(ctx: Any, obj_id: str) -> NbObject | None:
+    return _one(lambda: core_plugin().get_address_group(ctx, obj_id), translate.address_group)
+
+
 def floatingip(ctx: Any, obj_id: str) -> NbObject | None:
     l3 = l3_plugin()
     if l3 is None:
@@ -104,7 +109,7 @@ def router(ctx: Any, obj_id: str) -> NbObject | None:
 
 READERS: dict[str, Callable[[Any, str], NbObject | None]] = {
     "network": network, "subnet": subnet, "port": port, "securitygroup": security_group,
-    "router": router, "floatingip": floatingip,
+    "addressgroup": address_group, "router": router, "floatingip": floatingip,
 }
 
 
@@ -122,11 +127,13 @@ def list_all(ctx: Any, on_error: Callable[[str, str, Exception], None]
     raw: dict[str, list[Mapping[str, Any]]] = {
         "network": core.get_networks(ctx),
         "subnet": core.get_subnets(ctx),
+        "addressgroup": core.get_address_groups(ctx),
         "securitygroup": core.get_security_groups(ctx),
         "port": core.get_ports(ctx),
     }
     builders: dict[str, Callable[[Mapping[str, Any]], NbObject | None]] = {
         "network": translate.network, "subnet": translate.subnet,
+        "addressgroup": translate.address_group,
         "securitygroup": translate.security_group, "port": translate.port,
         "floatingip": translate.floatingip,
     }

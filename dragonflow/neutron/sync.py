@@ -1,8 +1,9 @@
 """Neutron -> NB consistency: find and repair what failed or lost NB writes left behind.
 
 Neutron's database is the source of truth. :func:`run` (inside the Neutron server process,
-where the core and L3 plugins are loaded) lists Neutron's networks, subnets, security
-groups, ports, routers and floating IPs, translates them, compares them with the NB and:
+where the core and L3 plugins are loaded) lists Neutron's networks, subnets, address groups,
+security groups, ports, routers and floating IPs, translates them, compares them with the NB
+and:
 
 * creates what the NB lacks, rewrites what differs (ignoring version, the NB-allocated unique
   keys and the controller-owned port status), deletes NB objects Neutron does not have;
@@ -11,8 +12,8 @@ groups, ports, routers and floating IPs, translates them, compares them with the
   after the listing is never taken for a stray;
 * works in rounds (deletes in reverse dependency order, then writes in dependency order)
   until nothing changes, since a stray can hold an IP or MAC a missing object needs;
-* creates missing security groups first without rules naming groups the NB lacks, so groups
-  that name each other can be restored.
+* creates missing security groups first without rules naming groups (or address groups)
+  the NB lacks, so groups that name each other can be restored.
 
 Chassis and QoS tables are not Neutron's and are left alone.
 """
@@ -127,7 +128,7 @@ def _delete_strays(writer: NbWriter, d: Diff, report: Report) -> int:
         for obj_id in d.stray[table]:
             if source.fresh(table, obj_id)() is not None:
                 continue  # created in Neutron after the listing
-            if table in ("port", "router", "securitygroup"):
+            if table in ("port", "router", "securitygroup", "addressgroup"):
                 writer.refresh_referrers(table, obj_id, source.fresh)
             outcome = writer.delete(table, obj_id)
             if outcome is Outcome.DELETED:
@@ -139,16 +140,19 @@ def _delete_strays(writer: NbWriter, d: Diff, report: Report) -> int:
 
 
 def _create_sg_stubs(nb: NbApi, d: Diff) -> int:
-    """Missing groups without the rules that name groups the NB does not have yet."""
+    """Missing groups without the rules that name groups the NB does not have yet (and
+    without the rules naming address groups still missing: those are written later)."""
     done = 0
     missing = d.missing["securitygroup"]
+    missing_ags = d.missing["addressgroup"]
     for sg in missing.values():
         assert isinstance(sg, SecurityGroup)
         if not any(g in missing for g in sg.remote_groups()):
             continue
         rules = tuple(r for r in sg.rules
-                      if r.remote_group_id is None or r.remote_group_id not in missing
-                      or r.remote_group_id == sg.id)
+                      if (r.remote_group_id is None or r.remote_group_id not in missing
+                          or r.remote_group_id == sg.id)
+                      and r.remote_address_group_id not in missing_ags)
         try:
             nb.create(sg.replace(rules=rules, version=max(sg.version - 1, 1)))
             done += 1

@@ -9,8 +9,6 @@ naming the field.
 
 What is deliberately not carried over (phase 1), each a known gap:
 * QoS policy ids (QoS policies are not written to the NB yet);
-* security group rules with a remote *address group* (skipped, with a warning: skipping an
-  allow rule is the restrictive choice);
 * extra routes whose next hop is not inside one of the router's interface subnets (the NB
   router only routes via its interfaces; skipped with a warning).
 """
@@ -23,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dragonflow.model import (
+    AddressGroup,
     AddressPair,
     Binding,
     DhcpOpt,
@@ -186,19 +185,19 @@ def sg_rule(rule: Mapping[str, Any]) -> SecurityGroupRule:
                              port_range_min=rule.get("port_range_min"),
                              port_range_max=rule.get("port_range_max"),
                              remote_ip_prefix=prefix,
-                             remote_group_id=rule.get("remote_group_id"))
+                             remote_group_id=rule.get("remote_group_id"),
+                             remote_address_group_id=rule.get("remote_address_group_id"))
 
 
 def security_group(sg: Mapping[str, Any]) -> SecurityGroup:
-    rules = []
-    for r in sorted(sg.get("security_group_rules") or (), key=lambda r: r["id"]):
-        if r.get("remote_address_group_id"):
-            LOG.warning("security group %s: rule %s with remote address group %s is not "
-                        "supported by the NB and is left out", sg["id"], r["id"],
-                        r["remote_address_group_id"])
-            continue
-        rules.append(sg_rule(r))
-    return SecurityGroup(**_common(sg), rules=tuple(rules))
+    rules = sorted(sg.get("security_group_rules") or (), key=lambda r: r["id"])
+    return SecurityGroup(**_common(sg), rules=tuple(sg_rule(r) for r in rules))
+
+
+def address_group(ag: Mapping[str, Any]) -> AddressGroup:
+    """Neutron stores every address as a CIDR ("10.0.0.5/32"); bare addresses are taken as
+    host networks too."""
+    return AddressGroup(**_common(ag), addresses=tuple(ag.get("addresses") or ()))
 
 
 # --- L3 ------------------------------------------------------------------------------------

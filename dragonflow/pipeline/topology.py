@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dragonflow.model import (
+    AddressGroup,
     Chassis,
     FloatingIP,
     NbObject,
@@ -238,6 +239,7 @@ class Topology:
                 out.add(f"sg:{gid}")
                 group = self.get(SecurityGroup, gid)
                 out |= {f"sg:{r}" for r in (group.remote_groups() if group else ())}
+                out |= {f"ag:{a}" for a in (group.address_groups() if group else ())}
         return out
 
     def irrelevant(self, wanted: Callable[[NbObject], bool]) -> list[NbObject]:
@@ -280,6 +282,8 @@ def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
         return tuple(scopes)
     if isinstance(obj, FloatingIP):
         return (f"net:{obj.floating_network_id}", f"project:{obj.topic}")
+    if isinstance(obj, AddressGroup):  # any project's: followed where a local rule names it
+        return (f"ag:{obj.id}", f"project:{obj.topic}") if obj.topic else ("",)
     if isinstance(obj, Chassis) or not obj.topic:
         return ("",)
     return (f"project:{obj.topic}",)
@@ -289,7 +293,7 @@ def relevance_scope_id(scope: str) -> str:
     """The id every object of a relevance scope carries in its stored form: ``net:<id>``
     objects name the network (id, network_id, a router port's or gateway's network_id, a
     floating IP's floating_network_id), ``project:<id>`` objects their project (topic),
-    ``sg:<id>`` ports their security group."""
+    ``sg:<id>`` ports their security group, ``ag:<id>`` an address group its id."""
     return scope.split(":", 1)[1]
 
 

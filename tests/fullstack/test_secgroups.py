@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dragonflow.model import Port, SecurityGroup, SecurityGroupRule
+from dragonflow.model import AddressGroup, Port, SecurityGroup, SecurityGroupRule
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.probes import probe, serve, talk
 from dragonflow.sim.testbed import Testbed, Vm
@@ -41,12 +41,16 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
         rule("app-22", "ingress", protocol="tcp", port_range_min=22, port_range_max=22,
              remote_ip_prefix="10.97.0.0/28"),
     )))
+    dep.nb.create(AddressGroup(id="office", topic=dep.topic,
+                               addresses=("10.97.0.20/32", "192.0.2.0/24")))
     dep.nb.create(SecurityGroup(id="web", topic=dep.topic, rules=(
         rule("web-e4", "egress", **any4), rule("web-e6", "egress", **any6),
         rule("web-80", "ingress", protocol="tcp", port_range_min=80, port_range_max=80),
         rule("web-80v6", "ingress", ethertype="IPv6", protocol="tcp", port_range_min=80,
              port_range_max=80),
         rule("web-icmp", "ingress", protocol="icmp", remote_group_id="web"),
+        rule("web-443", "ingress", protocol="tcp", port_range_min=443, port_range_max=443,
+             remote_address_group_id="office"),
         # a range as masked matches, from members of another group (remote group)
         rule("web-udp", "ingress", protocol="udp", port_range_min=5000, port_range_max=5003,
              remote_group_id="app"),
@@ -65,7 +69,7 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
     off = vm("hv2", "off", 21, port_security=False)
     vms = [w1, w2, a1, free, off]
     dep.wait_active([f"{v.name}-port" for v in vms], timeout=60)
-    servers = [serve(v, ["80", "22", "8080", "u5001", "u6000"]) for v in vms]
+    servers = [serve(v, ["80", "22", "443", "8080", "u5001", "u6000"]) for v in vms]
     try:
         # everyone reaches everyone's neighbours' link layer first (ND/ARP are not filtered)
         assert eventually(lambda: w1.ping(free.ip), timeout=30), "the network never came up"
@@ -86,6 +90,8 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
             ("off", "tcp", "w2", 8080): "timeout",
             ("w2", "tcp", "off", 8080): "open",      # the reply passes w2's ingress: stateful
             ("a1", "tcp", "free", 22): "open",
+            ("free", "tcp", "w1", 443): "open",      # free (10.97.0.20) is in address group
+            ("a1", "tcp", "w1", 443): "timeout",     # office; a1 is not
         }
         names = {v.name: v for v in vms}
         got = {k: probe(names[k[0]], k[1], names[k[2]].ip, k[3]) for k in want}

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dragonflow.model import (
+    AddressGroup,
     AddressPair,
     Binding,
     DhcpOpt,
@@ -33,6 +34,7 @@ SG = "44444444-4444-4444-4444-444444444444"
 SG2 = "45454545-4545-4545-4545-454545454545"
 ROUTER = "55555555-5555-5555-5555-555555555555"
 EXT = "66666666-6666-6666-6666-666666666666"
+AG = "77777777-7777-7777-7777-777777777777"
 
 
 def net(**kw: Any) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def rule(**kw: Any) -> dict[str, Any]:
             "normalized_cidr": None} | kw
 
 
-def test_security_group_rules(caplog: pytest.LogCaptureFixture) -> None:
+def test_security_group_rules() -> None:
     rules = [
         rule(id="a", protocol="tcp", port_range_min=22, port_range_max=22,
              remote_ip_prefix="10.0.0.7/24", normalized_cidr="10.0.0.0/24"),
@@ -171,12 +173,11 @@ def test_security_group_rules(caplog: pytest.LogCaptureFixture) -> None:
         rule(id="c", ethertype="IPv6", protocol="ipv6-icmp", direction="egress"),
         rule(id="d", protocol="17"),
         rule(id="e", protocol="vrrp"),
-        rule(id="f", remote_address_group_id="ag-1"),
+        rule(id="f", remote_address_group_id=AG),
         rule(id="g", protocol="any", remote_group_id=SG),
     ]
-    with caplog.at_level(logging.WARNING):
-        sg = translate.security_group({"id": SG, "project_id": "proj", "name": "web",
-                                       "revision_number": 3, "security_group_rules": rules})
+    sg = translate.security_group({"id": SG, "project_id": "proj", "name": "web",
+                                   "revision_number": 3, "security_group_rules": rules})
     assert (sg.id, sg.topic, sg.name, sg.version) == (SG, "proj", "web", 4)
     assert sg.rules == (
         SecurityGroupRule(id="a", direction="ingress", protocol="tcp", port_range_min=22,
@@ -186,10 +187,49 @@ def test_security_group_rules(caplog: pytest.LogCaptureFixture) -> None:
         SecurityGroupRule(id="c", direction="egress", ethertype="IPv6", protocol="icmpv6"),
         SecurityGroupRule(id="d", direction="ingress", protocol="udp"),
         SecurityGroupRule(id="e", direction="ingress", protocol=112),
+        SecurityGroupRule(id="f", direction="ingress", remote_address_group_id=AG),
         SecurityGroupRule(id="g", direction="ingress", remote_group_id=SG),
     )
-    assert "remote address group ag-1" in caplog.text
     assert sg.remote_groups() == [SG2]
+    assert sg.address_groups() == [AG]
+    assert ("addressgroup", AG, "rules[5].remote_address_group_id") in sg.references()
+
+
+def test_security_group_rule_remote_address_group() -> None:
+    r = translate.sg_rule(rule(ethertype="IPv6", protocol="tcp", port_range_min=443,
+                               port_range_max=443, remote_address_group_id=AG))
+    assert r == SecurityGroupRule(id="r1", direction="ingress", ethertype="IPv6",
+                                  protocol="tcp", port_range_min=443, port_range_max=443,
+                                  remote_address_group_id=AG)
+    with pytest.raises(ValidationError, match="remote_address_group_id"):
+        translate.sg_rule(rule(remote_group_id=SG, remote_address_group_id=AG))
+
+
+def address_group(**kw: Any) -> dict[str, Any]:
+    """As Neutron's get_address_group returns it (addresses normalised to CIDRs)."""
+    return {"id": AG, "project_id": "proj", "tenant_id": "proj", "name": "office",
+            "description": "the office", "shared": False, "revision_number": 2,
+            "standard_attr_id": 9, "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-01T00:00:00Z",
+            "addresses": ["192.0.2.0/24", "2001:db8::5/128", "10.0.0.5/32"]} | kw
+
+
+def test_address_group() -> None:
+    group = translate.address_group(address_group())
+    assert group == AddressGroup(id=AG, topic="proj", name="office", version=3,
+                                 addresses=("10.0.0.5/32", "192.0.2.0/24", "2001:db8::5/128"))
+    assert [str(a) for a in group.addresses] == ["10.0.0.5/32", "192.0.2.0/24",
+                                                 "2001:db8::5/128"]
+    empty = translate.address_group(address_group(addresses=[], name=None,
+                                                   revision_number=0))
+    assert (empty.addresses, empty.name, empty.version) == ((), "", 1)
+    assert translate.address_group(address_group(addresses=["10.0.0.5"])).addresses == (
+        ipaddress.ip_network("10.0.0.5/32"),)
+
+
+def test_address_group_bad_address_names_the_field() -> None:
+    with pytest.raises(ValidationError, match=r"addressgroup .*field 'addresses\[1\]'.*host bits"):
+        translate.address_group(address_group(addresses=["10.0.0.0/8", "10.0.0.1/8"]))
 
 
 def test_security_group_rule_unknown_protocol() -> None:

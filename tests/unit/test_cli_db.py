@@ -165,8 +165,9 @@ def test_tables_counts(full: Db) -> None:
     lines = full.ok("tables").splitlines()
     assert lines[0].split() == ["TABLE", "COUNT"]
     counts = dict(line.split() for line in lines[1:])
-    assert counts == {"chassis": "1", "qospolicy": "1", "securitygroup": "2", "network": "2",
-                      "subnet": "1", "port": "1", "router": "1", "floatingip": "1"}
+    assert counts == {"chassis": "1", "qospolicy": "1", "addressgroup": "0",
+                      "securitygroup": "2", "network": "2", "subnet": "1", "port": "1",
+                      "router": "1", "floatingip": "1"}
     doc = json.loads(full.ok("tables", "--json"))
     assert doc["tables"]["securitygroup"] == 2
     assert doc["revision"] == full.nb.revision()
@@ -248,6 +249,27 @@ def test_update_and_rm(full: Db) -> None:
     assert full.ok("rm", "floatingip", "fip1") == "deleted floatingip fip1\n"
     assert full.nb.get("floatingip", "fip1") is None
     full.fails("rm", "floatingip", "fip1", says=["floatingip 'fip1': field 'id': no such object"])
+
+
+def test_address_groups(db: Db) -> None:
+    """Written before the groups whose rules name them; listed with their addresses; not
+    removable while a rule names them."""
+    out = db.add([
+        {"table": "securitygroup", "id": "sg-x", "topic": "t1",
+         "rules": [{"id": "rx", "direction": "ingress", "remote_address_group_id": "ag1"}]},
+        {"table": "addressgroup", "id": "ag1", "topic": "t1", "name": "office",
+         "addresses": ["192.0.2.0/24", "10.9.0.5"]},
+    ])
+    assert out.splitlines() == ["added addressgroup ag1 version 1",
+                                "added securitygroup sg-x version 1"]
+    rows = _rows(db.ok("ls", "addressgroup"))
+    assert dict(zip(rows[0], rows[1], strict=True)) == {
+        "ID": "ag1", "NAME": "office", "TOPIC": "t1", "VERSION": "1",
+        "ADDRESSES": "10.9.0.5/32,192.0.2.0/24"}
+    db.fails("rm", "addressgroup", "ag1", says=["addressgroup 'ag1'", "still referenced by",
+                                                "securitygroup 'sg-x'"])
+    db.ok("rm", "securitygroup", "sg-x")
+    assert db.ok("rm", "addressgroup", "ag1") == "deleted addressgroup ag1\n"
 
 
 def test_an_invalid_stored_value_is_listed_got_with_a_reason_and_removed(full: Db) -> None:

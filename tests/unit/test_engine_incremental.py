@@ -16,6 +16,7 @@ import pytest
 from dragonflow.apps.registry import default_apps
 from dragonflow.controller.engine import Engine
 from dragonflow.model import (
+    AddressGroup,
     Binding,
     Chassis,
     FixedIp,
@@ -154,7 +155,10 @@ class World:
             lo = r.randint(1, 2000)
             kw["port_range_min"], kw["port_range_max"] = lo, lo + r.choice([0, 1, 7, 300])
         remote = r.random()
-        if remote < 0.4 and groups:
+        ags = [a.id for a in self.of("addressgroup")]
+        if remote < 0.15 and ags:
+            kw["remote_address_group_id"] = r.choice(ags)
+        elif remote < 0.4 and groups:
             kw["remote_group_id"] = r.choice(groups)
         elif remote < 0.6:
             kw["remote_ip_prefix"] = "10.1.0.0/16" if kw["ethertype"] == "IPv4" else "fd00::/64"
@@ -166,6 +170,14 @@ class World:
         r = self.rng
         groups = [g.id for g in self.of("securitygroup")]
         choice = r.random()
+        if choice < 0.08:
+            i = self.key()
+            ags = self.of("addressgroup")
+            ag_id = ags[0].id if ags and r.random() < 0.5 else f"ag{i}"  # changed or new
+            self.put(AddressGroup(id=ag_id, topic=r.choice(PROJECTS), addresses=tuple(
+                r.sample(["10.1.0.0/24", "10.2.3.4/32", "fd00::/64", "192.0.2.1"],
+                         r.randint(0, 3)))))
+            return "address group"
         if choice < 0.25 or not groups:
             gid = f"g{self.key()}"
             rules = tuple(self.random_rule(groups + [gid]) for _ in range(r.randint(1, 4)))
@@ -311,7 +323,7 @@ def test_the_random_worlds_exercise_every_group_step() -> None:
         w = World(seed)
         seen |= {w.step() for _ in range(120)}
     assert {"add group", "change rules", "delete group", "port groups",
-            "port security off"} <= seen, seen
+            "port security off", "address group"} <= seen, seen
 
 
 def test_recompiles_only_affected_owners() -> None:

@@ -42,7 +42,7 @@ def test_roundtrip_every_table(key: tuple[str, str]) -> None:
 
 def test_every_table_in_world_and_registry() -> None:
     assert set(TABLES) == {"chassis", "network", "subnet", "port", "router", "securitygroup",
-                           "floatingip", "qospolicy"}
+                           "floatingip", "qospolicy", "addressgroup"}
     assert {t for t, _ in world()} == set(TABLES)
     for name, cls in TABLES.items():
         assert cls.TABLE == name

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from dragonflow.model import (
+    AddressGroup,
     Chassis,
     FloatingIP,
     NbObject,
@@ -62,7 +63,12 @@ def world() -> dict[tuple[str, str], NbObject]:
             {"id": "sr4", "direction": "egress", "ethertype": "IPv4",
              "remote_group_id": "sg1"},
         )),
-        SecurityGroup(id="sg2", topic=T1, name="db"),
+        AddressGroup(id="ag1", topic=T1, name="office", version=2,
+                     addresses=("192.0.2.0/24", "2001:db8:1::/48", "198.51.100.7")),
+        SecurityGroup(id="sg2", topic=T1, name="db", rules=(
+            {"id": "sr5", "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+             "port_range_min": 5432, "port_range_max": 5432, "remote_address_group_id": "ag1"},
+        )),
         Port(id="port1", topic=T1, name="vm-a", version=9, network_id="net1",
              mac="FA:16:3E:00:00:01",
              fixed_ips=({"subnet_id": "sub4", "ip_address": "10.0.0.5"},
@@ -157,7 +163,7 @@ def test_sample_world_is_valid() -> None:
     objs = world()
     for obj in objs.values():
         obj.validate_refs(lookup_in(objs))
-    assert len({o.TABLE for o in objs.values()}) == 8
+    assert len({o.TABLE for o in objs.values()}) == 9
 
 
 def test_mutated_helper_edits_nested_paths() -> None:

@@ -1,13 +1,31 @@
-"""NB model: one test per validation rule of security groups (and rules) and QoS policies."""
+"""NB model: one test per validation rule of security groups (and rules), address groups and
+QoS policies."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
 
-from dragonflow.model import QosPolicy, SecurityGroup, SecurityGroupRule
-from tests.unit.test_model_samples import bad, bad_replace, get, lookup_in, refs_fail, world
+from dragonflow.model import (
+    REFERENCED_BY,
+    TABLES,
+    AddressGroup,
+    QosPolicy,
+    SecurityGroup,
+    SecurityGroupRule,
+    obj_from_json,
+)
+from tests.unit.test_model_samples import (
+    bad,
+    bad_replace,
+    expect_invalid,
+    get,
+    lookup_in,
+    refs_fail,
+    world,
+)
 
 
 def rule(**fields: Any) -> dict[str, Any]:
@@ -95,6 +113,25 @@ def test_rule_remote_prefix_xor_group() -> None:
     assert sg_rule().remote_group_id is None and sg_rule().remote_ip_prefix is None
 
 
+def test_rule_at_most_one_remote() -> None:
+    bad_rule("remote_address_group_id", "cannot be combined with remote_ip_prefix",
+             remote_ip_prefix="10.0.0.0/8", remote_address_group_id="ag1")
+    bad_rule("remote_address_group_id", "cannot be combined with remote_group_id (a rule has "
+             "at most one of remote_ip_prefix, remote_group_id, remote_address_group_id)",
+             remote_group_id="sg1", remote_address_group_id="ag1")
+    bad_rule("remote_group_id", "cannot be combined with remote_ip_prefix",
+             remote_ip_prefix="10.0.0.0/8", remote_group_id="sg1",
+             remote_address_group_id="ag1")
+    bad_rule("remote_address_group_id", "must not contain '/'",
+             remote_address_group_id="a/b")
+    bad_rule("remote_address_group_id", "must not be empty", remote_address_group_id="")
+    r = sg_rule(remote_address_group_id="ag1", ethertype="IPv6")
+    assert (r.remote_address_group_id, r.remote_group_id, r.remote_ip_prefix) == (
+        "ag1", None, None)
+    assert SecurityGroupRule.from_dict(r.to_dict()) == r
+    assert sg_rule().remote_address_group_id is None
+
+
 def test_rule_ids_unique() -> None:
     bad_replace("securitygroup", "sg1", "rules[1].id", "duplicate rule id 'x'",
                 rules=(rule(), rule(direction="egress")))
@@ -110,6 +147,70 @@ def test_secgroup_indexes_and_refs() -> None:
     del objs[("securitygroup", "sg1")]  # its own id is not looked up: self-reference is fine
     sg.validate_refs(lookup_in(objs))
     assert SecurityGroup(id="empty").index_entries() == []
+
+
+# --- address groups -------------------------------------------------------------------------
+AG = {"id": "ag1", "topic": "tenant-1", "name": "office", "version": 2,
+      "addresses": ["10.1.0.0/24", "2001:db8:1::/48", "192.0.2.7"]}
+
+
+def ag(**fields: Any) -> AddressGroup:
+    return AddressGroup.from_dict(AG | fields)
+
+
+def bad_ag(field: str, value: Any, *reason: str) -> None:
+    expect_invalid(lambda: ag(**{field.split("[")[0]: value}), "addressgroup", field, *reason)
+
+
+def test_address_group_fields() -> None:
+    group = ag()
+    assert group.addresses == (ipaddress.ip_network("10.1.0.0/24"),
+                               ipaddress.ip_network("192.0.2.7/32"),
+                               ipaddress.ip_network("2001:db8:1::/48"))
+    assert [str(n) for n in group.networks(6)] == ["2001:db8:1::/48"]
+    assert group.to_dict() == AG | {"addresses": ["10.1.0.0/24", "192.0.2.7/32",
+                                                   "2001:db8:1::/48"]}
+    assert obj_from_json("addressgroup", group.to_dict()) == group
+    # a set: the order of the input does not matter
+    assert ag(addresses=list(reversed(AG["addresses"]))) == group
+    assert AddressGroup(id="empty").addresses == ()
+    assert (group.references(), group.index_entries(), group.claims()) == ([], [], [])
+    assert TABLES["addressgroup"] is AddressGroup
+    assert REFERENCED_BY["addressgroup"] == [("securitygroup", "remote_address_group")]
+
+
+def test_address_group_addresses() -> None:
+    bad_ag("addresses[1]", ["10.0.0.0/8", "10.0.0.1/8"], "host bits set")
+    bad_ag("addresses[0]", ["nonsense"], "'nonsense' is not a CIDR")
+    bad_ag("addresses[1]", ["10.0.0.1", "10.0.0.1/32"], "duplicate value '10.0.0.1/32'")
+    bad_ag("addresses[0]", [7], "must be a CIDR string")
+    bad_ag("addresses", "10.0.0.0/8", "must be a list")
+    bad_ag("id", "a b", "must not contain whitespace")
+    expect_invalid(lambda: AddressGroup.from_dict(AG | {"shared": True}), "addressgroup",
+                   "shared", "unknown field")
+
+
+def test_secgroup_address_group_refs_and_index() -> None:
+    sg = get("securitygroup", "sg1").replace(rules=(
+        rule(id="a", remote_address_group_id="ag1"),
+        rule(id="b", direction="egress", remote_address_group_id="ag1"),
+        rule(id="c", remote_group_id="sg2"),
+        rule(id="d", ethertype="IPv6", remote_address_group_id="ag2"),
+    ))
+    assert sg.address_groups() == ["ag1", "ag2"]
+    assert sg.references() == [("addressgroup", "ag1", "rules[0].remote_address_group_id"),
+                               ("addressgroup", "ag1", "rules[1].remote_address_group_id"),
+                               ("securitygroup", "sg2", "rules[2].remote_group_id"),
+                               ("addressgroup", "ag2", "rules[3].remote_address_group_id")]
+    assert sg.index_entries() == [("remote_group", "sg2"), ("remote_address_group", "ag1"),
+                                  ("remote_address_group", "ag2")]
+    ag2 = ag(id="ag2", addresses=[])
+    sg.validate_refs(lookup_in(world() | {(ag2.TABLE, ag2.id): ag2}))
+    refs_fail(sg, "rules[3].remote_address_group_id", "addressgroup 'ag2' does not exist")
+    refs_fail(sg, "rules[0].remote_address_group_id", "addressgroup 'ag1' does not exist",
+              drop=("addressgroup", "ag1"), extra=(ag2,))
+    assert get("securitygroup", "sg2").references() == [
+        ("addressgroup", "ag1", "rules[0].remote_address_group_id")]
 
 
 # --- qos ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from dragonflow.apps.registry import default_apps
 from dragonflow.apps.secgroup import conj_id, port_mask_ranges, zone_of
 from dragonflow.controller.engine import Engine
 from dragonflow.model import (
+    AddressGroup,
     Binding,
     Chassis,
     FixedIp,
@@ -117,3 +118,26 @@ def test_zones_and_port_ranges() -> None:
             covered |= {p for p in range(65536) if p & mask == value}
         assert covered == set(range(lo, hi + 1)), (lo, hi)
     assert len(port_mask_ranges(1000, 1999)) <= 16
+
+
+def test_an_address_group_rule_allows_its_addresses_and_an_unknown_one_nothing() -> None:
+    topo, engine = world(1, 0)
+    ag = AddressGroup(id="office", topic="p", addresses=("192.0.2.0/24", "198.51.100.7/32"),
+                      version=1)
+    group = topo.get(SecurityGroup, "g")
+    assert group is not None
+    with_rule = group.replace(version=2, rules=(rule("ag", "ingress", protocol="tcp",
+                                                     port_range_min=443, port_range_max=443,
+                                                     remote_address_group_id="office"),))
+    engine.changed(topo.apply("securitygroup", "g", with_rule) or set())
+    cid = conj_id("g", "ag")
+    clause2 = [f for f in sg_flows(engine) if Conjunction(cid, 2, 3) in f.actions]
+    assert clause2 == []  # the address group is not known here yet: nothing is allowed
+    assert Conjunction(cid, 1, 3) in next(f for f in sg_flows(engine)
+                                           if dict(f.match) == {"out_port": 10}).actions
+    engine.changed(topo.apply("addressgroup", "office", ag) or set())
+    clause2 = sorted((dict(f.match)["ipv4_src"] for f in sg_flows(engine)
+                      if Conjunction(cid, 2, 3) in f.actions), key=str)
+    assert clause2 == [("192.0.2.0", "255.255.255.0"), "198.51.100.7"]
+    assert "ag:office" in topo.scopes_needed()
+    assert "ag:office" in relevance_scopes(ag)

@@ -8,7 +8,8 @@ integration_bridge`` / ``datapath_type`` (the VIF details Nova plugs with).
 * postcommit hooks translate ``context.current`` and write it with NbWriter (NB version =
   Neutron revision_number + 1); failures are logged, never raised into the API call, and
   repaired by dragonflow.neutron.sync.
-* Security groups and rules arrive through the callback registry (ML2 has no hooks for them).
+* Security groups, their rules and address groups arrive through the callback registry (ML2
+  has no hooks for them).
 * A port created or moved to a host gets a provisioning block of entity ``DF``; the
   :class:`~dragonflow.neutron.status.PortStatusFollower` (started with the API process)
   completes it when the local controller of that host reports the port ACTIVE in the NB.
@@ -27,7 +28,7 @@ from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 
-from dragonflow.model import Network, Port, SecurityGroup, Subnet
+from dragonflow.model import AddressGroup, Network, Port, SecurityGroup, Subnet
 from dragonflow.neutron import config, source, translate
 from dragonflow.neutron.status import DF_ENTITY, PortStatusFollower
 from dragonflow.neutron.writer import NbWriter
@@ -77,6 +78,13 @@ class DfMechanismDriver(api.MechanismDriver):
         for event in (events.AFTER_CREATE, events.AFTER_DELETE):
             registry.subscribe(self._on_security_group_rule, resources.SECURITY_GROUP_RULE,
                                event)
+        # Neutron 29 (neutron.db.address_group_db) publishes AFTER_CREATE (without the
+        # addresses), AFTER_UPDATE (name, and each add_addresses / remove_addresses) and
+        # AFTER_DELETE (refused by Neutron while a rule names the group).
+        for event in (events.AFTER_CREATE, events.AFTER_UPDATE):
+            registry.subscribe(self._on_address_group, resources.ADDRESS_GROUP, event)
+        registry.subscribe(self._on_address_group_deleted, resources.ADDRESS_GROUP,
+                           events.AFTER_DELETE)
         # An RBAC policy makes a network shared with / external to other projects without
         # a network update (router:external follows access_as_external policies). Neutron
         # 29 publishes only BEFORE_CREATE / BEFORE_UPDATE / BEFORE_DELETE / AFTER_DELETE
@@ -273,3 +281,23 @@ class DfMechanismDriver(api.MechanismDriver):
         else:
             sg_id = payload.metadata["security_group_id"]
         self._put_security_group(sg_id, None)  # the group, with all its rules, as it is now
+
+    # --- address groups (callback registry) ----------------------------------------------
+    # A rule naming an address group the NB lacks (its write failed, or an event was lost)
+    # makes the NB refuse the group's write; NbWriter then writes the address group from
+    # Neutron (source.fresh) and retries, as for a rule's remote group.
+    def _on_address_group(self, resource: str, event: str, trigger: Any,
+                          payload: Any) -> None:
+        ag = payload.latest_state
+        ag_id = payload.resource_id or ag["id"]
+        fresh = source.fresh(AddressGroup.TABLE, ag_id)
+        if isinstance(ag, dict) and "addresses" in ag:
+            self.writer.put(AddressGroup.TABLE, ag_id, lambda: translate.address_group(ag),
+                            fresh, ag)
+        else:
+            self.writer.put(AddressGroup.TABLE, ag_id, fresh, fresh)
+
+    def _on_address_group_deleted(self, resource: str, event: str, trigger: Any,
+                                  payload: Any) -> None:
+        self.refresh_referrers(AddressGroup.TABLE, payload.resource_id)
+        self.writer.delete(AddressGroup, payload.resource_id)

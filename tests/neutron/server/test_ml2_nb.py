@@ -17,6 +17,7 @@ from oslo_config import cfg
 from dragonflow.db.drivers.redis import RedisDriver
 from dragonflow.db.nbapi import NbApi
 from dragonflow.model import (
+    AddressGroup,
     AddressPair,
     Binding,
     DhcpOpt,
@@ -320,6 +321,90 @@ class TestSecurityGroups(DfMl2Case):
         self.assertIsNone(self.nb.get(SecurityGroup, web["id"]))
         self.assertNotIn(from_web["id"],
                          [r.id for r in self.nb.get_or_raise(SecurityGroup, db["id"]).rules])
+        self.assert_synced()
+
+    # --- address groups ----------------------------------------------------------------------
+    def ag(self, name: str, addresses: list[str]) -> dict[str, Any]:
+        return self.core.create_address_group(self.admin(), {"address_group": {  # type: ignore[no-any-return]
+            "name": name, "description": "", "project_id": "proj", "addresses": addresses}})
+
+    def nb_ag(self, ag_id: str) -> AddressGroup:
+        return self.nb.get_or_raise(AddressGroup, ag_id)
+
+    def test_address_groups_follow_neutron(self) -> None:
+        office = self.ag("office", ["192.0.2.0/24", "10.0.0.5", "2001:db8::/64"])
+        nb_office = self.nb_ag(office["id"])
+        self.assertEqual(AddressGroup(id=office["id"], topic="proj", name="office",
+                                      version=self.version("address_group", office["id"]),
+                                      addresses=("10.0.0.5/32", "192.0.2.0/24",
+                                                 "2001:db8::/64")), nb_office)
+        web = self.sg("web")
+        https = self.rule(web["id"], protocol="tcp", port_range_min=443, port_range_max=443,
+                          remote_address_group_id=office["id"])
+        v6 = self.rule(web["id"], ethertype="IPv6", remote_address_group_id=office["id"])
+        nb_web = self.nb.get_or_raise(SecurityGroup, web["id"])
+        self.assertEqual(self.version("security_group", web["id"]), nb_web.version)
+        self.assertIn(SecurityGroupRule(id=https["id"], direction="ingress", protocol="tcp",
+                                        port_range_min=443, port_range_max=443,
+                                        remote_address_group_id=office["id"]), nb_web.rules)
+        self.assertIn(SecurityGroupRule(id=v6["id"], direction="ingress", ethertype="IPv6",
+                                        remote_address_group_id=office["id"]), nb_web.rules)
+        self.assertEqual([office["id"]], nb_web.address_groups())
+        self.assertEqual([web["id"]], [g.id for g in self.nb.by_index(
+            SecurityGroup, "remote_address_group", office["id"])])
+        self.assert_synced()
+
+        # add / remove addresses (Neutron's add_addresses / remove_addresses actions)
+        self.core.add_addresses(self.admin(), office["id"],
+                                {"addresses": ["198.51.100.7/32", "2001:db8:1::/48"]})
+        self.assertEqual(["10.0.0.5/32", "192.0.2.0/24", "198.51.100.7/32", "2001:db8::/64",
+                          "2001:db8:1::/48"],
+                         [str(a) for a in self.nb_ag(office["id"]).addresses])
+        self.core.remove_addresses(self.admin(), office["id"],
+                                   {"addresses": ["192.0.2.0/24", "10.0.0.5"]})
+        self.core.update_address_group(self.admin(), office["id"],
+                                       {"address_group": {"name": "branch"}})
+        nb_office = self.nb_ag(office["id"])
+        self.assertEqual(["198.51.100.7/32", "2001:db8::/64", "2001:db8:1::/48"],
+                         [str(a) for a in nb_office.addresses])
+        self.assertEqual("branch", nb_office.name)
+        self.assertEqual(self.version("address_group", office["id"]), nb_office.version)
+        self.assert_synced()
+
+        # Neutron refuses to delete a group a rule names; once the rules are gone it goes
+        self.core.delete_security_group_rule(self.admin(), https["id"])
+        self.core.delete_security_group_rule(self.admin(), v6["id"])
+        self.assertEqual([], self.nb.get_or_raise(SecurityGroup, web["id"]).address_groups())
+        self.core.delete_address_group(self.admin(), office["id"])
+        self.assertIsNone(self.nb.get(AddressGroup, office["id"]))
+        self.assert_synced()
+
+    def test_rule_naming_an_address_group_the_nb_lacks(self) -> None:
+        office = self.ag("office", ["192.0.2.0/24"])
+        self.nb.delete(AddressGroup, office["id"])  # e.g. its write failed: NB was down
+        web = self.sg("web")
+        rule = self.rule(web["id"], remote_address_group_id=office["id"])
+        # the group's write first wrote the address group from Neutron
+        self.assertEqual(("192.0.2.0/24",),
+                         tuple(str(a) for a in self.nb_ag(office["id"]).addresses))
+        self.assertIn(rule["id"], [r.id for r in
+                                   self.nb.get_or_raise(SecurityGroup, web["id"]).rules])
+        self.assert_synced()
+
+    def test_sync_repairs_address_groups(self) -> None:
+        office = self.ag("office", ["192.0.2.0/24"])
+        stray = self.ag("stray", [])
+        web = self.sg("web")
+        self.rule(web["id"], remote_address_group_id=office["id"])
+        # lost writes: the group and its address group missing, a stray left behind
+        self.nb.delete(SecurityGroup, web["id"])
+        self.nb.delete(AddressGroup, office["id"])
+        self.core.delete_address_group(self.admin(), stray["id"])
+        self.nb.create(AddressGroup(id=stray["id"], topic="proj", addresses=("10.0.0.0/8",)))
+        report = sync.run(self.nb, self.admin())
+        self.assertEqual([("addressgroup", stray["id"])], report.deleted)
+        self.assertEqual([("addressgroup", office["id"]), ("securitygroup", web["id"])],
+                         report.created)
         self.assert_synced()
 
 
