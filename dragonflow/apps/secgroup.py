@@ -40,6 +40,10 @@ Stages (from a VM: ``secgroup_out_ct`` -> ``secgroup_out``, before L2; to a VM:
   a port joining a group one clause-1 action. Clause flows of several groups with the same
   match are merged by the flow table (many owners, one flow).
 
+Stateless groups (Neutron's ``stateful: false``): a port whose groups are all stateless
+skips conntrack; a rule's verdict passes the (untracked) packet itself, replies need rules
+of their own, anything else IP is dropped; neighbour discovery passes.
+
 Owners: ``port/<id>`` (a local port: zone, state flows, its clause-1 flows) and
 ``secgroup/<id>`` (a group with a local member: clause 2/3 flows and the conj_id verdicts).
 Ports with port security off or no groups get nothing: the stages' miss lets them pass.
@@ -182,13 +186,24 @@ class SecurityGroupApp:
         trk = CT_TRACKED
         not_blocked = (0, BLOCKED)
         rules: dict[str, list[Conjunction]] = {"egress": [], "ingress": []}
-        for gid in port.security_groups:
-            group = view.get(SecurityGroup, gid)
-            for rule in group.rules if group is not None else ():
+        groups = [g for gid in port.security_groups
+                  if (g := view.get(SecurityGroup, gid)) is not None]
+        for group in groups:
+            for rule in group.rules:
                 n = 2 if remote_kind(rule) is None else 3
-                rules[rule.direction].append(Conjunction(conj_id(gid, rule.id), 1, n))
+                rules[rule.direction].append(Conjunction(conj_id(group.id, rule.id), 1, n))
+        # Neutron refuses stateful and stateless groups on one port; if the NB has it anyway,
+        # conntrack is used (and only the stateful groups' verdicts match tracked packets)
+        stateless = bool(groups) and not any(g.stateful for g in groups)
         for direction, (ct_stage, stage, field, _) in DIRECTIONS.items():
             me = {field: key}
+            clause1: list[Conjunction] = sorted(set(rules[direction]),
+                                                key=lambda c: c.conj_id)
+            if clause1:
+                flows.append(Flow.make(stage, PRIO_RULE, me, tuple(clause1), owner))
+            if stateless:
+                flows += self._stateless(stage, me, owner)
+                continue
             for eth in ETH.values():
                 flows.append(Flow.make(ct_stage, 100, dict(me, eth_type=eth),
                                        (SetReg("zone", zone), Ct(zone="zone", table=NEXT)),
@@ -212,10 +227,18 @@ class SecurityGroupApp:
                 trk | CT_ESTABLISHED, trk | CT_ESTABLISHED | CT_REPLY)),
                 (Ct(commit=True, zone="zone", mark=(BLOCKED, BLOCKED)),), owner)
                 for eth in ETH.values()]
-            clause1: list[Conjunction] = sorted(set(rules[direction]),
-                                                key=lambda c: c.conj_id)
-            if clause1:
-                flows.append(Flow.make(stage, PRIO_RULE, me, tuple(clause1), owner))
+        return flows
+
+    @staticmethod
+    def _stateless(stage: str, me: dict[str, int], owner: str) -> list[Flow]:
+        """A port whose groups are all stateless: no conntrack; a packet passes when a rule
+        of its direction allows it (the verdicts of stateless groups match untracked
+        packets), IPv6 neighbour discovery / MLD / RS / RA pass, any other IP is dropped."""
+        flows = [Flow.make(stage, PRIO_INVALID, dict(me, eth_type=0x86DD, ip_proto=58,
+                                                     icmpv6_type=t), (Next(),), owner)
+                 for t in UNTRACKED_ICMP6]
+        flows += [Flow.make(stage, PRIO_DROP, dict(me, eth_type=eth), (), owner)
+                  for eth in ETH.values()]
         return flows
 
     # --- one group: the remote and L4 clauses, the verdicts -----------------------------
@@ -230,7 +253,7 @@ class SecurityGroupApp:
         clauses: dict[tuple[str, tuple[tuple[str, object], ...]], set[Conjunction]] = {}
         flows: list[Flow] = []
         for rule in group.rules:
-            stage, verdict, parts = self._rule(view, gid, rule)
+            stage, verdict, parts = self._rule(view, gid, rule, group.stateful)
             flows.append(verdict)
             for match, conj in parts:
                 clauses.setdefault((stage, tuple(sorted(match.items()))), set()).add(conj)
@@ -242,7 +265,7 @@ class SecurityGroupApp:
     def _members(self, view: View, gid: str) -> list[Port]:
         return [p for p in view.ports_of_group(gid) if gid in p.security_groups]
 
-    def _rule(self, view: View, gid: str, rule: SecurityGroupRule
+    def _rule(self, view: View, gid: str, rule: SecurityGroupRule, stateful: bool = True
               ) -> tuple[str, Flow, list[tuple[dict[str, object], Conjunction]]]:
         """(stage, the rule's verdict flow, its clause-2/3 (match, conjunction) parts)."""
         _, stage, _, side = DIRECTIONS[rule.direction]
@@ -270,10 +293,15 @@ class SecurityGroupApp:
             parts.append(({"eth_type": eth, addr_field: value}, Conjunction(cid, 2, n)))
         parts += [(match, Conjunction(cid, n, n)) for match in self._l4(rule, eth)]
         # the verdict: a new (or still allowed) connection in the original direction; the
-        # zone register still holds the port's zone (set before the lookup)
+        # zone register still holds the port's zone (set before the lookup). Stateless: the
+        # packet itself, untracked, passes.
+        owner = f"secgroup/{gid}"
+        if not stateful:  # (a packet a stateful sender's chassis tracked still passes)
+            return stage, Flow.make(stage, PRIO_RULE, {"conj_id": cid, "eth_type": eth},
+                                    (Next(),), owner), parts
         verdict = Flow.make(stage, PRIO_RULE, {"conj_id": cid, "eth_type": eth, "ct_state": (
             CT_TRACKED, CT_TRACKED | CT_REPLY | CT_INVALID)},
-            (Ct(commit=True, zone="zone", mark=(0, BLOCKED)), Next()), f"secgroup/{gid}")
+            (Ct(commit=True, zone="zone", mark=(0, BLOCKED)), Next()), owner)
         return stage, verdict, parts
 
     @staticmethod

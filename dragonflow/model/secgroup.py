@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from dragonflow.model.base import NbObject, Record, dedupe
 from dragonflow.model.fields import (
+    BOOL,
     ID,
     OPT_ID,
     Cidr,
@@ -121,6 +122,9 @@ class SecurityGroup(NbObject):
     TABLE: ClassVar[str] = "securitygroup"
 
     rules: tuple[SecurityGroupRule, ...] = fld(TupleOf(Nested(SecurityGroupRule)), ())
+    # Neutron's stateful-security-group: False -> no connection tracking, every packet in
+    # either direction needs a rule (replies too)
+    stateful: bool = fld(BOOL, True)
 
     def _check(self) -> None:
         ids: set[str] = set()

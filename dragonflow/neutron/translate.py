@@ -191,7 +191,8 @@ def sg_rule(rule: Mapping[str, Any]) -> SecurityGroupRule:
 
 def security_group(sg: Mapping[str, Any]) -> SecurityGroup:
     rules = sorted(sg.get("security_group_rules") or (), key=lambda r: r["id"])
-    return SecurityGroup(**_common(sg), rules=tuple(sg_rule(r) for r in rules))
+    return SecurityGroup(**_common(sg), rules=tuple(sg_rule(r) for r in rules),
+                         stateful=sg.get("stateful", True) is not False)
 
 
 def address_group(ag: Mapping[str, Any]) -> AddressGroup:

@@ -186,3 +186,33 @@ def test_a_ports_groups_and_port_security_change_on_live_traffic(dep: Deployment
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_stateless_group_needs_rules_for_replies_too(dep: Deployment) -> None:
+    """stateful=False: no conntrack. What its rules allow passes, and nothing else: the
+    reply to a connection the VM opens is dropped unless an ingress rule names it --
+    unlike a stateful group, where it comes back."""
+    n = dep.bed.nodes
+    dep.network("net", "vxlan", 973, "10.96.0.0/24")
+    dep.nb.create(SecurityGroup(id="sl", topic=dep.topic, stateful=False, rules=(
+        rule("sl-e", "egress"),
+        rule("sl-80", "ingress", protocol="tcp", port_range_min=80, port_range_max=80))))
+    srv = dep.vm(n["hv1"], "srv", "net", "fa:16:3e:96:00:10", "10.96.0.10",
+                 security_groups=("sl",))
+    cli = dep.vm(n["hv2"], "cli", "net", "fa:16:3e:96:00:11", "10.96.0.11")
+    dep.wait_active(["srv-port", "cli-port"], timeout=60)
+    servers = [serve(srv, ["80", "8080"]), serve(cli, ["8080"])]
+    try:
+        assert eventually(lambda: probe(cli, "tcp", srv.ip, 80) == "open", timeout=30)
+        assert probe(cli, "tcp", srv.ip, 8080) == "timeout"
+        assert probe(srv, "tcp", cli.ip, 8080) == "timeout"  # its SYN-ACK has no rule
+        group = dep.nb.get(SecurityGroup, "sl")
+        assert group is not None
+        dep.nb.update(group.replace(rules=(*group.rules, rule(
+            "sl-back", "ingress", protocol="tcp", port_range_min=1024, port_range_max=65535,
+            remote_ip_prefix="10.96.0.11/32"))))
+        assert eventually(lambda: probe(srv, "tcp", cli.ip, 8080) == "open", timeout=20)
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()

@@ -193,6 +193,10 @@ def test_security_group_rules() -> None:
     assert sg.remote_groups() == [SG2]
     assert sg.address_groups() == [AG]
     assert ("addressgroup", AG, "rules[5].remote_address_group_id") in sg.references()
+    assert sg.stateful  # Neutron's default
+    stateless = translate.security_group({"id": SG, "project_id": "proj", "stateful": False,
+                                          "revision_number": 1, "security_group_rules": []})
+    assert stateless.stateful is False
 
 
 def test_security_group_rule_remote_address_group() -> None:

@@ -181,7 +181,8 @@ class World:
         if choice < 0.25 or not groups:
             gid = f"g{self.key()}"
             rules = tuple(self.random_rule(groups + [gid]) for _ in range(r.randint(1, 4)))
-            self.put(SecurityGroup(id=gid, topic=r.choice(PROJECTS), rules=rules))
+            self.put(SecurityGroup(id=gid, topic=r.choice(PROJECTS), rules=rules,
+                                   stateful=r.random() < 0.8))
             return "add group"
         if choice < 0.45:
             g = self.objs[("securitygroup", r.choice(groups))]

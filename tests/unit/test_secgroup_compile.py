@@ -141,3 +141,16 @@ def test_an_address_group_rule_allows_its_addresses_and_an_unknown_one_nothing()
     assert clause2 == [("192.0.2.0", "255.255.255.0"), "198.51.100.7"]
     assert "ag:office" in topo.scopes_needed()
     assert "ag:office" in relevance_scopes(ag)
+
+
+def test_a_port_of_stateless_groups_gets_no_conntrack() -> None:
+    topo, engine = world(2, 2)
+    group = topo.get(SecurityGroup, "g")
+    assert group is not None
+    engine.changed(topo.apply("securitygroup", "g", group.replace(
+        version=2, stateful=False)) or set())
+    flows = sg_flows(engine)
+    assert not [f for f in flows if f.stage.endswith("_ct")]
+    assert not [f for f in flows if any(type(a).__name__ == "Ct" for a in f.actions)]
+    verdicts = [f for f in flows if "conj_id" in dict(f.match)]
+    assert verdicts and all("ct_state" not in dict(f.match) for f in verdicts)
