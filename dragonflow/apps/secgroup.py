@@ -18,7 +18,8 @@ Stages (from a VM: ``secgroup_out_ct`` -> ``secgroup_out``, before L2; to a VM:
 
 * ``*_ct``: IPv4 / IPv6 of the port -> its zone, into conntrack, on to the next stage with
   ct_state; neighbour discovery, MLD and router solicitation/advertisement (ICMPv6 130-136,
-  143) skip it (conntrack does not track them; port security polices them).
+  143) skip it (conntrack does not track them; port security polices them) -- one set of
+  flows for all ports, above the ports' own.
 * verdict stage, per port (priority):
     300  +inv                                      drop
     290  +rpl, not blocked                         pass (replies of allowed connections)
@@ -76,6 +77,7 @@ RULE_MATCHES = fields("eth_type", "ip_proto", "tcp_dst", "udp_dst", "sctp_dst",
 ETH = {"IPv4": 0x0800, "IPv6": 0x86DD}
 # ICMPv6 conntrack does not track: MLD (130-132, 143), RS, RA, NS, NA
 UNTRACKED_ICMP6 = (130, 131, 132, 133, 134, 135, 136, 143)
+UNTRACKED_OWNER = "untracked/icmpv6"  # one owner for all ports (not an NB object)
 BLOCKED = 0x1  # ct_mark bit: the rule that allowed this connection is gone
 PRIO_INVALID, PRIO_REPLY, PRIO_RELATED, PRIO_RULE, PRIO_BLOCK, PRIO_DROP = (
     300, 290, 280, 100, 50, 10)
@@ -167,10 +169,16 @@ class SecurityGroupApp:
         groups = {f"secgroup/{g}" for owner in ports
                   if (p := topo.get(Port, owner[5:])) is not None and enforced(p)
                   for g in p.security_groups}
-        return ports | groups
+        return ports | groups | {UNTRACKED_OWNER}
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
+        if owner == UNTRACKED_OWNER:  # for every port, once: ND & co. never enter conntrack
+            return [Flow.make(st, prio, {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": t},
+                              (Next(),), owner)
+                    for ct_stage, stage, *_ in DIRECTIONS.values()
+                    for st, prio in ((ct_stage, 110), (stage, PRIO_INVALID + 10))
+                    for t in UNTRACKED_ICMP6]
         if table == "secgroup":
             return self._group(view, obj_id, owner)
         port = view.port(obj_id)
@@ -208,9 +216,6 @@ class SecurityGroupApp:
                 flows.append(Flow.make(ct_stage, 100, dict(me, eth_type=eth),
                                        (SetReg("zone", zone), Ct(zone="zone", table=NEXT)),
                                        owner))
-            for t in UNTRACKED_ICMP6:
-                flows.append(Flow.make(ct_stage, 110, dict(me, eth_type=0x86DD, ip_proto=58,
-                                                           icmpv6_type=t), (Next(),), owner))
             flows += [
                 Flow.make(stage, PRIO_INVALID,
                           dict(me, ct_state=(trk | CT_INVALID, trk | CT_INVALID)), (), owner),
@@ -232,14 +237,11 @@ class SecurityGroupApp:
     @staticmethod
     def _stateless(stage: str, me: dict[str, int], owner: str) -> list[Flow]:
         """A port whose groups are all stateless: no conntrack; a packet passes when a rule
-        of its direction allows it (the verdicts of stateless groups match untracked
-        packets), IPv6 neighbour discovery / MLD / RS / RA pass, any other IP is dropped."""
-        flows = [Flow.make(stage, PRIO_INVALID, dict(me, eth_type=0x86DD, ip_proto=58,
-                                                     icmpv6_type=t), (Next(),), owner)
-                 for t in UNTRACKED_ICMP6]
-        flows += [Flow.make(stage, PRIO_DROP, dict(me, eth_type=eth), (), owner)
-                  for eth in ETH.values()]
-        return flows
+        of its direction allows it (the verdicts of stateless groups match it whatever its
+        ct_state), IPv6 neighbour discovery / MLD / RS / RA pass (the shared flows above
+        everything), any other IP is dropped."""
+        return [Flow.make(stage, PRIO_DROP, dict(me, eth_type=eth), (), owner)
+                for eth in ETH.values()]
 
     # --- one group: the remote and L4 clauses, the verdicts -----------------------------
     def _group(self, view: View, gid: str, owner: str) -> list[Flow]:
