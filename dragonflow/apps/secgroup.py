@@ -45,8 +45,11 @@ Stateless groups (Neutron's ``stateful: false``): a port whose groups are all st
 skips conntrack; a rule's verdict passes the (untracked) packet itself, replies need rules
 of their own, anything else IP is dropped; neighbour discovery passes.
 
-Owners: ``port/<id>`` (a local port: zone, state flows, its clause-1 flows) and
-``secgroup/<id>`` (a group with a local member: clause 2/3 flows and the conj_id verdicts).
+Owners: ``port/<id>`` (a local port: zone, state flows, its clause-1 flows),
+``secgroup/<id>`` (a group with a local member: CIDR / address-group clause 2, clause 3, the
+conj_id verdicts) and ``sgmember/<port id>`` (a member of a group such a group's rules name:
+its addresses as clause 2 of each of those rules) -- a member joining, leaving or changing
+its addresses compiles its own owner only, whatever the size of the group.
 Ports with port security off or no groups get nothing: the stages' miss lets them pass.
 """
 
@@ -78,6 +81,7 @@ ETH = {"IPv4": 0x0800, "IPv6": 0x86DD}
 # ICMPv6 conntrack does not track: MLD (130-132, 143), RS, RA, NS, NA
 UNTRACKED_ICMP6 = (130, 131, 132, 133, 134, 135, 136, 143)
 UNTRACKED_OWNER = "untracked/icmpv6"  # one owner for all ports (not an NB object)
+MEMBER = "sgmember"  # owner "sgmember/<port id>": a remote group member's addresses
 BLOCKED = 0x1  # ct_mark bit: the rule that allowed this connection is gone
 PRIO_INVALID, PRIO_REPLY, PRIO_RELATED, PRIO_RULE, PRIO_BLOCK, PRIO_DROP = (
     300, 290, 280, 100, 50, 10)
@@ -165,11 +169,18 @@ class SecurityGroupApp:
     )
 
     def owners(self, topo: OwnersView) -> set[str]:
-        ports = local_network_ports(topo)
-        groups = {f"secgroup/{g}" for owner in ports
-                  if (p := topo.get(Port, owner[5:])) is not None and enforced(p)
-                  for g in p.security_groups}
-        return ports | groups | {UNTRACKED_OWNER}
+        """Local-network ports, the groups with a local port, and every member of a group
+        their rules name as remote group (its addresses are one owner: a member joining
+        compiles that member only)."""
+        local = topo.local_groups
+        remote: set[str] = set()
+        for gid in local:
+            group = topo.get(SecurityGroup, gid)
+            if group is not None:
+                remote |= {r.remote_group_id for r in group.rules if r.remote_group_id}
+        members = {f"{MEMBER}/{pid}" for r in remote for pid in topo.group_members(r)}
+        return (local_network_ports(topo) | {f"secgroup/{g}" for g in local} | members
+                | {UNTRACKED_OWNER})
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
@@ -181,6 +192,8 @@ class SecurityGroupApp:
                     for t in UNTRACKED_ICMP6]
         if table == "secgroup":
             return self._group(view, obj_id, owner)
+        if table == MEMBER:
+            return self._member(view, obj_id, owner)
         port = view.port(obj_id)
         if not enforced(port) or view.ofport(obj_id) is None:
             return []
@@ -249,8 +262,7 @@ class SecurityGroupApp:
         conjunction actions of all rules that share it: a member address named by three
         rules is ONE flow), and one verdict flow per rule."""
         group = view.get(SecurityGroup, gid)
-        if group is None or not any(enforced(p) and view.ofport(p.id) is not None
-                                    for p in self._members(view, gid)):
+        if group is None or not view.has_local_members(gid):
             return []
         clauses: dict[tuple[str, tuple[tuple[str, object], ...]], set[Conjunction]] = {}
         flows: list[Flow] = []
@@ -259,13 +271,45 @@ class SecurityGroupApp:
             flows.append(verdict)
             for match, conj in parts:
                 clauses.setdefault((stage, tuple(sorted(match.items()))), set()).add(conj)
+        return flows + self._clause_flows(clauses, owner)
+
+    # --- one member of a remote group: its addresses, for every rule naming the group ----
+    def _member(self, view: View, port_id: str, owner: str) -> list[Flow]:
+        """Clause 2 of every rule (of a group with a local port) whose remote group this
+        port is a member of: one flow per address and direction, with the conjunction of
+        each such rule."""
+        port = view.port(port_id)
+        if port is None:
+            return []
+        clauses: dict[tuple[str, tuple[tuple[str, object], ...]], set[Conjunction]] = {}
+        for g in port.security_groups:
+            for sid in view.referrers(g):
+                group = view.get(SecurityGroup, sid)
+                if group is None or not view.has_local_members(sid):
+                    continue
+                for rule in group.rules:
+                    if rule.remote_group_id != g:
+                        continue
+                    _, stage, _, side = DIRECTIONS[rule.direction]
+                    conj = Conjunction(conj_id(sid, rule.id), 2, 3)
+                    for net in member_addresses(port, rule.ip_version):
+                        value = (str(net.network_address) if net.prefixlen == net.max_prefixlen
+                                 else (str(net.network_address), str(net.netmask)))
+                        match = {"eth_type": ETH[rule.ethertype],
+                                 f"ipv{rule.ip_version}_{side}": value}
+                        clauses.setdefault((stage, tuple(sorted(match.items()))),
+                                           set()).add(conj)
+        return self._clause_flows(clauses, owner)
+
+    @staticmethod
+    def _clause_flows(clauses: dict[tuple[str, tuple[tuple[str, object], ...]],
+                                    set[Conjunction]], owner: str) -> list[Flow]:
+        """One flow per (stage, match) with the conjunctions of every rule sharing it."""
+        flows = []
         for (stage, key), conjs in sorted(clauses.items(), key=lambda kv: repr(kv[0])):
             actions: list[Conjunction] = sorted(conjs, key=lambda c: (c.conj_id, c.clause))
             flows.append(Flow.make(stage, PRIO_RULE, dict(key), tuple(actions), owner))
         return flows
-
-    def _members(self, view: View, gid: str) -> list[Port]:
-        return [p for p in view.ports_of_group(gid) if gid in p.security_groups]
 
     def _rule(self, view: View, gid: str, rule: SecurityGroupRule, stateful: bool = True
               ) -> tuple[str, Flow, list[tuple[dict[str, object], Conjunction]]]:
@@ -280,8 +324,7 @@ class SecurityGroupApp:
         if rule.remote_ip_prefix is not None:
             remote = [rule.remote_ip_prefix]
         elif rule.remote_group_id is not None:
-            remote = sorted({a for m in self._members(view, rule.remote_group_id)
-                             for a in member_addresses(m, version)}, key=str)
+            remote = []  # clause 2 is compiled per member (_member): a join costs one owner
         elif rule.remote_address_group_id is not None:
             # an address group not (yet) known, or empty, allows nothing: no clause 2 flow
             ag = view.get(AddressGroup, rule.remote_address_group_id)

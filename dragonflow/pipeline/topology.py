@@ -10,6 +10,9 @@ Dependency keys:
     ("obj", table, id)        one object
     ("net_ports", net_id)     the set of ports of a network
     ("group_ports", sg_id)    the set of ports in a security group (its members)
+    ("group_local", sg_id)    the set of this chassis' ports in a security group
+    ("local_groups",)         the set of security groups with a port on this chassis
+    ("group_referrers", sg_id) the groups whose rules name sg_id as their remote group
     ("ofport", port_id)       where a local port is plugged (None = not local)
     ("tunnel", type)          the ofport of this chassis' tunnel port of that type
     ("local_networks",)       the set of networks with a port on this chassis
@@ -84,6 +87,9 @@ class Topology:
         self.objs: dict[str, dict[str, NbObject]] = defaultdict(dict)
         self.net_ports: dict[str, set[str]] = defaultdict(set)
         self.group_ports: dict[str, set[str]] = defaultdict(set)  # security group -> ports
+        self.group_local: dict[str, set[str]] = defaultdict(set)  # group -> its local ports
+        self.group_referrers: dict[str, set[str]] = defaultdict(set)  # group -> groups whose
+        #                                                     rules name it (remote group)
         self._local_networks: frozenset[str] = frozenset()
         self._local_routers: frozenset[str] = frozenset()
         self._routed_networks: frozenset[str] = frozenset()
@@ -100,6 +106,11 @@ class Topology:
             self.objs[table][obj_id] = obj  # a heartbeat or a status write: apps never
             return set()                    # read those, so nothing recompiles
         touched: set[DepKey] = {("obj", table, obj_id)}
+        if isinstance(cur, SecurityGroup) or isinstance(obj, SecurityGroup):
+            touched |= self._set_referrers(obj_id, cur, obj)
+        if isinstance(cur, Port) or isinstance(obj, Port):
+            touched |= self._set_group_local(obj_id, cur, obj, obj_id in self.facts.ofports,
+                                             obj_id in self.facts.ofports)
         if isinstance(cur, Port):
             self.net_ports[cur.network_id].discard(obj_id)
             touched.add(("net_ports", cur.network_id))
@@ -124,22 +135,67 @@ class Topology:
         self.objs = defaultdict(dict)
         self.net_ports = defaultdict(set)
         self.group_ports = defaultdict(set)
+        self.group_local = defaultdict(set)
+        self.group_referrers = defaultdict(set)
         for o in objs:
             self.objs[o.TABLE][o.id] = o
             if isinstance(o, Port):
                 self.net_ports[o.network_id].add(o.id)
                 for g in o.security_groups:
                     self.group_ports[g].add(o.id)
+                    if o.id in self.facts.ofports:
+                        self.group_local[g].add(o.id)
+            elif isinstance(o, SecurityGroup):
+                for r in _named_groups(o):
+                    self.group_referrers[r].add(o.id)
         self._refresh_local_networks(force_l3=True)
 
     def set_ofport(self, port_id: str, ofport: int | None) -> set[DepKey]:
         if self.facts.ofports.get(port_id) == ofport:
             return set()
+        was = port_id in self.facts.ofports
         if ofport is None:
             self.facts.ofports.pop(port_id, None)
         else:
             self.facts.ofports[port_id] = ofport
-        return {("ofport", port_id)} | self._refresh_local_networks()
+        port = self.objs["port"].get(port_id)
+        groups = self._set_group_local(port_id, port, port, was, ofport is not None)
+        return {("ofport", port_id)} | groups | self._refresh_local_networks()
+
+    def _set_group_local(self, port_id: str, cur: NbObject | None, new: NbObject | None,
+                         was_local: bool, is_local: bool) -> set[DepKey]:
+        """Keep ``group_local`` (the local ports of each security group) right after a port
+        changed or was (un)plugged; the touched keys: ("group_local", g) for each group whose
+        local ports changed, ("local_groups",) when a group gained its first / lost its last."""
+        old = set(cur.security_groups) if isinstance(cur, Port) and was_local else set()
+        now = set(new.security_groups) if isinstance(new, Port) and is_local else set()
+        touched: set[DepKey] = set()
+        for g in old - now:
+            self.group_local[g].discard(port_id)
+            touched.add(("group_local", g))
+            if not self.group_local[g]:
+                touched.add(("local_groups",))
+        for g in now - old:
+            if not self.group_local[g]:
+                touched.add(("local_groups",))
+            self.group_local[g].add(port_id)
+            touched.add(("group_local", g))
+        return touched
+
+    def _set_referrers(self, group_id: str, cur: NbObject | None,
+                       new: NbObject | None) -> set[DepKey]:
+        old = _named_groups(cur) if isinstance(cur, SecurityGroup) else set()
+        now = _named_groups(new) if isinstance(new, SecurityGroup) else set()
+        for r in old - now:
+            self.group_referrers[r].discard(group_id)
+        for r in now - old:
+            self.group_referrers[r].add(group_id)
+        return {("group_referrers", r) for r in old ^ now}
+
+    @property
+    def local_groups(self) -> frozenset[str]:
+        """Security groups with a port on this chassis."""
+        return frozenset(g for g, ports in self.group_local.items() if ports)
 
     def learn(self, router_id: str, ip: str) -> set[DepKey]:
         """Reactive L3: a packet for ``ip`` reached ``router_id``'s controller path."""
@@ -263,6 +319,11 @@ def _same_but_liveness(cur: NbObject, new: NbObject) -> bool:
     return cur.replace(**{f: getattr(new, f) for f in reset}) == new
 
 
+def _named_groups(group: SecurityGroup) -> set[str]:
+    """The groups ``group``'s rules name as their remote side (itself included)."""
+    return {r.remote_group_id for r in group.rules if r.remote_group_id is not None}
+
+
 def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
     """The scopes an object belongs to, for the change stream's filter: networks, not
     projects. A network, its subnets and ports are in ``net:<network id>``; a router in the
@@ -340,6 +401,16 @@ class OwnersView:
         self.deps.add(("obj", cls.TABLE, obj_id))
         return self._t.get(cls, obj_id)
 
+    @property
+    def local_groups(self) -> frozenset[str]:
+        self.deps.add(("local_groups",))
+        return self._t.local_groups
+
+    def group_members(self, group_id: str) -> frozenset[str]:
+        """The ids of every known port in security group ``group_id``."""
+        self.deps.add(("group_ports", group_id))
+        return frozenset(self._t.group_ports.get(group_id, ()))
+
 
 class View:
     """Read access for one owner's compile; records what was read."""
@@ -375,6 +446,15 @@ class View:
         self.deps.add(("net_ports", net_id))
         return [p for pid in sorted(self._t.net_ports.get(net_id, ()))
                 if (p := self.port(pid)) is not None]
+
+    def has_local_members(self, group_id: str) -> bool:
+        self.deps.add(("group_local", group_id))
+        return bool(self._t.group_local.get(group_id))
+
+    def referrers(self, group_id: str) -> list[str]:
+        """The security groups whose rules name ``group_id`` as their remote group."""
+        self.deps.add(("group_referrers", group_id))
+        return sorted(self._t.group_referrers.get(group_id, ()))
 
     def ports_of_group(self, group_id: str) -> list[Port]:
         """Every known port in security group ``group_id`` (its members), by id."""
