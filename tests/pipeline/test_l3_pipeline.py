@@ -20,7 +20,7 @@ from dragonflow.model import NbObject, Network, Port, Router, Subnet
 from dragonflow.ovs.ofchannel import OfChannel
 from dragonflow.pipeline.lower import punt_origin
 from dragonflow.pipeline.topology import ChassisFacts, Topology
-from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
+from tests.fixtures.ovs_bridge import OvsBridgeEnv, rig_on_bridge
 
 RMAC = {"net1": "fa:16:3e:aa:00:01", "net2": "fa:16:3e:aa:00:02"}
 VMS = {  # name: (network, chassis, mac, ip, key)
@@ -92,16 +92,8 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    require_ovs()
-    env = OvsBridgeEnv().start()
-    r = None
-    try:
-        r = Rig(env)
+    with rig_on_bridge(Rig) as r:
         yield r
-    finally:
-        if r is not None:
-            r.channel.close()
-        env.stop()
 
 
 def final_flow(trace: str) -> str:

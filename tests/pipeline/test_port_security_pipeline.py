@@ -30,7 +30,7 @@ from dragonflow.controller.reconciler import Reconciler
 from dragonflow.model import Chassis, NbObject, Network, Port, Subnet
 from dragonflow.ovs.ofchannel import OfChannel
 from dragonflow.pipeline.topology import ChassisFacts, Topology, View
-from tests.fixtures.ovs_bridge import OvsBridgeEnv, require_ovs
+from tests.fixtures.ovs_bridge import OvsBridgeEnv, rig_on_bridge
 
 pytestmark = pytest.mark.ovs
 
@@ -116,16 +116,8 @@ class Rig:
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
-    require_ovs()
-    env = OvsBridgeEnv().start()
-    r = None
-    try:
-        r = Rig(env)
+    with rig_on_bridge(Rig) as r:
         yield r
-    finally:
-        if r is not None:
-            r.channel.close()
-        env.stop()
 
 
 def outputs(trace: str) -> list[str]:
