@@ -50,8 +50,12 @@ class L3Bed:
             _, _, cidr, gw, cidr6, gw6 = NETS[net]
             ip = cidr.replace("0/24", str(host))
             v6 = cidr6.replace("/64", f"{host}") if cidr6 else None
+            # f routes for 192.168.77.0/24 (an extra route through it): as in Neutron, a VM
+            # that forwards needs those addresses as an allowed address pair (port security)
+            pairs = (("192.168.77.0/24", None),) if vm == "f" else ()
             self.vms[vm] = dep.vm(n[node], vm, net, f"fa:16:3e:00:33:{i:02x}", ip, gateway=gw,
-                                  ipv6=f"{v6}/64" if v6 else None, gateway6=gw6)
+                                  ipv6=f"{v6}/64" if v6 else None, gateway6=gw6,
+                                  address_pairs=pairs)
             if v6:
                 self.v6[vm] = v6
         dep.router("r1", interfaces)
