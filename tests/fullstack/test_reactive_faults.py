@@ -20,6 +20,7 @@ from tests.fixtures.deploy import hold_next_sync
 from tests.fixtures.wait import eventually
 
 RMAC = "fa:16:3e:aa:02:00"  # r1's interface on n1 (Deployment.router's MAC scheme)
+RMAC2 = "fa:16:3e:aa:02:01"  # ... and on n2
 IDLE = 2  # seconds a learned host flow may stay idle
 
 
@@ -28,8 +29,10 @@ class Bed:
         n = dep.bed.nodes
         dep.network("n1", "vxlan", 811, "10.81.0.0/24")
         dep.network("n2", "vxlan", 812, "10.82.0.0/24")
+        # a's port security is off: its unparsable frames must get as far as the router's
+        # controller path (port security would drop them first: a test below shows it)
         self.a = dep.vm(n["hv1"], "a", "n1", "fa:16:3e:81:00:11", "10.81.0.11",
-                        gateway="10.81.0.1")
+                        gateway="10.81.0.1", port_security=False)
         self.e = dep.vm(n["hv2"], "e", "n2", "fa:16:3e:82:00:11", "10.82.0.11",
                         gateway="10.82.0.1")
         dep.router("r1", [("n1", ["10.81.0.1/24"]), ("n2", ["10.82.0.1/24"])])
@@ -71,9 +74,9 @@ s.send(frame)
 """
 
 
-def send_malformed(vm: Vm, dst: str) -> None:
+def send_malformed(vm: Vm, dst: str, rmac: str = RMAC) -> None:
     subprocess.run(["ip", "netns", "exec", vm.netns, sys.executable, "-c", MALFORMED,
-                    vm.mac, RMAC, vm.ip, dst], check=True, timeout=30)
+                    vm.mac, rmac, vm.ip, dst], check=True, timeout=30)
 
 
 def test_a_frame_ovs_cannot_parse_reaches_the_controller_a_bounded_number_of_times(
@@ -101,3 +104,14 @@ def test_a_host_flow_that_idled_out_is_learned_again(bed: Bed) -> None:
     time.sleep(IDLE + 3.5)  # the held iteration is over; both were handled in one batch
     assert bed.a.ping(bed.e.ip, count=3, timeout=3), "routed traffic to e never recovered"
     assert len(bed.host_flows()) == 1
+
+
+def test_port_security_drops_a_frame_ovs_cannot_parse_before_the_router(bed: Bed) -> None:
+    """The same unparsable frame from a port with port security (e): no source address
+    OVS can read, so it never reaches the router's controller path."""
+    assert bed.e.ping(bed.a.ip, count=2, timeout=3)
+    before = bed.ctl.pins_handled + bed.dep.controllers["hv2"].pins_handled
+    send_malformed(bed.e, bed.a.ip, RMAC2)
+    time.sleep(2.0)
+    assert bed.ctl.pins_handled + bed.dep.controllers["hv2"].pins_handled == before
+    assert bed.e.ping(bed.a.ip, count=2, timeout=3)
