@@ -113,6 +113,7 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
             s.wait()
 
 
+@pytest.mark.parametrize("dep", ["etcd"], indirect=True)  # the matrix runs on both
 def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
         dep: Deployment) -> None:
     n = dep.bed.nodes
@@ -156,6 +157,7 @@ def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
                 p.wait()
 
 
+@pytest.mark.parametrize("dep", ["redis"], indirect=True)  # the matrix runs on both
 def test_a_ports_groups_and_port_security_change_on_live_traffic(dep: Deployment) -> None:
     """Moving a running VM to another group, and turning its port security off, take effect
     without any restart."""
@@ -188,6 +190,7 @@ def test_a_ports_groups_and_port_security_change_on_live_traffic(dep: Deployment
         server.wait()
 
 
+@pytest.mark.parametrize("dep", ["etcd"], indirect=True)  # the matrix runs on both
 def test_a_stateless_group_needs_rules_for_replies_too(dep: Deployment) -> None:
     """stateful=False: no conntrack. What its rules allow passes, and nothing else: the
     reply to a connection the VM opens is dropped unless an ingress rule names it --
