@@ -5,7 +5,12 @@ the node. Unknown addresses fall through (stage miss) to L2 flooding.
 
 from __future__ import annotations
 
-from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
+from dragonflow.apps.base import (
+    local_router_owners,
+    network_part_owners,
+    network_parts,
+    split_owner,
+)
 from dragonflow.pipeline.flow import Flow, Move, OutputInPort, SetField
 from dragonflow.pipeline.stages import Stage, fields
 from dragonflow.pipeline.topology import OwnersView, View
@@ -32,8 +37,11 @@ class ArpResponderApp:
               miss="next", doc="ARP requests for known addresses answered in place"),
     )
 
+    owner_parts = staticmethod(network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return local_network_ports(topo) | local_router_owners(topo)
+        return local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         """One responder flow per IPv4 address of the port, or of the router's interfaces

@@ -6,6 +6,11 @@ packet-in handlers and meters.
   go into these (lowering rejects anything else);
 * ``meters`` (optional): :class:`~dragonflow.pipeline.stages.MeterDecl` s its flows use;
 * ``owners(topo)``: the owners ("<table>/<id>") the app has flows for right now;
+* ``owner_parts(topo)`` and ``part_owners(topo, part)`` (optional, together): more owners,
+  listed by part -- the engine re-lists only the parts whose reads a change touched, so an
+  app with an owner per port of every local network lists one network's ports when one
+  port comes, not all of them (:func:`network_parts` / :func:`network_part_owners`); an
+  owner is the app's while ``owners()`` or any part names it;
 * ``compile(view, owner)``: that owner's flows, reading only through ``view`` (which
   records dependencies);
 * ``packet_in(topo, stage, pin) -> Answer`` / ``flow_removed(topo, stage, msg) -> touched``
@@ -40,16 +45,29 @@ def split_owner(owner: str) -> tuple[str, str]:
     return table, obj_id
 
 
-def local_network_ports(topo: OwnersView) -> set[str]:
-    """Owners "port/<id>" of every port (local or remote) in a network with a local port."""
-    return {f"port/{pid}" for net in topo.local_networks for pid in topo.net_ports.get(net, ())}
+NET_PART = "net/"
 
 
-def scoped_network_ports(topo: OwnersView) -> set[str]:
-    """Owners "port/<id>" of every port in a local network or a network a local router
-    reaches (routed traffic is delivered to those ports from this chassis)."""
-    nets = topo.local_networks | topo.routed_networks
-    return {f"port/{pid}" for net in nets for pid in topo.net_ports.get(net, ())}
+def network_parts(topo: OwnersView) -> set[str]:
+    """One part per network with a local port: its ports are owners ("port/<id>", local or
+    remote; see :func:`network_part_owners`)."""
+    return {NET_PART + n for n in topo.local_networks}
+
+
+def scoped_network_parts(topo: OwnersView) -> set[str]:
+    """One part per local network or network a local router reaches (routed traffic is
+    delivered to those ports from this chassis)."""
+    return {NET_PART + n for n in topo.local_networks | topo.routed_networks}
+
+
+def routed_network_parts(topo: OwnersView) -> set[str]:
+    """One part per network a local router has an interface on."""
+    return {NET_PART + n for n in topo.routed_networks}
+
+
+def network_part_owners(topo: OwnersView, part: str) -> frozenset[str]:
+    """The owners of a network part: "port/<id>" of each port of the network."""
+    return topo.port_owners(part[len(NET_PART):])
 
 
 def local_router_owners(topo: OwnersView) -> set[str]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
 
 from dragonflow.apps.arp import arp_reply_actions
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import network_part_owners, network_parts, split_owner
 from dragonflow.apps.dhcp6 import (
     CLIENT6,
     FALLBACK_SERVER_MAC,
@@ -51,10 +51,16 @@ from dragonflow.pipeline.fields import read_field
 from dragonflow.pipeline.flow import Flow, Meter, ToController
 from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
-from dragonflow.pipeline.topology import ChassisFacts, OwnersView, Topology, View
+from dragonflow.pipeline.topology import (
+    DHCP_PORT_OWNER,
+    ROUTER_DEVICE_OWNERS,
+    ChassisFacts,
+    OwnersView,
+    Topology,
+    View,
+)
 
 LOG = logging.getLogger(__name__)
-DHCP_PORT_OWNER = "network:dhcp"
 ROUTER_OWNERS = ("network:router_interface", "network:router_interface_distributed",
                  "network:ha_router_replicated_interface")
 METADATA_IP = "169.254.169.254"
@@ -167,8 +173,11 @@ class DhcpApp:
         """[controller] dhcp_rate_per_port / dhcp_burst_per_port."""
         self.meters = self._meter(facts.dhcp_rate_per_port, facts.dhcp_burst_per_port)
 
+    owner_parts = staticmethod(network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
+        return {f"network/{n}" for n in topo.local_networks}
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
@@ -188,17 +197,20 @@ class DhcpApp:
         return flows
 
     def _server_arp(self, view: View, net_id: str, owner: str) -> list[Flow]:
-        """ARP for each DHCP subnet's server address, when no port or router of the network
-        owns it (those are answered by the ARP responder before this stage)."""
+        """ARP for each DHCP subnet's server address, when no port of the network owns it
+        (a port's address is answered by the ARP responder before this stage). Read from
+        the topology's per-network indexes: a port joining the network changes nothing
+        here unless it takes a server address."""
         net = view.network(net_id)
         if net is None or not view.is_local_network(net_id):
             return []
-        ports = view.ports_of_network(net_id)
-        owned = {str(f.ip_address) for p in ports for f in p.fixed_ips}
         flows = []
-        for sub in _subnets_of(view, ports, net_id):
-            server = server_of(sub, view.all_ports_of_network(net_id))
-            if server is None or server.ip in owned:
+        for sub in view.subnets_of_network(net_id):
+            if not (sub.enable_dhcp and sub.ip_version == 4):
+                continue
+            server = server_from_index(view, sub)
+            if server is None or any(p.device_owner not in ROUTER_DEVICE_OWNERS
+                                     for p in view.addr_ports(net_id, server.ip)):
                 continue
             flows.append(Flow.make("dhcp", 100, {"network": net.unique_key, "eth_type": 0x0806,
                                                  "arp_op": 1, "arp_tpa": server.ip},
@@ -238,10 +250,26 @@ class DhcpConfig:
     domain: str = "openstacklocal"
 
 
-def _subnets_of(view: View, ports: list[Port], net_id: str) -> list[Subnet]:
-    ids = sorted({f.subnet_id for p in ports for f in p.fixed_ips})
-    return [s for sid in ids if (s := view.get(Subnet, sid)) is not None
-            and s.network_id == net_id and s.enable_dhcp and s.ip_version == 4]
+def server_from_index(view: View, sub: Subnet) -> Server | None:
+    """:func:`server_of`, read through the per-network indexes (the ports holding an
+    address, the DHCP ports) instead of every port of the network."""
+    net_id = sub.network_id
+    dhcp_port = next((p for p in view.dhcp_ports(net_id)
+                      if any(f.subnet_id == sub.id for f in p.fixed_ips)), None)
+    ip = sub.dhcp_ip
+    if ip is None and dhcp_port is not None:
+        ip = next(f.ip_address for f in dhcp_port.fixed_ips if f.subnet_id == sub.id)
+    if ip is None:
+        ip = sub.gateway_ip
+    if ip is None:  # no gateway, no DHCP port: the first (else last) host address no port uses
+        hosts = (sub.cidr[1], sub.cidr[-2]) if sub.cidr.num_addresses > 2 else ()
+        ip = next((h for h in hosts if not view.addr_ports(net_id, str(h))), None)
+    if ip is None:
+        return None
+    holders = view.addr_ports(net_id, str(ip))
+    mac = holders[0].mac if holders else (
+        dhcp_port.mac if dhcp_port is not None else FALLBACK_SERVER_MAC)
+    return Server(str(ip), mac)
 
 
 def server_of(sub: Subnet, all_ports: list[Port]) -> Server | None:

@@ -9,10 +9,15 @@ of the network, whose egress flow tunnels it there; the far side floods it local
 
 from __future__ import annotations
 
-from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
+from dragonflow.apps.base import (
+    local_router_owners,
+    network_part_owners,
+    network_parts,
+    split_owner,
+)
 from dragonflow.pipeline.flow import Flow, Goto, Resubmit, SetReg
 from dragonflow.pipeline.stages import Stage, fields
-from dragonflow.pipeline.topology import OwnersView, View
+from dragonflow.pipeline.topology import ROUTER_DEVICE_OWNERS, OwnersView, View
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 
@@ -27,9 +32,11 @@ class L2App:
               doc="destination MAC -> out_port (or the router); broadcast replication"),
     )
 
+    owner_parts = staticmethod(network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return (local_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
-                | local_router_owners(topo))
+        return {f"network/{n}" for n in topo.local_networks} | local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
@@ -58,15 +65,13 @@ class L2App:
         net = view.network(net_id)
         if net is None or not view.is_local_network(net_id):
             return []
-        local: list[int] = []
-        remote_rep: dict[str, int] = {}
-        for p in view.ports_of_network(net_id):
-            if view.ofport(p.id) is not None:
-                local.append(p.unique_key)
-            elif p.binding is not None and p.binding.kind == "chassis":
-                chassis = p.binding.chassis_id
-                if chassis != view.facts.chassis_id:
-                    remote_rep.setdefault(chassis, p.unique_key)
+        # from the topology's per-network indexes: a port joining elsewhere on a chassis
+        # that already has ports of the network changes nothing here
+        local = [p.unique_key for p in view.local_ports_of_network(net_id)
+                 if p.device_owner not in ROUTER_DEVICE_OWNERS]
+        remote_rep = {chassis: p.unique_key
+                      for chassis, p in view.chassis_of_network(net_id).items()
+                      if chassis != view.facts.chassis_id}
         to_local: list = []
         for key in sorted(local):
             to_local += [SetReg("out_port", key), Resubmit("egress")]

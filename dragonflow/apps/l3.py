@@ -2,8 +2,9 @@
 
 A frame sent to a router interface MAC (l2_lookup) enters l3_lookup with the router's key:
 
-* host flows (owner ``rnet/<router>/<network>``): destination = a known port IP in a subnet
-  of the router -> decrement TTL / hop limit, source MAC = the router interface on the
+* host flows (owner ``port/<id>``, one per port of a network a local router is on: a new
+  port compiles its own flows only): destination = a known port IP in a subnet of a local
+  router -> decrement TTL / hop limit, source MAC = the router interface on the
   destination network, destination MAC = the port's, network := the destination network,
   out_port := the port; egress delivers locally or tunnels with the DESTINATION network's VNI;
 * per attached subnet: an address without a port is dropped;
@@ -27,7 +28,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from dragonflow.apps.base import split_owner
+from dragonflow.apps.base import (
+    local_router_owners,
+    network_part_owners,
+    routed_network_parts,
+    split_owner,
+)
 from dragonflow.model import Network, Port, Router, RouterPort
 from dragonflow.ovs import packets
 from dragonflow.ovs.ofchannel import FlowRemoved, PacketIn
@@ -44,7 +50,7 @@ from dragonflow.pipeline.flow import (
 )
 from dragonflow.pipeline.punt import Answer, TokenBucket
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
-from dragonflow.pipeline.topology import DepKey, OwnersView, Topology, View
+from dragonflow.pipeline.topology import ROUTER_DEVICE_OWNERS, DepKey, OwnersView, Topology, View
 
 LOG = logging.getLogger(__name__)
 OFPR_ACTION = 1
@@ -82,45 +88,42 @@ class L3App:
         self.icmp_limit = TokenBucket(icmp_rate, icmp_burst, clock or time.monotonic)
         self.limited = 0
 
+    owner_parts = staticmethod(routed_network_parts)  # host flows: one owner per port
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        out = set()
-        for rid in topo.local_routers:
-            router = topo.get(Router, rid)
-            if router is None:
-                continue
-            out.add(f"router/{rid}")
-            out |= {f"rnet/{rid}/{rp.network_id}" for rp in router.ports}
-        return out
+        return local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:
-        table, rest = split_owner(owner)
-        if table == "rnet":
-            router_id, net_id = rest.split("/", 1)
-            return self._hosts(view, router_id, net_id, owner)
-        return self._router(view, rest, owner)
+        table, obj_id = split_owner(owner)
+        if table == "port":
+            return self._hosts(view, obj_id, owner)
+        return self._router(view, obj_id, owner)
 
-    def _hosts(self, view: View, router_id: str, net_id: str, owner: str) -> list[Flow]:
-        """One flow per known port address on ``net_id`` behind this router."""
-        router = view.router(router_id)
-        net = view.network(net_id)
-        if router is None or net is None or not view.is_local_router(router_id):
+    def _hosts(self, view: View, port_id: str, owner: str) -> list[Flow]:
+        """One flow per address of the port in a subnet of a local router's interface on
+        its network (reactive: only destinations that router has seen)."""
+        port = view.port(port_id)
+        if port is None or port.device_owner in ROUTER_DEVICE_OWNERS:
             return []
+        net = view.network(port.network_id)
+        if net is None:
+            return []
+        reactive = view.facts.l3_mode == "reactive"
+        idle = view.facts.reactive_idle_timeout if reactive else 0
         flows = []
-        for rp in router.ports:
-            if rp.network_id != net_id:
-                continue
-            reactive = view.facts.l3_mode == "reactive"
-            learned = view.learned(router_id) if reactive else frozenset()
-            idle = view.facts.reactive_idle_timeout if reactive else 0
-            for port in view.ports_of_network(net_id):
+        for router in view.routers_on(net.id):
+            for rp in router.ports:
+                if rp.network_id != net.id:
+                    continue
                 for fip in port.fixed_ips:
+                    ip = str(fip.ip_address)
                     if not any(fip.ip_address in c.network for c in rp.cidrs):
                         continue
-                    if reactive and str(fip.ip_address) not in learned:
+                    if reactive and not view.is_learned(router.id, ip):
                         continue
                     v = fip.ip_address.version
-                    match = {"router": router.unique_key, "eth_type": ETH[v],
-                             DST[v]: str(fip.ip_address)}
+                    match = {"router": router.unique_key, "eth_type": ETH[v], DST[v]: ip}
                     flows.append(Flow.make("l3_lookup", PRIO_HOST, match,
                                            route_to_port(rp.mac, port, net.unique_key), owner,
                                            idle_timeout=idle))
@@ -169,8 +172,8 @@ class L3App:
             net = view.network(rp.network_id)
             if net is None:
                 return None
-            for port in view.ports_of_network(rp.network_id):
-                if any(f.ip_address == nexthop for f in port.fixed_ips):
+            for port in view.addr_ports(rp.network_id, str(nexthop)):
+                if port.device_owner not in ROUTER_DEVICE_OWNERS:
                     return rp, port, net.unique_key
         return None
 

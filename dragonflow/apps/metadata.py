@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import network_part_owners, network_parts, split_owner
 from dragonflow.metadata.datapath import (
     KEY_NET,
     MAX_KEY,
@@ -79,8 +79,11 @@ class MetadataApp:
     def configure(self, facts: ChassisFacts) -> None:
         self.meters = (self._meter(facts.metadata_syn_rate, facts.metadata_syn_burst),)
 
+    owner_parts = staticmethod(network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return local_network_ports(topo) | {IFACE_OWNER}
+        return {IFACE_OWNER}
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         md = view.metadata_port()

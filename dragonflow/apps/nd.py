@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import logging
 
-from dragonflow.apps.base import local_network_ports, local_router_owners, split_owner
+from dragonflow.apps.base import (
+    local_router_owners,
+    network_part_owners,
+    network_parts,
+    split_owner,
+)
 from dragonflow.model import Network, Port, Router
 from dragonflow.ovs import packets
 from dragonflow.ovs.ofchannel import PacketIn
@@ -33,8 +38,11 @@ class NdResponderApp:
     # a VM flooding solicitations for known targets costs the controller at most this
     meters = (MeterDecl("punt", rate=500, burst=100, per_port=100, per_port_burst=20),)
 
+    owner_parts = staticmethod(network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return local_network_ports(topo) | local_router_owners(topo)
+        return local_router_owners(topo)
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from dragonflow.apps.base import scoped_network_ports, split_owner
+from dragonflow.apps.base import network_part_owners, scoped_network_parts, split_owner
 from dragonflow.ovs.ofchannel import PacketIn
 from dragonflow.pipeline.flow import (
     Flow,
@@ -79,9 +79,11 @@ class PhysicalApp:
         self.held: OrderedDict[int, list[tuple[float, bytes]]] = OrderedDict()
         self._replayed: OrderedDict[bytes, None] = OrderedDict()  # replayed on arrival
 
+    owner_parts = staticmethod(scoped_network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return (scoped_network_ports(topo) | {f"network/{n}" for n in topo.local_networks}
-                | {HOLD_OWNER})
+        return {f"network/{n}" for n in topo.local_networks} | {HOLD_OWNER}
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)

@@ -61,7 +61,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import network_part_owners, network_parts, split_owner
 from dragonflow.apps.ra import link_local
 from dragonflow.model import Port
 from dragonflow.model.fields import IPAddress, IPNetwork
@@ -140,8 +140,11 @@ class PortSecurityApp:
               miss="next", doc="what a port with port security may send (anti-spoofing)"),
     )
 
+    owner_parts = staticmethod(network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return local_network_ports(topo)
+        return set()
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, port_id = split_owner(owner)

@@ -24,7 +24,7 @@ import struct
 
 from os_ken.lib.packet import ethernet, icmpv6, ipv6, packet
 
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import network_part_owners, network_parts, split_owner
 from dragonflow.model import Network, Port, Router, Subnet
 from dragonflow.ovs.ofchannel import PacketIn
 from dragonflow.pipeline.fields import read_field
@@ -85,8 +85,11 @@ class RouterAdvertApp:
         """[controller] rs_rate_per_port / rs_burst_per_port."""
         self.meters = self._meter(facts.rs_rate_per_port, facts.rs_burst_per_port)
 
+    owner_parts = staticmethod(network_parts)  # its port owners, by network
+    part_owners = staticmethod(network_part_owners)
+
     def owners(self, topo: OwnersView) -> set[str]:
-        return local_network_ports(topo)
+        return set()
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         _, port_id = split_owner(owner)

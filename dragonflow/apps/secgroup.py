@@ -45,11 +45,12 @@ Stateless groups (Neutron's ``stateful: false``): a port whose groups are all st
 skips conntrack; a rule's verdict passes the (untracked) packet itself, replies need rules
 of their own, anything else IP is dropped; neighbour discovery passes.
 
-Owners: ``port/<id>`` (a local port: zone, state flows, its clause-1 flows),
-``secgroup/<id>`` (a group with a local member: CIDR / address-group clause 2, clause 3, the
-conj_id verdicts) and ``sgmember/<port id>`` (a member of a group such a group's rules name:
-its addresses as clause 2 of each of those rules) -- a member joining, leaving or changing
-its addresses compiles its own owner only, whatever the size of the group.
+Owners: ``port/<id>`` (a local port: zone, state flows, its clause-1 flows; and any port,
+local or not, that is a member of a group a local group's rules name: its addresses as
+clause 2 of each of those rules) and ``secgroup/<id>`` (a group with a local member: CIDR /
+address-group clause 2, clause 3, the conj_id verdicts) -- a member joining, leaving or
+changing its addresses compiles its own owner only, whatever the size of the group (the
+group's member owners are a set the topology keeps: re-listing them is a copy).
 Ports with port security off or no groups get nothing: the stages' miss lets them pass.
 """
 
@@ -59,7 +60,7 @@ import hashlib
 import ipaddress
 import logging
 
-from dragonflow.apps.base import local_network_ports, split_owner
+from dragonflow.apps.base import network_part_owners, network_parts, split_owner
 from dragonflow.apps.ra import link_local
 from dragonflow.model import AddressGroup, Port, SecurityGroup, SecurityGroupRule
 from dragonflow.model.secgroup import PROTOCOL_NUMBERS, REMOTE_FIELDS
@@ -81,7 +82,7 @@ ETH = {"IPv4": 0x0800, "IPv6": 0x86DD}
 # ICMPv6 conntrack does not track: MLD (130-132, 143), RS, RA, NS, NA
 UNTRACKED_ICMP6 = (130, 131, 132, 133, 134, 135, 136, 143)
 UNTRACKED_OWNER = "untracked/icmpv6"  # one owner for all ports (not an NB object)
-MEMBER = "sgmember"  # owner "sgmember/<port id>": a remote group member's addresses
+MEMBERS_PART = "members/"  # owner part: the members of one remote group
 BLOCKED = 0x1  # ct_mark bit: the rule that allowed this connection is gone
 PRIO_INVALID, PRIO_REPLY, PRIO_RELATED, PRIO_RULE, PRIO_BLOCK, PRIO_DROP = (
     300, 290, 280, 100, 50, 10)
@@ -169,18 +170,24 @@ class SecurityGroupApp:
     )
 
     def owners(self, topo: OwnersView) -> set[str]:
-        """Local-network ports, the groups with a local port, and every member of a group
-        their rules name as remote group (its addresses are one owner: a member joining
-        compiles that member only)."""
-        local = topo.local_groups
+        """The groups with a local port (their rules), and the shared untracked flows."""
+        return {f"secgroup/{g}" for g in topo.local_groups} | {UNTRACKED_OWNER}
+
+    def owner_parts(self, topo: OwnersView) -> set[str]:
+        """The ports of each local network; and for every group a local group's rules name
+        as remote group, its members (each member's addresses are one owner, so a member
+        joining compiles that member only, and re-lists that group's members only)."""
         remote: set[str] = set()
-        for gid in local:
+        for gid in topo.local_groups:
             group = topo.get(SecurityGroup, gid)
             if group is not None:
                 remote |= {r.remote_group_id for r in group.rules if r.remote_group_id}
-        members = {f"{MEMBER}/{pid}" for r in remote for pid in topo.group_members(r)}
-        return (local_network_ports(topo) | {f"secgroup/{g}" for g in local} | members
-                | {UNTRACKED_OWNER})
+        return network_parts(topo) | {MEMBERS_PART + g for g in remote}
+
+    def part_owners(self, topo: OwnersView, part: str) -> frozenset[str]:
+        if part.startswith(MEMBERS_PART):
+            return topo.group_port_owners(part[len(MEMBERS_PART):])
+        return network_part_owners(topo, part)
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
@@ -192,13 +199,13 @@ class SecurityGroupApp:
                     for t in UNTRACKED_ICMP6]
         if table == "secgroup":
             return self._group(view, obj_id, owner)
-        if table == MEMBER:
-            return self._member(view, obj_id, owner)
         port = view.port(obj_id)
-        if not enforced(port) or view.ofport(obj_id) is None:
+        if port is None:
             return []
-        assert port is not None
-        return self._port(view, port, owner)
+        flows = self._member(view, port, owner)  # empty unless a local rule names its group
+        if enforced(port) and view.ofport(obj_id) is not None:
+            flows += self._port(view, port, owner)
+        return flows
 
     # --- one local port: zone, states, clause 1 -----------------------------------------
     def _port(self, view: View, port: Port, owner: str) -> list[Flow]:
@@ -274,13 +281,10 @@ class SecurityGroupApp:
         return flows + self._clause_flows(clauses, owner)
 
     # --- one member of a remote group: its addresses, for every rule naming the group ----
-    def _member(self, view: View, port_id: str, owner: str) -> list[Flow]:
+    def _member(self, view: View, port: Port, owner: str) -> list[Flow]:
         """Clause 2 of every rule (of a group with a local port) whose remote group this
         port is a member of: one flow per address and direction, with the conjunction of
         each such rule."""
-        port = view.port(port_id)
-        if port is None:
-            return []
         clauses: dict[tuple[str, tuple[tuple[str, object], ...]], set[Conjunction]] = {}
         for g in port.security_groups:
             for sid in view.referrers(g):

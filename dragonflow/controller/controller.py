@@ -13,6 +13,7 @@ the OpenFlow connection replaces the switch's flows in one atomic bundle.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import os
@@ -126,8 +127,13 @@ def _describe_event(kind: str, payload: Any) -> str:
 
 class LocalController:
     def __init__(self, cfg: ControllerConfig, nb: NbApi,
-                 apps: Callable[[], list[App]] = default_apps) -> None:
+                 apps: Callable[[], list[App]] = default_apps,
+                 own_process: bool = False) -> None:
         self.cfg = cfg
+        # the process is this controller's alone (df-controller): after each full compile
+        # its objects are moved out of the garbage collector's sight (gc.freeze), so later
+        # collections walk what changed since, not the whole topology and flow table
+        self.own_process = own_process
         self.nb = nb
         self.topo = Topology(ChassisFacts(cfg.chassis_id, cfg.tunnel_ip, cfg.tunnel_types,
                                           l3_mode=cfg.l3_mode,
@@ -243,6 +249,16 @@ class LocalController:
                 continue
         raise RuntimeError(f"could not register chassis {c.id}")
 
+    def _full(self) -> None:
+        """Recompile everything; in a process of its own, then hide what survived from the
+        garbage collector (gc.freeze: later collections walk only what changed since)."""
+        if self.own_process:
+            gc.unfreeze()  # what the last full compile froze may be garbage by now
+        self.engine.full()
+        if self.own_process:
+            gc.collect()
+            gc.freeze()
+
     def _initial_sync(self) -> None:
         """Snapshot of what this node needs, then the stream from just after it."""
         assert self._ovsdb is not None
@@ -260,7 +276,7 @@ class LocalController:
         self._sub.add_ids(local_ids)
         self.topo.replace_all(o for o in objs if self._sub.wanted(o))
         t0 = time.perf_counter()
-        self.engine.full()
+        self._full()
         self.full_compile_ms = (time.perf_counter() - t0) * 1000
         LOG.info("%s: full compile of %d owners in %.0f ms (%d NB objects followed of %d)",
                  self.cfg.chassis_id, len(self.engine.flows), self.full_compile_ms,
@@ -290,7 +306,8 @@ class LocalController:
             return set()
         needed = self.topo.scopes_needed()
         have = self._sub.topics or set()
-        if needed != have:
+        if needed != have or self._follow_pending:
+            # (a follow that completed since is in ``have`` now: the status says so)
             self._scopes_version += 1
         self._follow_pending = bool(needed - have)
         if needed - have:
@@ -420,7 +437,7 @@ class LocalController:
                                   "next", self.cfg.chassis_id)
                     self.reconciler.need_full = True
                     try:
-                        self.engine.full()
+                        self._full()
                     except Exception:
                         LOG.exception("%s: full recompute failed too; retrying on the next "
                                       "event", self.cfg.chassis_id)
@@ -462,7 +479,7 @@ class LocalController:
         touched |= self._ensure_scopes(touched | ({("local_networks",)} if full_compile
                                                   else set()))
         if full_compile:
-            self.engine.full()
+            self._full()
         elif touched:
             self.engine.changed(touched)
         self._sync_switch()

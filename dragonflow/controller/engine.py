@@ -13,6 +13,11 @@ Nothing an app does can stop the others: an app that raises in ``compile()`` or 
 fails lowering marks that owner failed (logged with the owner; it keeps no flows and is
 retried on the next change); an app whose ``owners()`` raises keeps its previous owners and
 is asked again on the next change. ``failed`` / ``app_failed`` say why, for the status.
+
+Owners too are asked for in proportion to the change: an app that gives most of its owners
+by parts (``owner_parts`` / ``part_owners``, e.g. one part per local network: its ports) has
+just the part a change touched re-listed -- a new port on a network with 50 ports re-lists
+those 50, not every port of every local network.
 """
 
 from __future__ import annotations
@@ -56,6 +61,18 @@ class Engine:
         self.app_failed: dict[str, str] = {}
         self._owners: dict[str, set[str]] = {}       # app -> its owners now
         self._owner_deps: dict[str, set[DepKey]] = {}  # app -> what its owners() read
+        # owners an app gives by parts (see App.owner_parts): per app its owners() result,
+        # its parts with their owners, what owner_parts() read, and per dep the parts whose
+        # part_owners() read it; an owner is the app's while its owners() or a part has it
+        self._rest: dict[str, set[str]] = {}
+        self._parts: dict[str, dict[str, frozenset[str]]] = {}
+        self._parts_deps: dict[str, set[DepKey]] = {}
+        self._part_deps: dict[tuple[str, str], set[DepKey]] = {}
+        self._by_part_dep: dict[DepKey, set[tuple[str, str]]] = defaultdict(set)
+        self._count: dict[str, dict[str, int]] = {}  # app -> owner -> parts (+ rest) naming it
+        empty: frozenset[str] = frozenset()
+        self._last_diff: tuple[frozenset[str], frozenset[str], tuple[
+            frozenset[str], frozenset[str]]] = (empty, empty, (empty, empty))
         self.errors = 0
         self.compiled = 0  # owners compiled since start (work done, for benches)
         self.table.put(MISS_OWNER, self.lowering.miss_flows())
@@ -151,13 +168,39 @@ class Engine:
                 if not owners:
                     del self.by_dep[d]
 
-    def _app_owners(self, name: str) -> tuple[set[str], set[str]]:
-        """Ask app ``name`` for its owners again: (added, removed) since last time."""
+    def _app_owners(self, name: str, touched: set[DepKey] | None = None
+                    ) -> tuple[set[str], set[str]]:
+        """Ask app ``name`` again for what ``touched`` may have changed (None: everything):
+        its ``owners()`` if something they read was touched, its parts list likewise, and
+        each part whose owners read a touched key. Returns its owners (added, removed).
+
+        An app that raises keeps its previous owners (and is asked again next time)."""
         app = self.apps[name]
-        old = self._owners.get(name, set())
-        view = OwnersView(self.topo)
+        has_parts = callable(getattr(app, "owner_parts", None))
+        redo_all = touched is None or name in self.app_failed
         try:
-            owners = set(app.owners(view))
+            rest = rest_deps = None
+            if redo_all or not touched.isdisjoint(self._owner_deps.get(name, ())):  # type: ignore[union-attr]
+                view = OwnersView(self.topo)
+                rest, rest_deps = set(app.owners(view)), view.deps
+            parts = parts_deps = None
+            part_news: dict[str, tuple[frozenset[str], set[DepKey]]] = {}
+            if has_parts:
+                old_parts = self._parts.get(name, {})
+                if redo_all or not touched.isdisjoint(self._parts_deps.get(name, ())):  # type: ignore[union-attr]
+                    view = OwnersView(self.topo)
+                    parts, parts_deps = set(app.owner_parts(view)), view.deps  # type: ignore[attr-defined]
+                redo = set(parts - set(old_parts)) if parts is not None else set()
+                if redo_all:
+                    redo = set(parts or ())
+                else:
+                    for d in touched:  # type: ignore[union-attr]
+                        redo |= {p for a, p in self._by_part_dep.get(d, ()) if a == name}
+                live = parts if parts is not None else set(old_parts)
+                for part in redo & live:
+                    view = OwnersView(self.topo)
+                    part_news[part] = (frozenset(app.part_owners(view, part)),  # type: ignore[attr-defined]
+                                       view.deps)
             self.app_failed.pop(name, None)
         except Exception as e:
             if name not in self.app_failed:
@@ -165,16 +208,75 @@ class Engine:
             self.errors += 1
             self.app_failed[name] = f"{type(e).__name__}: {e}"
             return set(), set()
-        self._owners[name] = owners
-        self._owner_deps[name] = view.deps
-        return owners - old, old - owners
+        count = self._count.setdefault(name, {})
+        changed: set[str] = set()
+
+        def add(owners: Iterable[str], step: int) -> None:
+            for o in owners:
+                n = count.get(o, 0) + step
+                if n:
+                    count[o] = n
+                else:
+                    del count[o]
+                changed.add(o)
+
+        if rest is not None:
+            old_rest = self._rest.get(name, set())
+            add(rest - old_rest, 1)
+            add(old_rest - rest, -1)
+            self._rest[name] = rest
+            self._owner_deps[name] = rest_deps  # type: ignore[assignment]
+        if has_parts:
+            mine = self._parts.setdefault(name, {})
+            if parts is not None:
+                self._parts_deps[name] = parts_deps  # type: ignore[assignment]
+                for part in set(mine) - parts:
+                    add(mine.pop(part), -1)
+                    self._forget_part_deps(name, part)
+            for part, (owners, deps) in part_news.items():
+                before = mine.get(part, frozenset())
+                if owners is not before:
+                    gained, lost = self._diff(before, owners)
+                    add(gained, 1)
+                    add(lost, -1)
+                mine[part] = owners
+                self._forget_part_deps(name, part)
+                self._part_deps[(name, part)] = deps
+                for d in deps:
+                    self._by_part_dep[d].add((name, part))
+        now = self._owners.setdefault(name, set())
+        added = {o for o in changed if o in count and o not in now}
+        removed = {o for o in changed if o not in count and o in now}
+        now |= added
+        now -= removed
+        return added, removed
+
+    def _diff(self, before: frozenset[str], now: frozenset[str]
+              ) -> tuple[frozenset[str], frozenset[str]]:
+        """(now - before, before - now), remembered for the last pair: apps listing the
+        same part (the ports of one network) get the same two sets from the topology."""
+        if self._last_diff[0] is before and self._last_diff[1] is now:
+            return self._last_diff[2]
+        out = (now - before, before - now)
+        self._last_diff = (before, now, out)
+        return out
+
+    def _forget_part_deps(self, name: str, part: str) -> None:
+        for d in self._part_deps.pop((name, part), ()):
+            found = self._by_part_dep.get(d)
+            if found is not None:
+                found.discard((name, part))
+                if not found:
+                    del self._by_part_dep[d]
 
     def full(self) -> None:
         for key in list(self.flows):
             self._drop(key)
         self.deps.clear()
         self.by_dep.clear()
-        self._owners.clear()
+        for store in (self._owners, self._owner_deps, self._rest, self._parts,
+                      self._parts_deps, self._part_deps, self._by_part_dep, self._count):
+            store.clear()
         todo: set[OwnerKey] = set()
         for name in self.apps:
             added, _ = self._app_owners(name)
@@ -192,10 +294,12 @@ class Engine:
         owners whose compile read a touched key are recompiled."""
         touched = set(touched)
         dirty = set(self.failed)
+        part_hit = {a for d in touched for a, _part in self._by_part_dep.get(d, ())}
         for name in self.apps:
-            if name in self.app_failed or not touched.isdisjoint(
-                    self._owner_deps.get(name, ())):
-                added, removed = self._app_owners(name)
+            if name in self.app_failed or name in part_hit or not (
+                    touched.isdisjoint(self._owner_deps.get(name, ()))
+                    and touched.isdisjoint(self._parts_deps.get(name, ()))):
+                added, removed = self._app_owners(name, touched)
                 for o in removed:
                     if (name, o) in self.flows:
                         self._drop((name, o))

@@ -20,6 +20,7 @@ encode.py.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import re
@@ -241,13 +242,27 @@ def _entry(name: str, raw: object) -> MatchEntry | None:
     return (name, _from_int(spec, value), _from_int(spec, mask))
 
 
+@functools.lru_cache(maxsize=32768, typed=True)
+def _entry_cached(name: str, raw: object) -> MatchEntry | None:
+    return _entry(name, raw)
+
+
+def _entry_of(name: str, raw: object) -> MatchEntry | None:
+    """:func:`_entry`, remembered: a flow's values repeat across flows (the port's MAC in
+    each of its port-security flows, the ethertypes and protocols in nearly all)."""
+    try:
+        return _entry_cached(name, raw)
+    except TypeError:  # an unhashable value: not remembered (the error, if any, is _entry's)
+        return _entry(name, raw)
+
+
 def match(**fields: object) -> Match:
     """Build a normalized :data:`Match`; a value may be ``(value, mask)`` or an IP prefix.
 
     >>> match(eth_type=0x0800, ipv4_dst="10.0.0.0/24", reg6=(5, 0xff))
     (('eth_type', 2048, None), ('ipv4_dst', '10.0.0.0', '255.255.255.0'), ('reg6', 5, 255))
     """
-    entries = [e for name, raw in fields.items() if (e := _entry(name, raw)) is not None]
+    entries = [e for name, raw in fields.items() if (e := _entry_of(name, raw)) is not None]
     entries.sort()
     result = tuple(entries)
     check_prerequisites(result)

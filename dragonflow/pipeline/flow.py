@@ -9,7 +9,7 @@ only in flows of stages declared ``physical`` (see stages.py), produced by apps/
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dragonflow.ovs.flows import Conjunction, CtClear, Nat, SetQueue
@@ -143,6 +143,16 @@ class Flow:
     actions: tuple[Action, ...]
     owner: str  # "<table>/<id>" of the model object (or chassis fact) that produced it
     idle_timeout: int = 0  # seconds; OVS expires an idle flow (reactive L3)
+    # computed once: flows are hashed many times on their way (sets, the lowering memo)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.stage, self.priority, self.match,
+                                                self.actions, self.owner,
+                                                self.idle_timeout)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @staticmethod
     def make(stage: str, priority: int, match: MatchSpec,

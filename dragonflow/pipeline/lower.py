@@ -91,10 +91,16 @@ def punt_origin(match: dict) -> int | None:
     return (value >> PUNT_TABLE.ofs) & ((1 << PUNT_TABLE.nbits) - 1)
 
 
+ACTION_MEMO = 16384  # lowered action lists remembered (forgotten all at once when full)
+
+
 class Lowering:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
         self._punt_meters = {mid for mid, m in pipeline.meters.values() if m.punt}
+        # (stage, logical actions) -> their lowering: most flows share their actions
+        self._actions: dict[tuple[str, tuple[lf.Action, ...]], tuple[
+            tuple[of.Action, ...], int | None, int, int, int | None]] = {}
 
     # --- control-plane policing (CoPP) -------------------------------------------------
     # Every punt goes through two tables after the pipeline: it loads the table that
@@ -192,6 +198,27 @@ class Lowering:
                 raise bad(f"unknown match field {name!r}")
         for reg, vm in regs.items():
             fields[reg] = vm
+        done = self._actions.get((f.stage, f.actions))
+        if done is None:
+            done = self._lower_actions(app, o, f, bad)
+            if len(self._actions) >= ACTION_MEMO:
+                self._actions.clear()
+            self._actions[(f.stage, f.actions)] = done
+        actions, goto, meta_value, meta_mask, meter = done
+        try:
+            return of.OfFlow(table=o.table, priority=f.priority, match=of.match(**fields),
+                             actions=actions, goto=goto,
+                             write_metadata=(meta_value, meta_mask) if meta_mask else None,
+                             meter=meter, cookie=cookie(app, f.owner),
+                             idle_timeout=f.idle_timeout)
+        except ValueError as e:
+            raise bad(str(e)) from None
+
+    def _lower_actions(self, app: str, o: OwnedStage, f: lf.Flow, bad  # type: ignore[no-untyped-def]
+                       ) -> tuple[tuple[of.Action, ...], int | None, int, int, int | None]:
+        """A flow's actions in OpenFlow: (actions, goto, metadata value, mask, meter). They
+        follow from the stage and the logical actions alone (the stage names its app)."""
+        stage = o.stage
         actions: list[of.Action] = []
         goto: int | None = None
         meta_value = meta_mask = 0
@@ -286,14 +313,7 @@ class Lowering:
                 goto is not None or meta_mask or meter is not None
                 or not all(isinstance(a, of.Conjunction) for a in actions)):
             raise bad("a conjunction clause flow has only conjunction actions")
-        try:
-            return of.OfFlow(table=o.table, priority=f.priority, match=of.match(**fields),
-                             actions=tuple(actions), goto=goto,
-                             write_metadata=(meta_value, meta_mask) if meta_mask else None,
-                             meter=meter, cookie=cookie(app, f.owner),
-                             idle_timeout=f.idle_timeout)
-        except ValueError as e:
-            raise bad(str(e)) from None
+        return tuple(actions), goto, meta_value, meta_mask, meter
 
     @staticmethod
     def _of(bad, cls, *args):  # type: ignore[no-untyped-def]

@@ -9,6 +9,12 @@ dependency key, so the engine knows exactly which owners a later change can affe
 Dependency keys:
     ("obj", table, id)        one object
     ("net_ports", net_id)     the set of ports of a network
+    ("net_addr", net_id, ip)  which ports of a network hold address ip
+    ("net_dhcp", net_id)      the DHCP service ports of a network
+    ("net_subnets", net_id)   the subnets of a network
+    ("net_local", net_id)     the set of this chassis' ports of a network
+    ("net_chassis", net_id)   the chassis hosting ports of a network (each with one
+                              representative port: the least id; router ports aside)
     ("group_ports", sg_id)    the set of ports in a security group (its members)
     ("group_local", sg_id)    the set of this chassis' ports in a security group
     ("local_groups",)         the set of security groups with a port on this chassis
@@ -18,7 +24,7 @@ Dependency keys:
     ("local_networks",)       the set of networks with a port on this chassis
     ("l3_scope",)             the routers with an interface on a local network, and every
                               network those routers reach (routed networks)
-    ("learned", router_id)    reactive L3: the destinations this router has seen
+    ("learned", router_id, ip) reactive L3: whether this router has seen destination ip
     ("metadata",)             the local metadata service's interface (ofport, MAC)
 """
 
@@ -49,6 +55,7 @@ ROUTER_DEVICE_OWNERS = frozenset({
     "network:router_interface", "network:router_interface_distributed",
     "network:router_gateway", "network:ha_router_replicated_interface",
 })
+DHCP_PORT_OWNER = "network:dhcp"  # Neutron's DHCP port of a network (its server address)
 T = TypeVar("T", bound=NbObject)
 
 
@@ -90,9 +97,70 @@ class Topology:
         self.group_local: dict[str, set[str]] = defaultdict(set)  # group -> its local ports
         self.group_referrers: dict[str, set[str]] = defaultdict(set)  # group -> groups whose
         #                                                     rules name it (remote group)
+        self.net_local: dict[str, set[str]] = defaultdict(set)  # network -> its local ports
+        self._nets_dirty = False
+        self._new_indexes()
         self._local_networks: frozenset[str] = frozenset()
         self._local_routers: frozenset[str] = frozenset()
         self._routed_networks: frozenset[str] = frozenset()
+
+    def _new_indexes(self) -> None:
+        # per network: address -> the ports holding it; its DHCP ports; its subnets; per
+        # chassis hosting ports of it, those ports (router ports aside); the owners
+        # "port/<id>" of its ports (what the apps' network parts list)
+        self.net_addrs: dict[str, dict[str, set[str]]] = defaultdict(dict)
+        self.net_dhcp: dict[str, set[str]] = defaultdict(set)
+        self.net_subnets: dict[str, set[str]] = defaultdict(set)
+        self.net_chassis: dict[str, dict[str, set[str]]] = defaultdict(dict)
+        self.net_port_owners: dict[str, set[str]] = defaultdict(set)
+        self.group_port_owners: dict[str, set[str]] = defaultdict(set)  # per security group
+        self._frozen: dict[tuple[str, str], frozenset[str]] = {}
+
+    def frozen_owners(self, kind: str, key: str, index: dict[str, set[str]]
+                      ) -> frozenset[str]:
+        """``index[key]`` frozen, the same object until it changes: every app listing the
+        ports of one network after a change shares one copy (and the engine's diffs)."""
+        found = self._frozen.get((kind, key))
+        if found is None:
+            found = self._frozen[(kind, key)] = frozenset(index.get(key, ()))
+        return found
+
+    def _index_port(self, port: Port, add: bool) -> set[DepKey]:
+        """Add ``port`` to (or remove it from) the per-network indexes; the touched keys."""
+        net, pid = port.network_id, port.id
+        touched: set[DepKey] = set()
+        owners = self.net_port_owners[net]
+        (owners.add if add else owners.discard)(f"port/{pid}")
+        self._frozen.pop(("net", net), None)
+        addrs = self.net_addrs[net]
+        for f in port.fixed_ips:
+            ip = str(f.ip_address)
+            holders = addrs.setdefault(ip, set())
+            (holders.add if add else holders.discard)(pid)
+            if not holders:
+                del addrs[ip]
+            touched.add(("net_addr", net, ip))
+        if port.device_owner == DHCP_PORT_OWNER:
+            (self.net_dhcp[net].add if add else self.net_dhcp[net].discard)(pid)
+            touched.add(("net_dhcp", net))
+        if (port.binding is not None and port.binding.kind == "chassis"
+                and port.device_owner not in ROUTER_DEVICE_OWNERS):
+            per = self.net_chassis[net]
+            chassis = port.binding.chassis_id
+            ports = per.setdefault(chassis, set())
+            before = min(ports) if ports else None
+            (ports.add if add else ports.discard)(pid)
+            after = min(ports) if ports else None
+            if not ports:
+                del per[chassis]
+            if before != after:  # a chassis came or went, or its representative changed
+                touched.add(("net_chassis", net))
+        return touched
+
+    def _index_subnet(self, subnet: Subnet, add: bool) -> set[DepKey]:
+        subs = self.net_subnets[subnet.network_id]
+        (subs.add if add else subs.discard)(subnet.id)
+        return {("net_subnets", subnet.network_id)}
 
     # --- writes (controller loop only) ---------------------------------------------------
     def apply(self, table: str, obj_id: str, obj: NbObject | None) -> set[DepKey] | None:
@@ -109,13 +177,24 @@ class Topology:
         if isinstance(cur, SecurityGroup) or isinstance(obj, SecurityGroup):
             touched |= self._set_referrers(obj_id, cur, obj)
         if isinstance(cur, Port) or isinstance(obj, Port):
-            touched |= self._set_group_local(obj_id, cur, obj, obj_id in self.facts.ofports,
-                                             obj_id in self.facts.ofports)
+            local = obj_id in self.facts.ofports
+            touched |= self._set_group_local(obj_id, cur, obj, local, local)
+            touched |= self._set_net_local(cur, obj, local, local)
+        if isinstance(cur, Subnet):
+            touched |= self._index_subnet(cur, False)
+        if isinstance(obj, Subnet):
+            touched |= self._index_subnet(obj, True)
+        if isinstance(cur, Port):
+            touched |= self._index_port(cur, False)
+        if isinstance(obj, Port):
+            touched |= self._index_port(obj, True)
         if isinstance(cur, Port):
             self.net_ports[cur.network_id].discard(obj_id)
             touched.add(("net_ports", cur.network_id))
             for g in cur.security_groups:
                 self.group_ports[g].discard(obj_id)
+                self.group_port_owners[g].discard(f"port/{obj_id}")
+                self._frozen.pop(("group", g), None)
                 touched.add(("group_ports", g))
         if obj is None:
             del self.objs[table][obj_id]
@@ -126,6 +205,8 @@ class Topology:
                 touched.add(("net_ports", obj.network_id))
                 for g in obj.security_groups:
                     self.group_ports[g].add(obj_id)
+                    self.group_port_owners[g].add(f"port/{obj_id}")
+                    self._frozen.pop(("group", g), None)
                     touched.add(("group_ports", g))
         if isinstance(obj, Router) or isinstance(cur, Router):
             return touched | self._refresh_local_networks(force_l3=True)
@@ -137,17 +218,26 @@ class Topology:
         self.group_ports = defaultdict(set)
         self.group_local = defaultdict(set)
         self.group_referrers = defaultdict(set)
+        self.net_local = defaultdict(set)
+        self._new_indexes()
         for o in objs:
             self.objs[o.TABLE][o.id] = o
+            if isinstance(o, Subnet):
+                self._index_subnet(o, True)
             if isinstance(o, Port):
                 self.net_ports[o.network_id].add(o.id)
+                self._index_port(o, True)
+                if o.id in self.facts.ofports:
+                    self.net_local[o.network_id].add(o.id)
                 for g in o.security_groups:
                     self.group_ports[g].add(o.id)
+                    self.group_port_owners[g].add(f"port/{o.id}")
                     if o.id in self.facts.ofports:
                         self.group_local[g].add(o.id)
             elif isinstance(o, SecurityGroup):
                 for r in _named_groups(o):
                     self.group_referrers[r].add(o.id)
+        self._nets_dirty = True
         self._refresh_local_networks(force_l3=True)
 
     def set_ofport(self, port_id: str, ofport: int | None) -> set[DepKey]:
@@ -160,7 +250,27 @@ class Topology:
             self.facts.ofports[port_id] = ofport
         port = self.objs["port"].get(port_id)
         groups = self._set_group_local(port_id, port, port, was, ofport is not None)
-        return {("ofport", port_id)} | groups | self._refresh_local_networks()
+        nets = self._set_net_local(port, port, was, ofport is not None)
+        return {("ofport", port_id)} | groups | nets | self._refresh_local_networks()
+
+    def _set_net_local(self, cur: NbObject | None, new: NbObject | None, was_local: bool,
+                       is_local: bool) -> set[DepKey]:
+        """Keep ``net_local`` (local ports per network) right after a port changed or was
+        (un)plugged: the local networks follow from it without walking the local ports."""
+        touched: set[DepKey] = set()
+        if isinstance(cur, Port) and was_local:
+            ports = self.net_local[cur.network_id]
+            ports.discard(cur.id)
+            touched.add(("net_local", cur.network_id))
+            if not ports:
+                del self.net_local[cur.network_id]
+                self._nets_dirty = True
+        if isinstance(new, Port) and is_local:
+            ports = self.net_local[new.network_id]
+            self._nets_dirty |= not ports
+            ports.add(new.id)
+            touched.add(("net_local", new.network_id))
+        return touched
 
     def _set_group_local(self, port_id: str, cur: NbObject | None, new: NbObject | None,
                          was_local: bool, is_local: bool) -> set[DepKey]:
@@ -203,14 +313,14 @@ class Topology:
         if ip in seen:
             return set()
         seen.add(ip)
-        return {("learned", router_id)}
+        return {("learned", router_id, ip)}
 
     def forget(self, router_id: str, ip: str) -> set[DepKey]:
         seen = self.facts.learned.get(router_id, set())
         if ip not in seen:
             return set()
         seen.discard(ip)
-        return {("learned", router_id)}
+        return {("learned", router_id, ip)}
 
     def set_metadata_port(self, ofport: int | None, mac: str | None) -> set[DepKey]:
         """The metadata service's interface appeared, changed or went (None, None)."""
@@ -228,9 +338,9 @@ class Topology:
         return changed
 
     def _refresh_local_networks(self, force_l3: bool = False) -> set[DepKey]:
-        nets = frozenset(
-            p.network_id for pid in self.facts.ofports
-            if isinstance(p := self.objs["port"].get(pid), Port))
+        nets = self._local_networks
+        if self._nets_dirty:  # a network gained its first local port or lost its last
+            nets, self._nets_dirty = frozenset(self.net_local), False
         touched: set[DepKey] = set()
         if nets != self._local_networks:
             self._local_networks = nets
@@ -406,10 +516,16 @@ class OwnersView:
         self.deps.add(("local_groups",))
         return self._t.local_groups
 
-    def group_members(self, group_id: str) -> frozenset[str]:
-        """The ids of every known port in security group ``group_id``."""
+    def port_owners(self, net_id: str) -> frozenset[str]:
+        """The owners "port/<id>" of every port of ``net_id`` (kept by the topology as
+        ports come and go: listing them costs a copy, not a walk)."""
+        self.deps.add(("net_ports", net_id))
+        return self._t.frozen_owners("net", net_id, self._t.net_port_owners)
+
+    def group_port_owners(self, group_id: str) -> frozenset[str]:
+        """The owners "port/<id>" of every known port in security group ``group_id``."""
         self.deps.add(("group_ports", group_id))
-        return frozenset(self._t.group_ports.get(group_id, ()))
+        return self._t.frozen_owners("group", group_id, self._t.group_port_owners)
 
 
 class View:
@@ -436,16 +552,38 @@ class View:
     def chassis(self, chassis_id: str) -> Chassis | None:
         return self.get(Chassis, chassis_id)
 
-    def ports_of_network(self, net_id: str) -> list[Port]:
-        self.deps.add(("net_ports", net_id))
-        ports = [self.port(pid) for pid in sorted(self._t.net_ports.get(net_id, ()))]
-        return [p for p in ports if p is not None and p.device_owner not in ROUTER_DEVICE_OWNERS]
-
-    def all_ports_of_network(self, net_id: str) -> list[Port]:
-        """Every port of the network, router interfaces and service ports included."""
-        self.deps.add(("net_ports", net_id))
-        return [p for pid in sorted(self._t.net_ports.get(net_id, ()))
+    def addr_ports(self, net_id: str, ip: str) -> list[Port]:
+        """The ports of ``net_id`` holding address ``ip`` (by id; router ports included)."""
+        self.deps.add(("net_addr", net_id, ip))
+        return [p for pid in sorted(self._t.net_addrs.get(net_id, {}).get(ip, ()))
                 if (p := self.port(pid)) is not None]
+
+    def dhcp_ports(self, net_id: str) -> list[Port]:
+        """The DHCP service ports of ``net_id`` (device owner network:dhcp), by id."""
+        self.deps.add(("net_dhcp", net_id))
+        return [p for pid in sorted(self._t.net_dhcp.get(net_id, ()))
+                if (p := self.port(pid)) is not None]
+
+    def subnets_of_network(self, net_id: str) -> list[Subnet]:
+        self.deps.add(("net_subnets", net_id))
+        return [s for sid in sorted(self._t.net_subnets.get(net_id, ()))
+                if (s := self.get(Subnet, sid)) is not None]
+
+    def local_ports_of_network(self, net_id: str) -> list[Port]:
+        """This chassis' ports of ``net_id`` (plugged here), by id."""
+        self.deps.add(("net_local", net_id))
+        return [p for pid in sorted(self._t.net_local.get(net_id, ()))
+                if (p := self.port(pid)) is not None]
+
+    def chassis_of_network(self, net_id: str) -> dict[str, Port]:
+        """Every chassis hosting ports of ``net_id`` (router ports aside) -> one of them,
+        the same on every chassis: the least id."""
+        self.deps.add(("net_chassis", net_id))
+        out = {}
+        for chassis, pids in sorted(self._t.net_chassis.get(net_id, {}).items()):
+            if (p := self.port(min(pids))) is not None:
+                out[chassis] = p
+        return out
 
     def has_local_members(self, group_id: str) -> bool:
         self.deps.add(("group_local", group_id))
@@ -455,12 +593,6 @@ class View:
         """The security groups whose rules name ``group_id`` as their remote group."""
         self.deps.add(("group_referrers", group_id))
         return sorted(self._t.group_referrers.get(group_id, ()))
-
-    def ports_of_group(self, group_id: str) -> list[Port]:
-        """Every known port in security group ``group_id`` (its members), by id."""
-        self.deps.add(("group_ports", group_id))
-        return [p for pid in sorted(self._t.group_ports.get(group_id, ()))
-                if (p := self.port(pid)) is not None]
 
     def ofport(self, port_id: str) -> int | None:
         self.deps.add(("ofport", port_id))
@@ -525,6 +657,7 @@ class View:
                 out.append((rp, net))
         return out
 
-    def learned(self, router_id: str) -> frozenset[str]:
-        self.deps.add(("learned", router_id))
-        return frozenset(self._t.facts.learned.get(router_id, ()))
+    def is_learned(self, router_id: str, ip: str) -> bool:
+        """Reactive L3: has ``router_id`` seen a packet for ``ip`` (flow not idled out)?"""
+        self.deps.add(("learned", router_id, ip))
+        return ip in self._t.facts.learned.get(router_id, ())

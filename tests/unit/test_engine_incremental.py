@@ -290,6 +290,8 @@ def test_incremental_equals_full(seed: int) -> None:
         oracle = Engine(default_apps(), w.topo)
         oracle.full()
         assert w.engine.desired() == oracle.desired(), f"step {n} ({what}) diverged"
+        # owners listed by parts, incrementally, are exactly those a full listing finds
+        assert set(w.engine.flows) == set(oracle.flows), f"step {n} ({what}): owners"
         # every flow lowered against its stage declaration (a failure would be an error)
         assert w.engine.errors == 0 and not w.engine.failed
         w.engine.table.resolve()
@@ -301,6 +303,10 @@ def test_incremental_equals_full(seed: int) -> None:
         fresh.replace_all(w.objs.values())
         assert {k: v for k, v in w.topo.net_ports.items() if v} == \
             {k: v for k, v in fresh.net_ports.items() if v}, f"step {n} ({what})"
+        for index in ("net_local", "net_addrs", "net_dhcp", "net_subnets", "net_chassis",
+                      "net_port_owners", "group_port_owners"):
+            assert {k: v for k, v in getattr(w.topo, index).items() if v} == \
+                {k: v for k, v in getattr(fresh, index).items() if v}, f"step {n}: {index}"
         assert (w.topo.local_networks, w.topo.local_routers, w.topo.routed_networks) == \
             (fresh.local_networks, fresh.local_routers, fresh.routed_networks)
         assert {k: v for k, v in w.topo.group_ports.items() if v} == \
