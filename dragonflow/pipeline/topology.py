@@ -115,6 +115,7 @@ class Topology:
         self.net_port_owners: dict[str, set[str]] = defaultdict(set)
         self.group_port_owners: dict[str, set[str]] = defaultdict(set)  # per security group
         self._frozen: dict[tuple[str, str], frozenset[str]] = {}
+        self._by_key: dict[tuple[str, int], set[str]] = {}  # (table, unique key) -> ids
 
     def frozen_owners(self, kind: str, key: str, index: dict[str, set[str]]
                       ) -> frozenset[str]:
@@ -157,6 +158,15 @@ class Topology:
                 touched.add(("net_chassis", net))
         return touched
 
+    def _index_key(self, table: str, obj_id: str, obj: NbObject | None, add: bool) -> None:
+        key = getattr(obj, "unique_key", None)
+        if not key:
+            return
+        ids = self._by_key.setdefault((table, key), set())
+        (ids.add if add else ids.discard)(obj_id)
+        if not ids:
+            del self._by_key[(table, key)]
+
     def _index_subnet(self, subnet: Subnet, add: bool) -> set[DepKey]:
         subs = self.net_subnets[subnet.network_id]
         (subs.add if add else subs.discard)(subnet.id)
@@ -174,6 +184,8 @@ class Topology:
             self.objs[table][obj_id] = obj  # a heartbeat or a status write: apps never
             return set()                    # read those, so nothing recompiles
         touched: set[DepKey] = {("obj", table, obj_id)}
+        self._index_key(table, obj_id, cur, False)
+        self._index_key(table, obj_id, obj, True)
         if isinstance(cur, SecurityGroup) or isinstance(obj, SecurityGroup):
             touched |= self._set_referrers(obj_id, cur, obj)
         if isinstance(cur, Port) or isinstance(obj, Port):
@@ -222,6 +234,7 @@ class Topology:
         self._new_indexes()
         for o in objs:
             self.objs[o.TABLE][o.id] = o
+            self._index_key(o.TABLE, o.id, o, True)
             if isinstance(o, Subnet):
                 self._index_subnet(o, True)
             if isinstance(o, Port):
@@ -380,10 +393,13 @@ class Topology:
     def by_unique_key(self, cls: type[T], key: int | None) -> T | None:
         """The object of ``cls`` whose datapath key is ``key`` (from a packet-in's
         registers); None if unknown."""
-        if key is None:
+        if not key:
             return None
-        return next((o for o in self.all(cls) if getattr(o, "unique_key", None) == key),
-                    None)
+        for obj_id in sorted(self._by_key.get((cls.TABLE, key), ())):
+            obj = self.get(cls, obj_id)
+            if obj is not None:
+                return obj
+        return None
 
     def scopes_needed(self) -> set[str]:
         """What this chassis must follow (see :func:`relevance_scopes`): the networks of its

@@ -304,7 +304,7 @@ def test_incremental_equals_full(seed: int) -> None:
         assert {k: v for k, v in w.topo.net_ports.items() if v} == \
             {k: v for k, v in fresh.net_ports.items() if v}, f"step {n} ({what})"
         for index in ("net_local", "net_addrs", "net_dhcp", "net_subnets", "net_chassis",
-                      "net_port_owners", "group_port_owners"):
+                      "net_port_owners", "group_port_owners", "_by_key"):
             assert {k: v for k, v in getattr(w.topo, index).items() if v} == \
                 {k: v for k, v in getattr(fresh, index).items() if v}, f"step {n}: {index}"
         assert (w.topo.local_networks, w.topo.local_routers, w.topo.routed_networks) == \
