@@ -174,7 +174,8 @@ def run_ovn_scale(chassis: int, real: int, ports: int, networks: int, routers: i
             for i in range(events):
                 net = targets[i % len(targets)]
                 pid = f"rr-{i}"
-                ovn.nbctl(*lsp(net, pid)[1:])
+                # its Port_Binding must exist before it is bound (northd may lag at 10k)
+                ovn.nbctl(*lsp(net, pid)[1:], wait="sb")
                 ovn.sbctl("lsp-bind", pid, remote[i % len(remote)])
 
         measure("routed_port", routed_remote_ports, settle=1.0)

@@ -628,7 +628,8 @@ class LocalController:
             return
         first = not self.ready.is_set()
         try:
-            sent = self.reconciler.sync(self._of, self.engine.table, meters=self.engine.meters)
+            sent = self.reconciler.sync(self._of, self.engine.table, meters=self.engine.meters,
+                                        meters_dirty=self.engine.take_meters_dirty())
         except Exception as e:
             LOG.error("%s: flow install failed (%s); full reinstall on next event",
                       self.cfg.chassis_id, e)

@@ -82,6 +82,9 @@ class Engine:
         self.meters = {mid: OfMeter(mid, m.rate, m.burst, m.unit)
                        for mid, m in self.pipeline.meters.values() if m.punt}
         self._per_port = self.pipeline.per_port_meters()
+        # meter ids added, changed or removed since the reconciler last looked (it compares
+        # just those with what it installed: a port's change costs its meters, not all)
+        self.meters_dirty: set[int] = set(self.meters)
         self._port_meters: dict[str, dict[int, int]] = {}  # port id -> {app meter: its own}
 
     # --- control-plane policing: a meter per local port and punt kind ----------------------
@@ -96,6 +99,7 @@ class Engine:
         if port is None or not port.unique_key:
             for pmid in self._port_meters.pop(port_id, {}).values():
                 self.meters.pop(pmid, None)
+                self.meters_dirty.add(pmid)
             self.table.put((PIPELINE_APP, owner), ())
             return
         # the port's meter ids follow from its unique key (same on every run, and the
@@ -104,10 +108,14 @@ class Engine:
         want = self.pipeline.port_meters(port.unique_key)
         for pmid in set(self._port_meters.get(port_id, {}).values()) - set(want.values()):
             self.meters.pop(pmid, None)
+            self.meters_dirty.add(pmid)
         self._port_meters[port_id] = mine = want
         for mid, pmid in mine.items():
             decl = self._per_port[mid]
-            self.meters[pmid] = OfMeter(pmid, decl.per_port, decl.per_port_burst, "pktps")
+            meter = OfMeter(pmid, decl.per_port, decl.per_port_burst, "pktps")
+            if self.meters.get(pmid) != meter:
+                self.meters[pmid] = meter
+                self.meters_dirty.add(pmid)
         self.table.put((PIPELINE_APP, owner),
                        self.lowering.copp_port_flows(port.unique_key, mine, owner))
 
@@ -120,6 +128,10 @@ class Engine:
                 self._copp(key[1])
             elif key[:2] == ("obj", "port") and (key[2] in local or key[2] in self._port_meters):
                 self._copp(key[2])
+
+    def take_meters_dirty(self) -> set[int]:
+        out, self.meters_dirty = self.meters_dirty, set()
+        return out
 
     def take_touched(self) -> set[OwnerKey]:
         """Owners compiled or dropped since the last call (the controller re-checks the

@@ -69,14 +69,20 @@ class Reconciler:
         return ops
 
     def sync(self, sink: FlowSink, table: FlowTable, *, full: bool = False,
-             meters: dict[int, OfMeter] | None = None) -> int:
+             meters: dict[int, OfMeter] | None = None,
+             meters_dirty: set[int] | None = None) -> int:
         """Make the switch hold exactly ``table.desired``; returns the flow-mods sent.
         Raises whatever the sink raises when it cannot be traced to owners (the switch
         state is then unknown: the next sync is full). New and changed meters go in the
         same round trip as the flows (before them: a flow naming a missing meter is
-        refused); meters no longer wanted are deleted after the flows that used them."""
+        refused); meters no longer wanted are deleted after the flows that used them.
+        ``meters_dirty``: the only meter ids that may differ from what was installed (None:
+        compare them all)."""
         full = full or self.need_full
-        pre = self._meter_changes(sink, meters, full) if meters is not None else []
+        if full or meters_dirty is None:
+            meters_dirty = None
+        pre = (self._meter_changes(sink, meters, full, meters_dirty) if meters is not None
+               else [])
         self.pending |= table.resolve()
         for _ in range(MAX_REJECT_ROUNDS):
             if full:
@@ -85,7 +91,7 @@ class Reconciler:
                 ops = self.diff(table, self.pending)
                 if not ops:
                     self.pending.clear()
-                    self._finish_meters(sink, pre, meters)
+                    self._finish_meters(sink, pre, meters, dirty=meters_dirty)
                     return 0
             try:
                 if pre:  # only a meter-capable sink (OfChannel) has meter changes
@@ -117,7 +123,7 @@ class Reconciler:
             self.need_full = False
             self.bundles += 1
             self.flow_mods += len(ops)
-            self._finish_meters(sink, pre, meters, sent=True)
+            self._finish_meters(sink, pre, meters, sent=True, dirty=meters_dirty)
             return len(ops)
         self.need_full = True
         raise RuntimeError(f"flows still rejected after {MAX_REJECT_ROUNDS} rounds")
@@ -137,7 +143,8 @@ class Reconciler:
         return bool(owners)
 
     def _meter_changes(self, sink: FlowSink, desired: dict[int, OfMeter],
-                       full: bool) -> list[tuple[str, OfMeter]]:
+                       full: bool, dirty: set[int] | None = None
+                       ) -> list[tuple[str, OfMeter]]:
         """The meter adds / modifies to send with the flows (meter-mods cannot go into a
         bundle: OVS refuses them there). A full sync (a (re)connect: the switch may hold
         meters of the last run) deletes every meter first -- only the punt flows use
@@ -148,6 +155,10 @@ class Reconciler:
         if full:  # a switch that can install meters can delete them all (OfChannel)
             sink.delete_all_meters()  # type: ignore[attr-defined]
             self.meters_installed = {}
+        elif dirty is not None:
+            ids = sorted(mid for mid in dirty if mid in desired)
+            return [("add" if mid not in self.meters_installed else "modify", desired[mid])
+                    for mid in ids if self.meters_installed.get(mid) != desired[mid]]
         elif desired == self.meters_installed:
             return []
         # after a full sync the switch holds none but ours: no add can collide
@@ -159,7 +170,8 @@ class Reconciler:
             self.meters_installed[m.meter_id] = m
 
     def _finish_meters(self, sink: FlowSink, pre: list[tuple[str, OfMeter]],
-                       desired: dict[int, OfMeter] | None, sent: bool = False) -> None:
+                       desired: dict[int, OfMeter] | None, sent: bool = False,
+                       dirty: set[int] | None = None) -> None:
         """Record the meter changes the flows carried (or send them alone when no flow
         changed), then delete the meters no longer wanted -- after the flows that used
         them are gone (withdrawn with their owners)."""
@@ -170,7 +182,9 @@ class Reconciler:
         if (desired is None or getattr(sink, "install_meters", None) is None
                 or len(desired) == len(self.meters_installed)):  # all desired are in: none gone
             return
-        gone = [m for mid, m in sorted(self.meters_installed.items()) if mid not in desired]
+        candidates = self.meters_installed if dirty is None else {
+            mid: self.meters_installed[mid] for mid in dirty if mid in self.meters_installed}
+        gone = [m for mid, m in sorted(candidates.items()) if mid not in desired]
         if gone:
             sink.install_meters([("delete", m) for m in gone])  # type: ignore[attr-defined]
             for m in gone:

@@ -175,6 +175,11 @@ class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
         self._tracker = tracker
         self._resync = True
 
+    def cooperative_yield(self) -> None:
+        """Nothing: ovsdbapp's time.sleep(0) per parsed row is for eventlet, which we do not
+        use; with threads it only costs a GIL round trip per row (measured: ~9 % of a
+        controller's CPU while ports are being plugged)."""
+
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
         if row._table.name == "Interface":
             self._tracker.on_row(event, row)
