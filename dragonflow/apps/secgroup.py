@@ -39,7 +39,11 @@ Stages (from a VM: ``secgroup_out_ct`` -> ``secgroup_out``, before L2; to a VM:
   ethertype, protocol and port range (a range as its covering masked matches, not one flow
   per port) or ICMP type/code. A member joining a remote group adds one flow per address;
   a port joining a group one clause-1 action. Clause flows of several groups with the same
-  match are merged by the flow table (many owners, one flow).
+  match are merged by the flow table (many owners, one flow). A stateful rule's clause 2/3
+  flows also match ct_state=+trk: for an untracked packet (a port without groups) OVS's
+  staged lookup stops there, so the datapath flow keeps its addresses and L4 ports
+  wildcarded (without it: one megaflow, i.e. one upcall, per connection of every port;
+  tests/pipeline/test_secgroup_megaflow.py).
 
 Stateless groups (Neutron's ``stateful: false``): a port whose groups are all stateless
 skips conntrack; a rule's verdict passes the (untracked) packet itself, replies need rules
@@ -100,6 +104,14 @@ def zone_of(port: Port) -> int:
 def conj_id(group_id: str, rule_id: str) -> int:
     digest = hashlib.blake2b(f"{group_id}/{rule_id}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") or 1
+
+
+def clause_state(stateful: bool) -> dict[str, object]:
+    """The extra match of a stateful rule's clause 2/3 flows: tracked packets only (the
+    verdict needs +trk anyway). OVS's staged lookup then stops at ct_state for untracked
+    packets (ports without groups) and leaves their addresses and L4 ports wildcarded in
+    the datapath flow, instead of one megaflow per connection."""
+    return {"ct_state": (CT_TRACKED, CT_TRACKED)} if stateful else {}
 
 
 def port_mask_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
@@ -300,7 +312,8 @@ class SecurityGroupApp:
                         value = (str(net.network_address) if net.prefixlen == net.max_prefixlen
                                  else (str(net.network_address), str(net.netmask)))
                         match = {"eth_type": ETH[rule.ethertype],
-                                 f"ipv{rule.ip_version}_{side}": value}
+                                 f"ipv{rule.ip_version}_{side}": value,
+                                 **clause_state(group.stateful)}
                         clauses.setdefault((stage, tuple(sorted(match.items()))),
                                            set()).add(conj)
         return self._clause_flows(clauses, owner)
@@ -336,11 +349,14 @@ class SecurityGroupApp:
         assert (remote is None) == (kind is None)  # a remote side we do not know: never "any"
         n = 2 if remote is None else 3
         parts: list[tuple[dict[str, object], Conjunction]] = []
+        tracked = clause_state(stateful)
         for net in remote or ():
             value = (str(net.network_address) if net.prefixlen == net.max_prefixlen
                      else (str(net.network_address), str(net.netmask)))
-            parts.append(({"eth_type": eth, addr_field: value}, Conjunction(cid, 2, n)))
-        parts += [(match, Conjunction(cid, n, n)) for match in self._l4(rule, eth)]
+            parts.append(({"eth_type": eth, addr_field: value, **tracked},
+                          Conjunction(cid, 2, n)))
+        parts += [(dict(match, **tracked), Conjunction(cid, n, n))
+                  for match in self._l4(rule, eth)]
         # the verdict: a new (or still allowed) connection in the original direction; the
         # zone register still holds the port's zone (set before the lookup). Stateless: the
         # packet itself, untracked, passes.
