@@ -52,7 +52,6 @@ from dragonflow.pipeline.flow import Flow, Meter, ToController
 from dragonflow.pipeline.punt import Answer
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
 from dragonflow.pipeline.topology import (
-    DHCP_PORT_OWNER,
     ROUTER_DEVICE_OWNERS,
     ChassisFacts,
     OwnersView,
@@ -208,7 +207,7 @@ class DhcpApp:
         for sub in view.subnets_of_network(net_id):
             if not (sub.enable_dhcp and sub.ip_version == 4):
                 continue
-            server = server_from_index(view, sub)
+            server = server_address(view, sub)
             if server is None or any(p.device_owner not in ROUTER_DEVICE_OWNERS
                                      for p in view.addr_ports(net_id, server.ip)):
                 continue
@@ -250,9 +249,10 @@ class DhcpConfig:
     domain: str = "openstacklocal"
 
 
-def server_from_index(view: View, sub: Subnet) -> Server | None:
-    """:func:`server_of`, read through the per-network indexes (the ports holding an
-    address, the DHCP ports) instead of every port of the network."""
+def server_address(view: View, sub: Subnet) -> Server | None:
+    """The subnet's DHCP server address and MAC (see the module docstring), read through
+    the per-network indexes (the ports holding an address, the DHCP ports) instead of every
+    port of the network."""
     net_id = sub.network_id
     dhcp_port = next((p for p in view.dhcp_ports(net_id)
                       if any(f.subnet_id == sub.id for f in p.fixed_ips)), None)
@@ -272,28 +272,6 @@ def server_from_index(view: View, sub: Subnet) -> Server | None:
     return Server(str(ip), mac)
 
 
-def server_of(sub: Subnet, all_ports: list[Port]) -> Server | None:
-    """The subnet's DHCP server address and MAC, from every port of its network (router
-    interfaces and the DHCP port included; see the module docstring)."""
-    dhcp_port = next((p for p in all_ports if p.device_owner == DHCP_PORT_OWNER
-                      and any(f.subnet_id == sub.id for f in p.fixed_ips)), None)
-    ip = sub.dhcp_ip
-    if ip is None and dhcp_port is not None:
-        ip = next(f.ip_address for f in dhcp_port.fixed_ips if f.subnet_id == sub.id)
-    if ip is None:
-        ip = sub.gateway_ip
-    if ip is None:  # no gateway, no DHCP port: the first (else last) host address no port uses
-        used = {f.ip_address for p in all_ports for f in p.fixed_ips}
-        hosts = (sub.cidr[1], sub.cidr[-2]) if sub.cidr.num_addresses > 2 else ()
-        ip = next((h for h in hosts if h not in used), None)
-    if ip is None:
-        return None
-    owner = next((p for p in all_ports if any(f.ip_address == ip for f in p.fixed_ips)), None)
-    mac = owner.mac if owner is not None else (
-        dhcp_port.mac if dhcp_port is not None else FALLBACK_SERVER_MAC)
-    return Server(str(ip), mac)
-
-
 def build_reply(topo: Topology, port: Port, data: bytes, cfg: DhcpConfig) -> bytes | None:
     """The server's answer to the DHCP packet ``data`` sent by ``port`` (None: no answer)."""
     pkt = packet.Packet(data)
@@ -308,9 +286,7 @@ def build_reply(topo: Topology, port: Port, data: bytes, cfg: DhcpConfig) -> byt
     if net is None or found is None:
         return None  # no DHCP address on this port: no answer
     sub, ip = found
-    all_ports = [p for pid in sorted(topo.net_ports.get(net.id, ()))
-                 if (p := topo.get(Port, pid)) is not None]
-    server = server_of(sub, all_ports)
+    server = server_address(View(topo), sub)  # from the indexes: no walk of the network
     if server is None:
         return None
     requested = opts.get(dhcp.DHCP_REQUESTED_IP_ADDR_OPT)

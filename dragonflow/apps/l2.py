@@ -4,7 +4,10 @@ Per port (local or remote) of a network with a local port: ``eth_dst=<mac>`` -> 
 Per such network: broadcast/multicast goes to every local port (OVS never outputs a packet to
 the port it came in on) and to ONE representative port on each remote chassis hosting ports
 of the network, whose egress flow tunnels it there; the far side floods it locally only
-(packets from a tunnel are never re-tunnelled). Unknown unicast: the stage's miss drops it.
+(packets from a tunnel are never re-tunnelled). Each copy enters the output side where a
+unicast frame does (``deliver``), so it passes the receiving port's ingress security groups
+like any other packet (conntrack inside a resubmit: OVS freezes the rest of the flood and
+resumes it after the recirculation). Unknown unicast: the stage's miss drops it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class L2App:
         Stage("l2_lookup", after=("classify", "arp_responder", "nd_responder"),
               matches=fields("network", "from_tunnel", "eth_dst"), masked=fields("eth_dst"),
               sets=fields("out_port", "router"), goto=("l3_input", "deliver"),
-              resubmit=("egress",), miss="drop",
+              resubmit=("deliver",), miss="drop",
               doc="destination MAC -> out_port (or the router); broadcast replication"),
     )
 
@@ -74,10 +77,10 @@ class L2App:
                       if chassis != view.facts.chassis_id}
         to_local: list = []
         for key in sorted(local):
-            to_local += [SetReg("out_port", key), Resubmit("egress")]
+            to_local += [SetReg("out_port", key), Resubmit("deliver")]
         to_remote: list = []
         for chassis in sorted(remote_rep):
-            to_remote += [SetReg("out_port", remote_rep[chassis]), Resubmit("egress")]
+            to_remote += [SetReg("out_port", remote_rep[chassis]), Resubmit("deliver")]
         match = {"network": net.unique_key, "eth_dst": MULTICAST}
         tunnel_in = dict(match, from_tunnel=1)
         return [

@@ -24,13 +24,9 @@ import pytest
 
 from dragonflow.apps.port_security import PortSecurityApp, allowed_sources
 from dragonflow.apps.ra import link_local
-from dragonflow.apps.registry import default_apps
-from dragonflow.controller.engine import Engine
-from dragonflow.controller.reconciler import Reconciler
 from dragonflow.model import Chassis, NbObject, Network, Port, Subnet
-from dragonflow.ovs.ofchannel import OfChannel
 from dragonflow.pipeline.topology import ChassisFacts, Topology, View
-from tests.fixtures.ovs_bridge import OvsBridgeEnv, rig_on_bridge
+from tests.fixtures.ovs_bridge import CompiledRig, OvsBridgeEnv, rig_on_bridge
 
 pytestmark = pytest.mark.ovs
 
@@ -88,21 +84,9 @@ def nb_objects() -> list[NbObject]:
     return objs
 
 
-class Rig:
+class Rig(CompiledRig):
     def __init__(self, env: OvsBridgeEnv) -> None:
-        self.env = env
-        self.ofports = {vm: env.add_port(f"{env.prefix}{vm}") for vm in (*LOCAL, "vm6")}
-        self.topo = Topology(ChassisFacts("hv1", "10.255.0.11", ("vxlan",)))
-        self.topo.replace_all(nb_objects())
-        for vm, ofport in self.ofports.items():
-            self.topo.set_ofport(vm, ofport)
-        self.engine = Engine(default_apps(), self.topo)
-        self.engine.full()
-        assert not self.engine.table.conflicts
-        self.channel = OfChannel(env.controller_target)
-        self.channel.connect()
-        Reconciler().sync(self.channel, self.engine.table, meters=self.engine.meters)
-        assert not self.engine.table.rejected
+        super().__init__(env, nb_objects(), (*LOCAL, "vm6"))
         self.table = self.engine.pipeline.table("port_security")
 
     def trace(self, src: str, proto: str, fields: str, *, eth_src: str | None = None,
