@@ -38,10 +38,11 @@ The flows of one port (owner ``port/<id>``, compiled only while the port is plug
          * advertisements (136): source in A6(m) AND target in A6(m) AND target link-layer
            option m or none -- a conjunctive match (``conjunction(<port key>, k/3)``, every
            clause with in_port and eth_src=m, then ``conj_id=<port key>`` -> next): one flow
-           per address and dimension instead of |A6(m)|^2 * 2. OVS takes a conjunction only
-           when no ordinary flow of a higher or equal priority matches: the drops at 300
-           still win, the drop at 190 does not, and nothing else at 200 matches an
-           advertisement.
+           per address and dimension instead of |A6(m)|^2 * 2 (with one address, its
+           link-local only -- an IPv4-only port --, the 2 direct flows are fewer). OVS
+           takes a conjunction only when no ordinary flow of a higher or equal priority
+           matches: the drops at 300 still win, the drop at 190 does not, and nothing else
+           at 200 matches an advertisement.
     190  drop every other solicitation / advertisement of the port (a spoofed target or
          link-layer address): they would otherwise pass as IPv6 below.
     100  allowed, per MAC m: IPv4 from A4(m); ARP with eth_src = arp_sha = m and arp_spa in
@@ -165,7 +166,8 @@ class PortSecurityApp:
         for mac, (v4, v6) in allowed_sources(port).items():
             out.ipv4(mac, v4)
             out.ipv6(mac, v6)
-        out.allow(PRIO_ND, {"conj_id": key})  # the advertisements' conjunction matched
+        if out.conjunction:
+            out.allow(PRIO_ND, {"conj_id": key})  # the advertisements' conjunction matched
         return list(dict.fromkeys(out.flows))  # a pair of 0.0.0.0 repeats the ARP probe
 
 
@@ -175,6 +177,7 @@ class _Flows:
     def __init__(self, key: int, owner: str) -> None:
         self.key, self.owner = key, owner
         self.flows: list[Flow] = []
+        self.conjunction = False  # a MAC's advertisements need the conjunction
 
     def _add(self, prio: int, match: MatchSpec, actions: tuple[Action, ...]) -> None:
         self.flows.append(Flow.make(STAGE, prio, dict(match, in_port=self.key), actions,
@@ -208,6 +211,12 @@ class _Flows:
             self.allow(PRIO_ND, dict(unspecified, icmpv6_type=t))
         # advertisements: source AND target allowed AND target link-layer option ours/none
         na = dict(ICMP6, eth_src=mac, icmpv6_type=NA)
+        if len(sources) == 1:  # its link-local address only: two flows, no conjunction
+            for lladdr in (mac, NO_LLADDR):
+                self.allow(PRIO_ND, dict(na, ipv6_src=sources[0], ipv6_nd_target=sources[0],
+                                         ipv6_nd_tll=lladdr))
+            return
+        self.conjunction = True
         dims: list[list[MatchSpec]] = [
             [dict(na, ipv6_src=src) for src in sources],
             [dict(na, ipv6_nd_target=src) for src in sources],

@@ -421,3 +421,22 @@ def test_port_changes_recompile(rig: Rig) -> None:
     topo.set_ofport("vm1", None)
     assert app.compile(View(topo), "port/vm1") == []
 
+
+
+def test_a_port_whose_only_ipv6_address_is_link_local_advertises_only_that(rig: Rig) -> None:
+    """vm6 (IPv4 only): its advertisements are two direct flows, no conjunction -- its
+    link-local address as source and target, its own or no link-layer option."""
+    ll, m = link_local(VM6_MAC), VM6_MAC
+
+    def passes(src: str, target: str, tll: str) -> bool:
+        t = rig.trace("vm6", "icmp6", f"ipv6_src={src},ipv6_dst=ff02::1,icmpv6_type=136,"
+                      f"nd_target={target},nd_tll={tll},nw_ttl=255", eth_dst="33:33:00:00:00:01")
+        tables = [table for table, _ in visited(t)]
+        assert rig.table in tables, t
+        return rig.table + 1 in tables
+
+    assert passes(ll, ll, m) and passes(ll, ll, "00:00:00:00:00:00")
+    assert not passes(ll, lla("vm4"), m)        # another port's address as target
+    assert not passes(ll, ll, mac("vm4"))       # another port's MAC as link-layer option
+    assert not passes(lla("vm4"), ll, m)        # another source
+    assert not passes("fd00:1::16", "fd00:1::16", m)  # an address it does not have
