@@ -4,14 +4,18 @@ A local port with port security and security groups gets its traffic in both dir
 through conntrack, in a zone of its own, and its groups' rules decide what may START a
 connection; what belongs to an allowed connection (replies, related ICMP errors) passes.
 
-Zones: one per local port (as OVN), ``zone_of(port)`` from its unique key -- the packets of
-one port's connections never share conntrack state with another port's, whatever their
+Zones: one per local port (as OVN): its OpenFlow port number on this chassis' bridge
+(``zone_of``). That number is unique on the bridge, never 0, below 65,280 (OVS allocates
+ofports under OFPP_MAX), so it fits the 16-bit zone without folding, and it stays the port's
+across a controller restart (OVS keeps an interface's ofport) -- nothing to allocate or
+persist. (Zones 65,280..65,535 stay free for chassis-wide uses such as SNAT.) So the packets
+of one port's connections never share conntrack state with another port's, whatever their
 networks or addresses (two networks with the same CIDR included), and a connection between
 two ports on one chassis is checked twice: by the sender's egress rules in the sender's zone
 and by the receiver's ingress rules in the receiver's zone. (A zone per network, as
 Neutron's OVS firewall, would let the receiver's lookup find the sender's entry and skip the
-receiver's ingress rules.) A key above 65,535 is folded into the 16 bits: two local ports
-whose keys fold to one zone would share state -- logged when it happens.
+receiver's ingress rules. A zone from the NB unique key would have to fold keys above 65,535
+-- any long-lived cloud has them -- and two local ports could then share a zone.)
 
 Stages (from a VM: ``secgroup_out_ct`` -> ``secgroup_out``, before L2; to a VM:
 ``secgroup_in_ct`` -> ``secgroup_in``, between ``deliver`` and ``egress``):
@@ -95,10 +99,14 @@ DIRECTIONS = {"egress": ("secgroup_out_ct", "secgroup_out", "in_port", "dst"),
               "ingress": ("secgroup_in_ct", "secgroup_in", "out_port", "src")}
 
 
-def zone_of(port: Port) -> int:
-    """The conntrack zone of a local port (1..65535)."""
-    key = port.unique_key
-    return key if 0 < key <= 0xFFFF else key % 0xFFFF + 1
+ZONE_RESERVED = 0xFF00  # OFPP_MAX: zones from here up are never a port's
+
+
+def zone_of(ofport: int) -> int:
+    """The conntrack zone of the local port plugged at ``ofport`` (see the module doc)."""
+    if not 0 < ofport < ZONE_RESERVED:
+        raise ValueError(f"ofport {ofport} cannot be a conntrack zone (1..{ZONE_RESERVED - 1})")
+    return ofport
 
 
 def conj_id(group_id: str, rule_id: str) -> int:
@@ -222,7 +230,9 @@ class SecurityGroupApp:
     # --- one local port: zone, states, clause 1 -----------------------------------------
     def _port(self, view: View, port: Port, owner: str) -> list[Flow]:
         flows: list[Flow] = []
-        zone, key = zone_of(port), port.unique_key
+        ofport = view.ofport(port.id)
+        assert ofport is not None  # compile() only asks for plugged ports
+        zone, key = zone_of(ofport), port.unique_key
         trk = CT_TRACKED
         not_blocked = (0, BLOCKED)
         rules: dict[str, list[Conjunction]] = {"egress": [], "ingress": []}

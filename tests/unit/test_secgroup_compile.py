@@ -107,11 +107,34 @@ def test_a_chassis_follows_the_members_of_the_groups_its_rules_name() -> None:
     assert not {"sg:g", "sg:r"} & topo.scopes_needed()
 
 
-def test_zones_and_port_ranges() -> None:
-    assert zone_of(Port(id="x", topic="p", network_id="n", mac="fa:16:3e:00:00:01",
-                        unique_key=7)) == 7
-    big = Port(id="y", topic="p", network_id="n", mac="fa:16:3e:00:00:02", unique_key=70000)
-    assert 1 <= zone_of(big) <= 0xFFFF
+def test_two_local_ports_never_share_a_zone_whatever_their_keys() -> None:
+    """Unique keys 10 and 65,544 (= 10 under a 16-bit fold; a long-lived cloud has keys
+    past 16 bits): their zones are their ofports, distinct; a zone is never 0 nor in the
+    reserved range."""
+    topo, engine = world(0, 0)
+    twin = Port(id="p1", topic="p", network_id="b", mac="fa:16:3e:00:00:02",
+                unique_key=65544, security_groups=("g",),
+                fixed_ips=(FixedIp(subnet_id="sb", ip_address="10.98.0.10"),),
+                binding=Binding(kind="chassis", chassis_id="hv1"))
+    engine.changed(topo.apply("port", "p1", twin) or set())
+    engine.changed(topo.set_ofport("p1", 6))
+
+    def zones(pid: str) -> set[int]:
+        return {a.value for f in engine.flows[("secgroup", f"port/{pid}")]
+                if f.stage.endswith("_ct") for a in f.actions
+                if type(a).__name__ == "SetReg" and a.field == "zone"}
+
+    assert zones("p0") == {5} and zones("p1") == {6}
+    assert zone_of(1) == 1 and zone_of(0xFEFF) == 0xFEFF
+    for bad in (0, 0xFF00, 0x10000):
+        try:
+            zone_of(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"zone_of({bad}) accepted")
+
+
+def test_port_ranges() -> None:
     for lo, hi in ((80, 80), (1000, 1999), (1, 65535), (5000, 5003), (0, 7), (8, 65535)):
         covered = set()
         for value, mask in port_mask_ranges(lo, hi):
