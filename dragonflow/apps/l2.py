@@ -72,9 +72,11 @@ class L2App:
         # that already has ports of the network changes nothing here
         local = [p.unique_key for p in view.local_ports_of_network(net_id)
                  if p.device_owner not in ROUTER_DEVICE_OWNERS]
+        # (a port bound elsewhere but still plugged here -- a move in progress -- is local:
+        # its egress is this chassis' ofport, so it cannot carry the copy to its chassis)
         remote_rep = {chassis: p.unique_key
                       for chassis, p in view.chassis_of_network(net_id).items()
-                      if chassis != view.facts.chassis_id}
+                      if chassis != view.facts.chassis_id and view.ofport(p.id) is None}
         to_local: list = []
         for key in sorted(local):
             to_local += [SetReg("out_port", key), Resubmit("deliver")]

@@ -47,7 +47,7 @@ Stages (from a VM: ``secgroup_out_ct`` -> ``secgroup_out``, before L2; to a VM:
   flows also match ct_state=+trk: for an untracked packet (a port without groups) OVS's
   staged lookup stops there, so the datapath flow keeps its addresses and L4 ports
   wildcarded (without it: one megaflow, i.e. one upcall, per connection of every port;
-  tests/pipeline/test_secgroup_megaflow.py).
+  tests/pipeline/test_secgroup_pipeline.py).
 
 Stateless groups (Neutron's ``stateful: false``): a port whose groups are all stateless
 skips conntrack; a rule's verdict passes the (untracked) packet itself, replies need rules
