@@ -210,12 +210,9 @@ class L3App:
         for rp in router.ports:
             if not any(dst in c.network for c in rp.cidrs):
                 continue
-            for pid in topo.net_ports.get(rp.network_id, ()):
-                port = topo.get(Port, pid)
-                if port and any(f.ip_address == dst for f in port.fixed_ips):
-                    answer.touched |= topo.learn(router.id, str(dst))
-                    answer.reinject.append((pin.in_port or 0, pin.data))
-                    return True
+            if topo.ports_holding(rp.network_id, str(dst)):
+                answer.touched |= topo.learn(router.id, str(dst))
+                answer.reinject.append((pin.in_port or 0, pin.data))
             return True  # attached subnet, no such host: dropped, no ICMP
         return False
 

@@ -14,7 +14,7 @@ from dragonflow.apps.base import (
     network_parts,
     split_owner,
 )
-from dragonflow.model import Network, Port, Router
+from dragonflow.model import Network, Router
 from dragonflow.ovs import packets
 from dragonflow.ovs.ofchannel import PacketIn
 from dragonflow.pipeline.fields import read_field
@@ -71,11 +71,9 @@ class NdResponderApp:
             # address; answering would make it give the address up
             return answer
         frame = None
-        for pid in sorted(topo.net_ports.get(net.id, ())):
-            port = topo.get(Port, pid)
-            if port and any(str(f.ip_address) == req.ns_target for f in port.fixed_ips):
-                frame = packets.neighbour_advertisement(req, req.ns_target, port.mac, False)
-                break
+        for port in topo.ports_holding(net.id, req.ns_target):
+            frame = packets.neighbour_advertisement(req, req.ns_target, port.mac, False)
+            break
         else:
             for router in topo.all(Router):
                 for rp in router.ports:

@@ -158,6 +158,12 @@ class Topology:
                 touched.add(("net_chassis", net))
         return touched
 
+    def ports_holding(self, net_id: str, ip: str) -> list[Port]:
+        """The ports of ``net_id`` holding address ``ip`` (canonical text), by id (router
+        ports included): one index lookup, not a walk of the network."""
+        return [p for pid in sorted(self.net_addrs.get(net_id, {}).get(ip, ()))
+                if (p := self.get(Port, pid)) is not None]
+
     def _index_key(self, table: str, obj_id: str, obj: NbObject | None, add: bool) -> None:
         key = getattr(obj, "unique_key", None)
         if not key:
@@ -484,17 +490,6 @@ def relevance_scope_id(scope: str) -> str:
     return scope.split(":", 1)[1]
 
 
-class _RecordingPorts:
-    """``topo.net_ports`` for an :class:`OwnersView`: each network looked up is a dep."""
-
-    def __init__(self, ports: dict[str, set[str]], deps: set[DepKey]) -> None:
-        self._ports, self._deps = ports, deps
-
-    def get(self, net_id: str, default: Iterable[str] = ()) -> Iterable[str]:
-        self._deps.add(("net_ports", net_id))
-        return self._ports.get(net_id, default)
-
-
 class OwnersView:
     """What an app's ``owners()`` reads, recording it: the engine asks an app for its
     owners again only when one of these changed -- a change elsewhere costs nothing."""
@@ -502,7 +497,6 @@ class OwnersView:
     def __init__(self, topo: Topology) -> None:
         self._t = topo
         self.deps: set[DepKey] = set()
-        self.net_ports = _RecordingPorts(topo.net_ports, self.deps)
 
     @property
     def facts(self) -> ChassisFacts:
@@ -571,8 +565,9 @@ class View:
     def addr_ports(self, net_id: str, ip: str) -> list[Port]:
         """The ports of ``net_id`` holding address ``ip`` (by id; router ports included)."""
         self.deps.add(("net_addr", net_id, ip))
-        return [p for pid in sorted(self._t.net_addrs.get(net_id, {}).get(ip, ()))
-                if (p := self.port(pid)) is not None]
+        ports = self._t.ports_holding(net_id, ip)
+        self.deps |= {("obj", "port", p.id) for p in ports}
+        return ports
 
     def dhcp_ports(self, net_id: str) -> list[Port]:
         """The DHCP service ports of ``net_id`` (device owner network:dhcp), by id."""
