@@ -14,7 +14,7 @@ from oslo_config import cfg
 
 # the core apps (stevedore entry points in dragonflow.apps): [controller] apps' default
 CORE_APPS = ("physical", "arp", "dhcp", "nd", "ra", "l2", "icmp", "l3", "metadata",
-             "port_security", "secgroup")
+             "port_security", "secgroup", "nat")
 
 DEFAULT_CONFIG_FILE = "/etc/dragonflow/dragonflow.ini"
 
@@ -61,7 +61,23 @@ controller_opts = [
     cfg.StrOpt("external_host_ip", default=None,
                help="Address used for north-south traffic of this node (optional)."),
     cfg.DictOpt("bridge_mappings", default={},
-                help="physical_network:bridge pairs for VLAN and flat provider networks."),
+                help="physical_network:bridge pairs for VLAN and flat provider networks "
+                     "(e.g. physnet1:br-ex). The controller patches the integration bridge "
+                     "to each bridge (created as a standalone learning switch if missing, "
+                     "never flushed); the operator plugs the uplink NIC into it. Neutron "
+                     "binds flat/VLAN ports only on chassis that map their physical network."),
+    cfg.BoolOpt("gateway", default=False,
+                help="This chassis may host routers' external gateways (SNAT): for each "
+                     "router with a gateway, the live gateway-capable chassis that map the "
+                     "external network's physical network are ranked, and the first does "
+                     "its SNAT and answers for its gateway address; when its heartbeat "
+                     "stops, the next takes over."),
+    cfg.FloatOpt("gateway_heartbeat_interval", default=0.5, min=0.1,
+                 help="Seconds between heartbeats of a gateway-capable chassis (its "
+                      "liveness decides SNAT failover, so it beats faster than others)."),
+    cfg.FloatOpt("gateway_dead_time", default=2.0, min=0.3,
+                 help="A gateway chassis whose heartbeat did not change for this many "
+                      "seconds is dead: the next-ranked one takes its routers' SNAT over."),
     cfg.StrOpt("integration_bridge", default="br-int", help="The OVS integration bridge."),
     cfg.StrOpt("datapath_type", default="system", choices=["system", "netdev"],
                help="OVS datapath type of the integration bridge "

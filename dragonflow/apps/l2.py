@@ -8,6 +8,11 @@ of the network, whose egress flow tunnels it there; the far side floods it local
 unicast frame does (``deliver``), so it passes the receiving port's ingress security groups
 like any other packet (conntrack inside a resubmit: OVS freezes the rest of the flood and
 resumes it after the recirculation). Unknown unicast: the stage's miss drops it.
+
+A provider network (flat, VLAN) has no representatives: its one copy for the other chassis
+(and the outside) goes to ``LOCALNET``, the network's physical network, and so does unknown
+unicast from a local port (a host outside the cloud); what comes from the physical network
+is flooded to local ports only.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from dragonflow.apps.base import (
     network_parts,
     split_owner,
 )
+from dragonflow.pipeline.fields import LOCALNET
 from dragonflow.pipeline.flow import Flow, Goto, Resubmit, SetReg
 from dragonflow.pipeline.stages import Stage, fields
 from dragonflow.pipeline.topology import ROUTER_DEVICE_OWNERS, OwnersView, View
 
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+PROVIDER_TYPES = ("flat", "vlan")
 
 
 class L2App:
@@ -74,18 +81,25 @@ class L2App:
                  if p.device_owner not in ROUTER_DEVICE_OWNERS]
         # (a port bound elsewhere but still plugged here -- a move in progress -- is local:
         # its egress is this chassis' ofport, so it cannot carry the copy to its chassis)
-        remote_rep = {chassis: p.unique_key
-                      for chassis, p in view.chassis_of_network(net_id).items()
-                      if chassis != view.facts.chassis_id and view.ofport(p.id) is None}
+        provider = net.network_type in PROVIDER_TYPES
+        remote_rep = {} if provider else {
+            chassis: p.unique_key for chassis, p in view.chassis_of_network(net_id).items()
+            if chassis != view.facts.chassis_id and view.ofport(p.id) is None}
         to_local: list = []
         for key in sorted(local):
             to_local += [SetReg("out_port", key), Resubmit("deliver")]
         to_remote: list = []
         for chassis in sorted(remote_rep):
             to_remote += [SetReg("out_port", remote_rep[chassis]), Resubmit("deliver")]
+        if provider:
+            to_remote = [SetReg("out_port", LOCALNET), Resubmit("deliver")]
         match = {"network": net.unique_key, "eth_dst": MULTICAST}
         tunnel_in = dict(match, from_tunnel=1)
-        return [
+        flows = [
             Flow.make("l2_lookup", 200, match, tuple(to_local + to_remote), owner),
             Flow.make("l2_lookup", 210, tunnel_in, tuple(to_local), owner),
         ]
+        if provider:  # unknown unicast from a local port: a host on the physical network
+            flows.append(Flow.make("l2_lookup", 1, {"network": net.unique_key, "from_tunnel": 0},
+                                   (SetReg("out_port", LOCALNET), Goto("deliver")), owner))
+        return flows

@@ -15,6 +15,12 @@ A frame sent to a router interface MAC (l2_lookup) enters l3_lookup with the rou
   ICMP time exceeded -- both built by this app's packet-in handler, rate-limited per chassis
   by a token bucket (as routers do: RFC 1812 4.3.2.8), the punts policed by a meter.
 
+Onto a provider network (flat, VLAN) a routed frame for a port on another chassis leaves
+through the physical network: its source MAC is this chassis' own (``chassis_mac``, as
+Neutron DVR's per-host MAC), so the physical switches never see the router MAC behind
+several ports. A router with an external gateway sends what matches no interface subnet and
+no route (IPv4) on to the NAT stages (apps/nat.py) instead of answering net unreachable.
+
 Reactive mode (``[controller] l3_mode = reactive``): no host flows up front; a packet for an
 attached subnet goes to the controller, which records the destination ("learned"), so this
 app compiles its host flow with an idle timeout, and re-injects the packet. When OVS expires
@@ -44,6 +50,7 @@ from dragonflow.pipeline.flow import (
     Flow,
     Goto,
     Meter,
+    Next,
     SetField,
     SetReg,
     ToController,
@@ -60,6 +67,7 @@ PUNT = (Meter("punt"), ToController())
 ETH = {4: 0x0800, 6: 0x86DD}
 DST = {4: "ipv4_dst", 6: "ipv6_dst"}
 PRIO_HOST = 300  # above every prefix (100 + up to 128)
+PROVIDER_TYPES = ("flat", "vlan")
 
 
 def prefix_priority(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
@@ -124,8 +132,12 @@ class L3App:
                         continue
                     v = fip.ip_address.version
                     match = {"router": router.unique_key, "eth_type": ETH[v], DST[v]: ip}
+                    src = rp.mac
+                    if (net.network_type in PROVIDER_TYPES and view.facts.chassis_mac
+                            and view.ofport(port.id) is None):
+                        src = view.facts.chassis_mac  # leaves on the physical network
                     flows.append(Flow.make("l3_lookup", PRIO_HOST, match,
-                                           route_to_port(rp.mac, port, net.unique_key), owner,
+                                           route_to_port(src, port, net.unique_key), owner,
                                            idle_timeout=idle))
         return flows
 
@@ -136,8 +148,11 @@ class L3App:
         rkey = router.unique_key
         flows = []
         for v in (4, 6):  # not in any attached subnet, no route: net unreachable
+            outside: tuple[Action, ...] = PUNT
+            if v == 4 and router.gateway is not None and router.gateway.ip_address.version == 4:
+                outside = (Next(),)  # the default route: out of the external gateway
             flows.append(Flow.make("l3_lookup", 1, {"router": rkey, "eth_type": ETH[v]},
-                                   PUNT, owner))
+                                   outside, owner))
         for rp in router.ports:
             for cidr in rp.cidrs:
                 v = cidr.version

@@ -5,6 +5,14 @@ classify: a local port's ofport -> (in_port key, network key), on to the ARP res
 egress:   out_port of a local port -> its ofport; out_port of a remote port -> encapsulate
           towards its chassis with the network's VNI (never for packets from a tunnel).
 
+Provider networks (flat, VLAN; ``[controller] bridge_mappings``): the patch to the bridge of
+the network's physical network is the network's "localnet" on this chassis. From it, a
+frame of the network (untagged for flat, its VLAN tag for VLAN, popped here) is classified
+as from outside (``from_tunnel``: never sent back out, flooded to local ports only) and goes
+to L2 lookup; towards it go frames for the network's ports on other chassis and for
+``LOCALNET`` (a broadcast's one copy, unknown unicast), tagged at the boundary. Nothing of
+a provider network goes into a tunnel: its chassis meet on the physical network.
+
 The hold: a booting VM asks for its address (DHCPv4 DISCOVER, DHCPv6 SOLICIT, router
 solicitation) the moment its interface is up, often before this chassis has installed its
 port's flows; classify has no flow for that ofport yet and the request would be lost, the
@@ -24,14 +32,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from dragonflow.apps.base import network_part_owners, scoped_network_parts, split_owner
+from dragonflow.model import Network
 from dragonflow.ovs.ofchannel import PacketIn
+from dragonflow.pipeline.fields import LOCALNET
 from dragonflow.pipeline.flow import (
+    Action,
     Flow,
     Goto,
     Meter,
     Next,
     Output,
     OutputTunnel,
+    PopVlan,
+    PushVlan,
+    SetField,
     SetReg,
     ToController,
 )
@@ -40,6 +54,23 @@ from dragonflow.pipeline.stages import MeterDecl, Stage, fields
 from dragonflow.pipeline.topology import OwnersView, Topology, View
 
 TUNNEL_TYPES = ("vxlan", "geneve", "gre")
+PROVIDER_TYPES = ("flat", "vlan")
+VLAN_PRESENT = 0x1000  # OFPVID_PRESENT: vlan_vid of a tagged frame is VLAN_PRESENT | id
+
+
+def wire_vlan(net: Network) -> int:
+    """vlan_vid of the network's frames on its physical network (0: untagged)."""
+    if net.network_type == "vlan" and net.segmentation_id is not None:
+        return VLAN_PRESENT | net.segmentation_id
+    return 0
+
+
+def to_physnet(net: Network, patch: int) -> tuple[Action, ...]:
+    """Out of the patch to the network's physical network, tagged if it is a VLAN."""
+    vid = wire_vlan(net)
+    if vid:
+        return (PushVlan(), SetField("vlan_vid", vid), Output(patch))
+    return (Output(patch),)
 HOLD_OWNER = "hold/unwired"
 # what a booting VM sends first to get an address: DHCPv4, DHCPv6, router solicitation
 HOLD_MATCHES = (
@@ -56,8 +87,8 @@ class PhysicalApp:
     name = "physical"
     stages = (
         Stage("classify", physical=True,
-              matches=fields("in_ofport", "tunnel_id", "eth_type", "ip_proto", "udp_src",
-                             "udp_dst", "icmpv6_type"),
+              matches=fields("in_ofport", "tunnel_id", "vlan_vid", "eth_type", "ip_proto",
+                             "udp_src", "udp_dst", "icmpv6_type"),
               sets=fields("network", "in_port", "from_tunnel"), goto=("l2_lookup",),
               punt=True, miss="drop",
               doc="ofport -> logical in_port + network; tunnel VNI -> network; address "
@@ -67,7 +98,8 @@ class PhysicalApp:
                   "acting on the destination port (ingress security) sit between it and "
                   "egress"),
         Stage("egress", physical=True, after=("classify", "l2_lookup", "l3_lookup"),
-              matches=fields("out_port", "from_tunnel", "network"), miss="drop",
+              matches=fields("out_port", "from_tunnel", "network"), sets=fields("vlan_vid"),
+              miss="drop",
               doc="out_port -> local ofport, or encapsulate to the port's chassis"),
     )
 
@@ -83,7 +115,9 @@ class PhysicalApp:
     part_owners = staticmethod(network_part_owners)
 
     def owners(self, topo: OwnersView) -> set[str]:
-        return {f"network/{n}" for n in topo.local_networks} | {HOLD_OWNER}
+        # (the patches are set before the first compile: listing them needs no dependency)
+        physnets = {f"physnet/{p}" for p in topo.facts.phys_ofports}
+        return {f"network/{n}" for n in topo.local_networks} | {HOLD_OWNER} | physnets
 
     def compile(self, view: View, owner: str) -> list[Flow]:
         table, obj_id = split_owner(owner)
@@ -92,6 +126,10 @@ class PhysicalApp:
                     for m in HOLD_MATCHES]
         if table == "network":
             return self._tunnel_in(view, obj_id, owner)
+        if table == "physnet":  # what no local provider network takes: dropped, never held
+            patch = view.phys_ofport(obj_id)
+            return [] if patch is None else [
+                Flow.make("classify", 50, {"in_ofport": patch}, (), owner)]
         port = view.port(obj_id)
         net = view.network(port.network_id) if port else None
         if port is None or net is None or not (
@@ -107,6 +145,12 @@ class PhysicalApp:
             ]
         if port.binding is None or port.binding.kind != "chassis":
             return []
+        if net.network_type in PROVIDER_TYPES:  # its chassis meet on the physical network
+            patch = view.phys_ofport(net.physical_network)
+            if patch is None or port.binding.chassis_id == view.facts.chassis_id:
+                return []
+            return [Flow.make("egress", 100, {"out_port": port.unique_key, "from_tunnel": 0},
+                              to_physnet(net, patch), owner)]
         chassis = view.chassis(port.binding.chassis_id)
         if (chassis is None or chassis.id == view.facts.chassis_id
                 or net.network_type not in TUNNEL_TYPES
@@ -120,7 +164,11 @@ class PhysicalApp:
 
     def _tunnel_in(self, view: View, net_id: str, owner: str) -> list[Flow]:
         net = view.network(net_id)
-        if net is None or not view.is_local_network(net_id) or net.network_type not in TUNNEL_TYPES:
+        if net is None or not view.is_local_network(net_id):
+            return []
+        if net.network_type in PROVIDER_TYPES:
+            return self._localnet(view, net, owner)
+        if net.network_type not in TUNNEL_TYPES:
             return []
         ofport = view.tunnel_ofport(net.network_type)
         if ofport is None or net.segmentation_id is None:
@@ -130,11 +178,27 @@ class PhysicalApp:
                           (SetReg("network", net.unique_key), SetReg("from_tunnel", 1),
                            Goto("l2_lookup")), owner)]
 
+    def _localnet(self, view: View, net: Network, owner: str) -> list[Flow]:
+        """The provider network's frames from its physical network, and to it."""
+        patch = view.phys_ofport(net.physical_network)
+        if patch is None:
+            return []
+        vid = wire_vlan(net)
+        strip: tuple[Action, ...] = (PopVlan(),) if vid else ()
+        return [
+            Flow.make("classify", 100, {"in_ofport": patch, "vlan_vid": vid},
+                      (*strip, SetReg("network", net.unique_key), SetReg("from_tunnel", 1),
+                       Goto("l2_lookup")), owner),
+            Flow.make("egress", 100, {"out_port": LOCALNET, "network": net.unique_key,
+                                      "from_tunnel": 0}, to_physnet(net, patch), owner),
+        ]
+
     # --- the hold ------------------------------------------------------------------------
     def packet_in(self, topo: Topology, stage: str, pin: PacketIn) -> Answer:
         """An address request from an ofport classify does not know: kept for its port."""
         ofport = pin.in_port
-        if ofport is None or ofport in topo.facts.tunnel_ofports.values():
+        if (ofport is None or ofport in topo.facts.tunnel_ofports.values()
+                or ofport in topo.facts.phys_ofports.values()):
             return Answer()  # a tunnel's unknown VNI is not a booting VM
         now = self.clock()
         self._expire(now)

@@ -8,7 +8,9 @@ Zones: one per local port (as OVN): its OpenFlow port number on this chassis' br
 (``zone_of``). That number is unique on the bridge, never 0, below 65,280 (OVS allocates
 ofports under OFPP_MAX), so it fits the 16-bit zone without folding, and it stays the port's
 across a controller restart (OVS keeps an interface's ofport) -- nothing to allocate or
-persist. (Zones 65,280..65,535 stay free for chassis-wide uses such as SNAT.) So the packets
+persist. (A port plugged at ofport 49,152 or above gets no zone -- its owner fails, the port
+is not reported ACTIVE: zones 0xC000..0xFEFF are the routers' NAT zones, 0xFF00.. stay free
+for other chassis-wide uses.) So the packets
 of one port's connections never share conntrack state with another port's, whatever their
 networks or addresses (two networks with the same CIDR included), and a connection between
 two ports on one chassis is checked twice: by the sender's egress rules in the sender's zone
@@ -99,7 +101,9 @@ DIRECTIONS = {"egress": ("secgroup_out_ct", "secgroup_out", "in_port", "dst"),
               "ingress": ("secgroup_in_ct", "secgroup_in", "out_port", "src")}
 
 
-ZONE_RESERVED = 0xFF00  # OFPP_MAX: zones from here up are never a port's
+# zones from here up are never a port's: 0xC000..0xFEFF are routers' NAT zones
+# (pipeline/topology.py NAT_ZONES), 0xFF00.. free for chassis-wide use
+ZONE_RESERVED = 0xC000
 
 
 def zone_of(ofport: int) -> int:

@@ -46,6 +46,7 @@ from dragonflow.pipeline.topology import (
     ChassisFacts,
     DepKey,
     Topology,
+    chassis_mac,
     relevance_scope_id,
     relevance_scopes,
 )
@@ -87,6 +88,9 @@ class ControllerConfig:
     heartbeat_interval: float = 10.0
     external_host_ip: str | None = None
     bridge_mappings: dict[str, str] = field(default_factory=dict)
+    gateway: bool = False  # may host routers' external gateways (SNAT)
+    gateway_heartbeat_interval: float = 0.5
+    gateway_dead_time: float = 2.0
     datapath_id: str | None = None
     l3_mode: str = "proactive"
     reactive_idle_timeout: int = 30
@@ -147,7 +151,9 @@ class LocalController:
                                           rs_rate_per_port=cfg.rs_rate_per_port,
                                           rs_burst_per_port=cfg.rs_burst_per_port,
                                           metadata_syn_rate=cfg.metadata_syn_rate,
-                                          metadata_syn_burst=cfg.metadata_syn_burst))
+                                          metadata_syn_burst=cfg.metadata_syn_burst,
+                                          chassis_mac=chassis_mac(cfg.chassis_id),
+                                          gateway=cfg.gateway))
         self.engine = Engine(apps(), self.topo)  # assembles + checks the pipeline
         self.pipeline = self.engine.pipeline
         LOG.info("%s: pipeline\n%s", cfg.chassis_id, self.pipeline.describe())
@@ -162,6 +168,7 @@ class LocalController:
         # local ports whose NB status must be looked at after the next install (None: all)
         self._recheck: set[str] | None = set()
         self._beat_now = threading.Event()  # wakes the heartbeat thread early
+        self._watch_gateways = False  # a local router has a gateway: watch liveness
         self._sub: Subscription | None = None
         self.nbw = NbWorker(nb, cfg.chassis_id, self._q.put)
         # packet-ins have their own bounded queue and a per-iteration budget: a storm of
@@ -197,12 +204,15 @@ class LocalController:
             self.cfg.integration_bridge, self.cfg.datapath_type, self.cfg.tunnel_types,
             f"punix:{self.cfg.of_socket}", self.cfg.datapath_id)
         self._apply_touched(self.topo.set_tunnel_ofports(tunnels))
+        self._apply_touched(self.topo.set_phys_ofports(self._ovsdb.ensure_physical_bridges(
+            self.cfg.integration_bridge, self.cfg.datapath_type, self.cfg.bridge_mappings)))
         self._initial_sync()
         self.nbw.sub = self._sub
         self.nbw.start(f"df-{self.cfg.chassis_id}-nb")
         self._ovsdb.watch_interfaces(lambda ch: self._q.put(("iface", ch)))
         self._spawn(self._loop, "loop")
         self._spawn(self._heartbeat, "heartbeat")
+        self._spawn(self._gateway_watch, "gateways")
         for name, app in self.engine.apps.items():
             if callable(getattr(app, "periodic", None)):
                 self._spawn(functools.partial(self._ticker, name, app), f"tick-{name}")
@@ -235,7 +245,7 @@ class LocalController:
             "id": self.cfg.chassis_id, "ip": self.cfg.tunnel_ip,
             "tunnel_types": list(self.cfg.tunnel_types),
             "external_host_ip": self.cfg.external_host_ip,
-            "bridge_mappings": dict(self.cfg.bridge_mappings)})
+            "bridge_mappings": dict(self.cfg.bridge_mappings), "gateway": self.cfg.gateway})
         for _ in range(5):
             cur = self.nb.get(Chassis, c.id)
             try:
@@ -294,6 +304,8 @@ class LocalController:
                 return True
             if kind == "obj" and (key[1] == "router" or (key[1] == "port" and key[2] in local)):
                 return True
+            if kind == "obj" and key[1] == "network" and self.topo.facts.gateway:
+                return True  # an external network of its physnets: followed
         return False
 
     def _ensure_scopes(self, touched: set[DepKey]) -> set[DepKey]:
@@ -396,8 +408,11 @@ class LocalController:
     def _heartbeat(self) -> None:
         """Liveness, written from this thread (never through the loop); early when the loop
         saw our chassis record go (``_beat_now``)."""
+        every = self.cfg.heartbeat_interval
+        if self.cfg.gateway:  # its liveness decides SNAT failover: beat faster
+            every = min(every, self.cfg.gateway_heartbeat_interval)
         while True:
-            self._beat_now.wait(self.cfg.heartbeat_interval)
+            self._beat_now.wait(every)
             self._beat_now.clear()
             if self._stopping.is_set():
                 return
@@ -405,6 +420,37 @@ class LocalController:
                 self._beat()
             except Exception:  # never let liveness die with one bad beat
                 LOG.exception("%s: heartbeat failed; next beat retries", self.cfg.chassis_id)
+
+    def _gateway_watch(self) -> None:
+        """While a local router has an external gateway: which chassis are alive, from the
+        NB's liveness records, for the gateway ranking (apps/nat.py). A chassis is alive
+        while its heartbeat value keeps changing (judged by this node's clock: no clock
+        sync needed); one not seen changing for ``gateway_dead_time`` is dead. Changes go
+        to the loop as ("live", chassis ids)."""
+        dead_after = self.cfg.gateway_dead_time
+        seen: dict[str, tuple[float, float]] = {}  # chassis -> (beat value, when it moved)
+        alive: frozenset[str] | None = None
+        while not self._stopping.wait(min(0.25, dead_after / 4)):
+            if not self._watch_gateways:
+                alive = None
+                continue
+            try:
+                beats = self.nb.liveness()
+            except Exception as e:  # NB away: judge nobody until it answers again
+                LOG.warning("%s: gateway liveness not read: %s", self.cfg.chassis_id, e)
+                continue
+            now, wall = time.monotonic(), time.time()
+            for cid, at in beats.items():
+                old = seen.get(cid)
+                if old is None:  # first sight: as old as its (wall clock) beat says
+                    seen[cid] = (at, now - max(0.0, wall - at))
+                elif old[0] != at:
+                    seen[cid] = (at, now)
+            now_alive = frozenset(c for c, (_, moved) in seen.items()
+                                  if now - moved < dead_after)
+            if now_alive != alive:
+                alive = now_alive
+                self._q.put(("live", now_alive))
 
     # --- the loop --------------------------------------------------------------------
     def _loop(self) -> None:
@@ -485,6 +531,7 @@ class LocalController:
         self._sync_switch()
         for answer in answers:  # sent with the flows of this very iteration installed
             self._send(answer)
+        self._watch_gateways = bool(self.topo.facts.nat_zones)
         return True
 
     def _apply_event(self, kind: str, payload: Any, answers: list[Answer]
@@ -534,6 +581,8 @@ class LocalController:
             return touched
         elif kind == "flow_removed":
             return self._flow_removed(payload)
+        elif kind == "live":
+            return self.topo.set_live(payload)
         elif kind == "periodic":
             app = self.engine.apps.get(payload)
             if app is not None and self._of_up:
@@ -657,6 +706,7 @@ class LocalController:
             ports = None if everything else touched | {("physical", f"port/{p}")
                                                        for p in recheck or ()}
             self._report_port_status(ports)
+            self._installed(None if everything else touched)
         with self.synced:
             self.generation += 1
             self.synced.notify_all()
@@ -787,6 +837,36 @@ class LocalController:
                 self._set_status(pid, "ACTIVE")
             elif not ok and pid in self._active:
                 self._set_status(pid, "DOWN")
+
+    def _installed(self, touched: set[tuple[str, str]] | None) -> None:
+        """Tell the apps with an ``installed`` hook which of their owners were just
+        (re)compiled (all of them after a full install) and are now in the switch: e.g.
+        NAT announces the addresses it now answers for and reports floating IPs."""
+        table, engine = self.engine.table, self.engine
+        for name, app in engine.apps.items():
+            hook = getattr(app, "installed", None)
+            if hook is None:
+                continue
+            mine = ({o for a, o in touched if a == name} if touched is not None
+                    else {o for a, o in table.contrib if a == name})
+            if not mine:
+                continue
+
+            def works(owner: str, name: str = name) -> bool:
+                return (name, owner) in table.contrib and (name, owner) not in \
+                    table.rejected and (name, owner) not in engine.failed
+            try:
+                answer: Answer = hook(self.topo, mine, works)
+            except Exception:
+                LOG.exception("%s: %s.installed failed", self.cfg.chassis_id, name)
+                continue
+            self._send(answer)
+            for tbl, obj_id, status in answer.statuses:
+                # DOWN only from the chassis that still serves it (a floating IP moving
+                # with its VM: the old chassis' goodbye must not undo the new one's ACTIVE)
+                gone = status != "ACTIVE" and (name, f"fip/{obj_id}") not in engine.flows
+                if tbl == "floatingip" and not gone and hasattr(self.nbw, "set_fip_status"):
+                    self.nbw.set_fip_status(obj_id, status)  # TODO-helper
 
     def _set_status(self, port_id: str, status: str) -> None:
         """The loop's wish; the NB worker writes it (coalesced, retried, off the loop)."""

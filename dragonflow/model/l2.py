@@ -59,6 +59,7 @@ class Chassis(NbObject):
                                                 non_empty=True))
     external_host_ip: IPAddress | None = fld(OPT_IP, None)
     bridge_mappings: tuple[tuple[str, str], ...] = fld(PairsOf(Ident(), Ident()), ())
+    gateway: bool = fld(BOOL, False)  # may host routers' external gateways (SNAT)
 
     def _check(self) -> None:
         if self.topic:

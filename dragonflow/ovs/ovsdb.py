@@ -373,6 +373,53 @@ class Ovsdb:
         self._run(_ensure_bridge(spec), wait_vswitchd=True)
         return self._wait_tunnel_ofports(types)
 
+    def ensure_physical_bridges(self, integration: str, datapath_type: str,
+                                mappings: Mapping[str, str]) -> dict[str, int]:
+        """For each ``physnet -> bridge`` mapping: the bridge (created if missing, as a
+        standalone learning switch of ``datapath_type``; an existing one is left as the
+        operator made it, never flushed) and a patch-port pair between it and the
+        integration bridge (``dfi-<bridge>`` on the integration side, external_ids
+        df-physnet=<physnet>; ``dfp-<integration>`` on the other). One transaction, only
+        what differs; waits for the ofports and returns {physnet: ofport on integration}."""
+        names = {phys: (f"dfi-{br}"[:15], f"dfp-{integration}"[:15], br)
+                 for phys, br in mappings.items()}
+
+        def run(api: Any, txn: Any) -> None:
+            ovs_rows = list(api.tables["Open_vSwitch"].rows.values())
+            brint = idlutils.row_by_value(api.idl, "Bridge", "name", integration, None)
+            if brint is None or not ovs_rows:
+                raise OvsdbError(f"integration bridge {integration} does not exist")
+            for phys, (int_side, phy_side, brname) in sorted(names.items()):
+                br = idlutils.row_by_value(api.idl, "Bridge", "name", brname, None)
+                if br is None:
+                    br = txn.insert(api.tables["Bridge"])
+                    br.name = brname
+                    br.datapath_type = datapath_type
+                    ovs_rows[0].addvalue("bridges", br)
+                    _add_port(api, txn, br, brname, {"type": "internal"})
+                for bridge, name, peer, ids in ((brint, int_side, phy_side,
+                                                 {"df-physnet": phys}),
+                                                (br, phy_side, int_side, {})):
+                    port = idlutils.row_by_value(api.idl, "Port", "name", name, None)
+                    cols = {"type": "patch", "options": {"peer": peer}, "external_ids": ids}
+                    if port is None:
+                        _add_port(api, txn, bridge, name, cols)
+                        continue
+                    if port not in bridge.ports:
+                        raise OvsdbError(f"port {name} exists on another bridge than "
+                                         f"{bridge.name}")
+                    iface = port.interfaces[0]
+                    if iface.type != "patch":
+                        iface.type = "patch"
+                    if dict(iface.options) != cols["options"]:
+                        iface.options = cols["options"]
+                    if dict(iface.external_ids) != ids:
+                        iface.external_ids = ids
+
+        if names:
+            self._run(run, wait_vswitchd=True)
+        return {phys: self._wait_ofport(int_side) for phys, (int_side, _, _) in names.items()}
+
     def _wait_tunnel_ofports(self, types: Sequence[str]) -> dict[str, int]:
         deadline = time.monotonic() + self.timeout
         names = {TUNNEL_PORT_NAMES[t]: t for t in types}

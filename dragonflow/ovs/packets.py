@@ -96,3 +96,50 @@ def icmp_error(req: Parsed, kind: str, src_mac: str, src_ip: str) -> bytes:
     pkt.add_protocol(body)
     pkt.serialize()
     return bytes(pkt.data)
+
+
+# --- ARP on external networks (apps/nat.py) ----------------------------------------------
+@dataclass(frozen=True)
+class Arp:
+    op: int  # 1 request, 2 reply
+    sha: str
+    spa: str
+    tha: str
+    tpa: str
+
+
+def parse_arp(data: bytes) -> Arp | None:
+    """The ARP message in ``data`` (a frame, VLAN tag or not); None if it is none."""
+    from os_ken.lib.packet import arp
+
+    msg = packet.Packet(data).get_protocol(arp.arp)
+    if msg is None:
+        return None
+    return Arp(msg.opcode, msg.src_mac, str(msg.src_ip), msg.dst_mac, str(msg.dst_ip))
+
+
+def arp_request(src_mac: str, src_ip: str, target_ip: str, vlan: int = 0) -> bytes:
+    """A broadcast ARP request for ``target_ip`` from (src_mac, src_ip); a gratuitous ARP
+    (an announcement) when ``target_ip == src_ip``. Tagged with VLAN id ``vlan`` if > 0."""
+    from os_ken.lib.packet import arp
+
+    bcast = "ff:ff:ff:ff:ff:ff"
+    tha = "00:00:00:00:00:00"
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst=bcast, src=src_mac, ethertype=ether.ETH_TYPE_ARP))
+    pkt.add_protocol(arp.arp(opcode=arp.ARP_REQUEST, src_mac=src_mac, src_ip=src_ip,
+                             dst_mac=tha, dst_ip=target_ip))
+    pkt.serialize()
+    return tagged(bytes(pkt.data), vlan)
+
+
+def tagged(frame: bytes, vlan: int) -> bytes:
+    """``frame`` with an 802.1Q header for VLAN id ``vlan`` (unchanged for 0)."""
+    if not vlan:
+        return frame
+    return frame[:12] + (0x8100).to_bytes(2, "big") + (vlan & 0xFFF).to_bytes(2, "big") \
+        + frame[12:]
+
+
+def with_eth_dst(frame: bytes, mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", "")) + frame[6:]

@@ -64,6 +64,10 @@ LOGICAL_FIELDS: dict[str, LogicalField] = {f.name: f for f in (
     LogicalField("zone", "reg13", 0, 16, "conntrack zone of the packet's logical port"),
     LogicalField("snat_zone", "reg13", 16, 16, "conntrack zone for SNAT of the router"),
 )}
+# out_port of a frame for the network's physical network on this chassis (a provider
+# network's "localnet": the patch to the bridge its physical network is mapped to); no port
+# unique key reaches it (keys count up from 1)
+LOCALNET = 0xFFFF_FFF0
 # Flag bits reg10[2..15] are reserved for named flags; add them to LOGICAL_FIELDS as 1-bit
 # fields (as from_tunnel) when a service needs one.
 

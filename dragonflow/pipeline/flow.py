@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dragonflow.ovs.flows import Conjunction, CtClear, Nat, SetQueue
+from dragonflow.ovs.flows import Conjunction, CtClear, Nat, PopVlan, PushVlan, SetQueue
 
-__all__ = ["Conjunction", "CtClear", "Nat", "SetQueue"]  # ovs values valid as logical too
+__all__ = ["Conjunction", "CtClear", "Nat", "PopVlan", "PushVlan", "SetQueue"]  # ovs values valid as logical too
 
 MatchValue = int | str | tuple[int, int] | tuple[str, str]
 MatchSpec = Mapping[str, Any]
@@ -132,7 +132,8 @@ class Ct:
 NEXT = "<next>"  # Ct(table=NEXT): recirculate into the next stage
 
 Action = (Goto | Next | Resubmit | SetReg | SetField | Move | DecTtl | OutputInPort | Output
-          | OutputTunnel | ToController | Meter | Ct | CtClear | Conjunction | SetQueue)
+          | OutputTunnel | ToController | Meter | Ct | CtClear | Conjunction | SetQueue
+          | PushVlan | PopVlan)
 
 
 @dataclass(frozen=True, slots=True)

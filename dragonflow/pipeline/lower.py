@@ -94,6 +94,9 @@ def punt_origin(match: dict) -> int | None:
 ACTION_MEMO = 16384  # lowered action lists remembered (forgotten all at once when full)
 
 
+# actions after which the packet goes on elsewhere before the flow's instructions apply
+_LEAVES = (lf.Ct, lf.ToController, lf.Resubmit)
+
 class Lowering:
     def __init__(self, pipeline: Pipeline) -> None:
         self.p = pipeline
@@ -245,9 +248,15 @@ class Lowering:
                     raise bad(f"stage {stage.name} does not declare setting {a.field!r}")
                 if not isinstance(a.value, int) or not 0 <= a.value < 1 << target.nbits:
                     raise bad(f"{a.field}={a.value!r} does not fit {target.nbits} bits")
-                if target.register == "metadata":
+                if target.register == "metadata" and not any(
+                        isinstance(x, _LEAVES) for x in f.actions[i:]):
                     meta_value |= a.value << target.ofs
                     meta_mask |= target.mask
+                elif target.register == "metadata":  # a ct() / punt / resubmit after it
+                    # takes the packet on before the write_metadata instruction (applied
+                    # at the end of the flow): written as an action instead
+                    actions.append(of.Load(target.register, a.value, target.ofs,
+                                           target.nbits))
                 elif target.whole:
                     actions.append(of.SetField(target.register, a.value))
                 else:
@@ -292,6 +301,10 @@ class Lowering:
             elif isinstance(a, lf.Ct):
                 actions.append(self._ct(bad, o, a))
             elif isinstance(a, (of.CtClear, of.Conjunction, of.SetQueue)):
+                actions.append(a)
+            elif isinstance(a, (of.PushVlan, of.PopVlan)):
+                if not stage.physical:  # a VLAN tag exists only on the wire
+                    raise bad(f"action {i} is physical; stage {stage.name} is not")
                 actions.append(a)
             elif isinstance(a, (lf.Output, lf.OutputTunnel)):
                 if not stage.physical:

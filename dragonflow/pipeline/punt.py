@@ -26,6 +26,8 @@ class Answer:
     # frame that never went through the flows of its port (held before they existed)
     replay: list[tuple[int, bytes]] = field(default_factory=list)
     touched: set[DepKey] = field(default_factory=set)
+    # (NB table, id, status) an app reports for objects it serves (e.g. floating IPs)
+    statuses: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass

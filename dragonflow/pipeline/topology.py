@@ -26,10 +26,17 @@ Dependency keys:
                               network those routers reach (routed networks)
     ("learned", router_id, ip) reactive L3: whether this router has seen destination ip
     ("metadata",)             the local metadata service's interface (ofport, MAC)
+    ("physnet", name)         the ofport of this chassis' patch to a physical network
+    ("gateway_chassis",)      the gateway-capable chassis (any Chassis object changed)
+    ("gateways",)             which gateway-capable chassis are alive
+    ("local_fips",)           the floating IPs of this chassis' ports
+    ("neigh", net_id)         the neighbours (IP -> MAC) learned on an external network
+    ("nat_zone", router_id)   the conntrack zone of a router's NAT on this chassis
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -86,6 +93,32 @@ class ChassisFacts:
     metadata_mac: str | None = None
     metadata_syn_rate: int = 20
     metadata_syn_burst: int = 40
+    # provider networks: physical network -> ofport of its patch on the integration bridge
+    phys_ofports: dict[str, int] = field(default_factory=dict)
+    chassis_mac: str = ""  # source MAC of what a router here sends onto a provider network
+    gateway: bool = False  # this chassis may host routers' external gateways (SNAT)
+    live_chassis: frozenset[str] = frozenset()  # gateway-capable chassis heard lately
+    # (external network, IPv4 address) -> MAC, learned from ARP on that network
+    neighbours: dict[tuple[str, str], str] = field(default_factory=dict)
+    nat_zones: dict[str, int] = field(default_factory=dict)  # router -> its NAT zone here
+
+
+NAT_ZONES = range(0xC000, 0xFF00)  # routers' conntrack zones (ports' are their ofports)
+
+
+def chassis_mac(chassis_id: str) -> str:
+    """The source MAC of frames a distributed router emits onto a provider network from
+    this chassis (as Neutron DVR's per-host MAC): every chassis its own, so the physical
+    network never sees one router MAC behind several ports. Locally administered, derived
+    from the chassis id: the same on every restart, nothing to configure or store."""
+    h = hashlib.sha256(chassis_id.encode()).digest()
+    return f"fa:16:3f:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
+
+
+def gateway_rank(router_id: str, chassis_id: str) -> bytes:
+    """Rendezvous (highest random weight) ranking of gateway chassis for a router: every
+    controller computes the same order, a chassis coming or going moves only its routers."""
+    return hashlib.sha256(f"{router_id}/{chassis_id}".encode()).digest()
 
 
 class Topology:
@@ -101,6 +134,9 @@ class Topology:
         self._nets_dirty = False
         self._new_indexes()
         self._local_networks: frozenset[str] = frozenset()
+        self._base_networks: frozenset[str] = frozenset()  # networks with a local port
+        self._hosted: frozenset[str] = frozenset()  # routers whose gateway may be here
+        self.fips_by_port: dict[str, set[str]] = defaultdict(set)
         self._local_routers: frozenset[str] = frozenset()
         self._routed_networks: frozenset[str] = frozenset()
 
@@ -198,6 +234,10 @@ class Topology:
             local = obj_id in self.facts.ofports
             touched |= self._set_group_local(obj_id, cur, obj, local, local)
             touched |= self._set_net_local(cur, obj, local, local)
+        if isinstance(cur, FloatingIP) or isinstance(obj, FloatingIP):
+            touched |= self._index_fip(obj_id, cur, obj)
+        if isinstance(cur, Chassis) or isinstance(obj, Chassis):
+            touched.add(("gateway_chassis",))
         if isinstance(cur, Subnet):
             touched |= self._index_subnet(cur, False)
         if isinstance(obj, Subnet):
@@ -226,9 +266,23 @@ class Topology:
                     self.group_port_owners[g].add(f"port/{obj_id}")
                     self._frozen.pop(("group", g), None)
                     touched.add(("group_ports", g))
-        if isinstance(obj, Router) or isinstance(cur, Router):
+        if (isinstance(obj, (Router, Network)) or isinstance(cur, (Router, Network))
+                or isinstance(obj, Chassis) and obj.id == self.facts.chassis_id):
             return touched | self._refresh_local_networks(force_l3=True)
         return touched | self._refresh_local_networks()
+
+    def _index_fip(self, fip_id: str, cur: NbObject | None, new: NbObject | None
+                   ) -> set[DepKey]:
+        for f in (cur, new):
+            if isinstance(f, FloatingIP) and f.port_id is not None:
+                (self.fips_by_port[f.port_id].add if f is new
+                 else self.fips_by_port[f.port_id].discard)(fip_id)
+        return {("local_fips",)}
+
+    @property
+    def local_fips(self) -> frozenset[str]:
+        """Floating IPs associated with a port plugged on this chassis."""
+        return frozenset(f for p in self.facts.ofports for f in self.fips_by_port.get(p, ()))
 
     def replace_all(self, objs: Iterable[NbObject]) -> None:
         self.objs = defaultdict(dict)
@@ -237,6 +291,7 @@ class Topology:
         self.group_local = defaultdict(set)
         self.group_referrers = defaultdict(set)
         self.net_local = defaultdict(set)
+        self.fips_by_port = defaultdict(set)
         self._new_indexes()
         for o in objs:
             self.objs[o.TABLE][o.id] = o
@@ -256,6 +311,8 @@ class Topology:
             elif isinstance(o, SecurityGroup):
                 for r in _named_groups(o):
                     self.group_referrers[r].add(o.id)
+            elif isinstance(o, FloatingIP):
+                self._index_fip(o.id, None, o)
         self._nets_dirty = True
         self._refresh_local_networks(force_l3=True)
 
@@ -270,6 +327,8 @@ class Topology:
         port = self.objs["port"].get(port_id)
         groups = self._set_group_local(port_id, port, port, was, ofport is not None)
         nets = self._set_net_local(port, port, was, ofport is not None)
+        if self.fips_by_port.get(port_id):
+            nets.add(("local_fips",))
         return {("ofport", port_id)} | groups | nets | self._refresh_local_networks()
 
     def _set_net_local(self, cur: NbObject | None, new: NbObject | None, was_local: bool,
@@ -357,22 +416,95 @@ class Topology:
         return changed
 
     def _refresh_local_networks(self, force_l3: bool = False) -> set[DepKey]:
-        nets = self._local_networks
+        """Local networks: those with a port here, those of the routers whose gateway this
+        chassis may host (a gateway chassis routes their SNAT traffic), and the external
+        networks of local routers' gateways whose physical network is mapped here. Local
+        routers: those with an interface on a local network, and the hosted ones."""
+        base = self._base_networks
         if self._nets_dirty:  # a network gained its first local port or lost its last
-            nets, self._nets_dirty = frozenset(self.net_local), False
+            base, self._nets_dirty = frozenset(self.net_local), False
+        if base == self._base_networks and not force_l3:
+            return set()
+        self._base_networks = base
         touched: set[DepKey] = set()
-        if nets != self._local_networks:
-            self._local_networks = nets
+        hosted = self._hosted_gateways()
+        nets = set(base)
+        for rid in hosted:
+            nets |= {rp.network_id for rp in self.objs["router"][rid].ports}  # type: ignore[attr-defined]
+        routers = frozenset(
+            r.id for r in self.all(Router) if any(rp.network_id in nets for rp in r.ports))
+        routers |= hosted
+        for rid in routers:
+            gw = self.objs["router"][rid].gateway  # type: ignore[attr-defined]
+            net = self.get(Network, gw.network_id) if gw is not None else None
+            if net is not None and net.physical_network in self.facts.phys_ofports:
+                nets.add(net.id)
+        frozen = frozenset(nets)
+        if frozen != self._local_networks:
+            self._local_networks = frozen
             touched.add(("local_networks",))
-        if touched or force_l3:
-            routers = frozenset(
-                r.id for r in self.all(Router) if any(rp.network_id in nets for rp in r.ports))
-            routed = frozenset(rp.network_id for rid in routers
-                               for rp in self.objs["router"][rid].ports)  # type: ignore[attr-defined]
-            if (routers, routed) != (self._local_routers, self._routed_networks):
-                self._local_routers, self._routed_networks = routers, routed
-                touched.add(("l3_scope",))
+        routed = frozenset(rp.network_id for rid in routers
+                           for rp in self.objs["router"][rid].ports)  # type: ignore[attr-defined]
+        if (routers, routed, hosted) != (self._local_routers, self._routed_networks,
+                                         self._hosted):
+            self._local_routers, self._routed_networks = routers, routed
+            self._hosted = hosted
+            touched.add(("l3_scope",))
+        touched |= self._allocate_nat_zones(routers)
         return touched
+
+    def _hosted_gateways(self) -> frozenset[str]:
+        """Routers whose external gateway this chassis may host: it is gateway-capable and
+        maps the physical network of the router's external network."""
+        if not self.facts.gateway or not self.facts.phys_ofports:
+            return frozenset()
+        out = set()
+        for r in self.all(Router):
+            net = self.get(Network, r.gateway.network_id) if r.gateway is not None else None
+            if net is not None and net.physical_network in self.facts.phys_ofports:
+                out.add(r.id)
+        return frozenset(out)
+
+    def _allocate_nat_zones(self, routers: frozenset[str]) -> set[DepKey]:
+        """A NAT zone for each local router with a gateway, kept while it stays local (its
+        connections keep their state); the lowest free one for a new router."""
+        zones = self.facts.nat_zones
+        want = {rid for rid in routers
+                if self.objs["router"][rid].gateway is not None}  # type: ignore[attr-defined]
+        touched: set[DepKey] = set()
+        for rid in [r for r in zones if r not in want]:
+            del zones[rid]
+            touched.add(("nat_zone", rid))
+        free = iter(sorted(set(NAT_ZONES) - set(zones.values()))) if want - set(zones) else None
+        for rid in sorted(want - set(zones)):
+            zone = next(free, None) if free is not None else None
+            if zone is None:
+                break  # more gateway routers than zones: the rest get no NAT here
+            zones[rid] = zone
+            touched.add(("nat_zone", rid))
+        return touched
+
+    def set_phys_ofports(self, ofports: dict[str, int]) -> set[DepKey]:
+        """The patch ports to the physical networks (bridge_mappings) and their ofports."""
+        changed: set[DepKey] = {("physnet", p) for p in set(ofports) | set(self.facts.phys_ofports)
+                                if ofports.get(p) != self.facts.phys_ofports.get(p)}
+        self.facts.phys_ofports = dict(ofports)
+        return changed | (self._refresh_local_networks(force_l3=True) if changed else set())
+
+    def set_live(self, alive: frozenset[str]) -> set[DepKey]:
+        """The chassis whose heartbeat moved lately (the gateway watch); touches
+        ("gateways",) when a gateway-capable chassis died or came back."""
+        gateways = {c.id for c in self.all(Chassis) if c.gateway}
+        old = self.facts.live_chassis & gateways
+        self.facts.live_chassis = frozenset(alive)
+        return {("gateways",)} if alive & gateways != old else set()
+
+    def learn_neighbour(self, net_id: str, ip: str, mac: str) -> set[DepKey]:
+        """An external network's host ``ip`` is at ``mac`` (from ARP)."""
+        if self.facts.neighbours.get((net_id, ip)) == mac:
+            return set()
+        self.facts.neighbours[(net_id, ip)] = mac
+        return {("neigh", net_id)}
 
     # --- reads -----------------------------------------------------------------------
     @property
@@ -414,11 +546,16 @@ class Topology:
         networks of those routers, and the projects of its local ports (their security
         groups, floating IPs, QoS policies)."""
         nets = set(self.local_networks | self.routed_networks)
+        out: set[str] = set()
+        if self.facts.gateway:  # the external networks of its physnets and their routers
+            out |= {f"ext:{p}" for p in self.facts.phys_ofports}
+            nets |= {n.id for n in self.all(Network)
+                     if n.external and n.physical_network in self.facts.phys_ofports}
         for rid in self.local_routers:
             router = self.get(Router, rid)
             if router is not None and router.gateway is not None:
                 nets.add(router.gateway.network_id)
-        out = {f"net:{n}" for n in nets}
+        out |= {f"net:{n}" for n in nets}
         local = [p for pid in self.facts.ofports if (p := self.get(Port, pid)) is not None]
         out |= {f"project:{p.topic}" for p in local if p.topic}
         # the members of the groups of local ports and of the groups their rules name
@@ -462,7 +599,9 @@ def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
     scope of every network it has an interface or its gateway on; a floating IP in its
     external network's and its project's; chassis are global; anything else (security
     groups, QoS policies) in ``project:<project id>``."""
-    if isinstance(obj, Network):
+    if isinstance(obj, Network):  # an external one also in its physnet's ("ext:<physnet>")
+        if obj.external and obj.physical_network:
+            return (f"net:{obj.id}", f"ext:{obj.physical_network}")
         return (f"net:{obj.id}",)
     if isinstance(obj, Port):  # and the groups it is a member of (remote-group rules)
         return (f"net:{obj.network_id}", *(f"sg:{g}" for g in obj.security_groups))
@@ -485,7 +624,8 @@ def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
 def relevance_scope_id(scope: str) -> str:
     """The id every object of a relevance scope carries in its stored form: ``net:<id>``
     objects name the network (id, network_id, a router port's or gateway's network_id, a
-    floating IP's floating_network_id), ``project:<id>`` objects their project (topic),
+    floating IP's floating_network_id), ``ext:<physnet>`` networks their physical network,
+    ``project:<id>`` objects their project (topic),
     ``sg:<id>`` ports their security group, ``ag:<id>`` an address group its id."""
     return scope.split(":", 1)[1]
 
@@ -531,6 +671,11 @@ class OwnersView:
         ports come and go: listing them costs a copy, not a walk)."""
         self.deps.add(("net_ports", net_id))
         return self._t.frozen_owners("net", net_id, self._t.net_port_owners)
+
+    def local_fips(self) -> frozenset[str]:
+        """The floating IPs associated with ports plugged here."""
+        self.deps.add(("local_fips",))
+        return self._t.local_fips
 
     def group_port_owners(self, group_id: str) -> frozenset[str]:
         """The owners "port/<id>" of every known port in security group ``group_id``."""
@@ -612,6 +757,36 @@ class View:
     def tunnel_ofport(self, tunnel_type: str) -> int | None:
         self.deps.add(("tunnel", tunnel_type))
         return self._t.facts.tunnel_ofports.get(tunnel_type)
+
+    def phys_ofport(self, physnet: str | None) -> int | None:
+        """The ofport of the patch to ``physnet``'s bridge, if it is mapped here."""
+        if physnet is None:
+            return None
+        self.deps.add(("physnet", physnet))
+        return self._t.facts.phys_ofports.get(physnet)
+
+    def gateway_chassis(self, router_id: str, physnet: str) -> list[Chassis]:
+        """The live gateway-capable chassis that map ``physnet``, best first for
+        ``router_id`` (rendezvous ranking): the first one hosts its SNAT."""
+        self.deps |= {("gateway_chassis",), ("gateways",)}
+        live = self._t.facts.live_chassis
+        found = [c for c in self._t.all(Chassis)
+                 if c.gateway and c.id in live and c.bridge_for(physnet) is not None]
+        return sorted(found, key=lambda c: gateway_rank(router_id, c.id), reverse=True)
+
+    def neighbours(self, net_id: str) -> dict[str, str]:
+        """IPv4 address -> MAC of the hosts learned on external network ``net_id``."""
+        self.deps.add(("neigh", net_id))
+        return {ip: mac for (n, ip), mac in self._t.facts.neighbours.items() if n == net_id}
+
+    def nat_zone(self, router_id: str) -> int | None:
+        self.deps.add(("nat_zone", router_id))
+        return self._t.facts.nat_zones.get(router_id)
+
+    def fips_of_port(self, port_id: str) -> list[FloatingIP]:
+        self.deps.add(("local_fips",))
+        return [f for fid in sorted(self._t.fips_by_port.get(port_id, ()))
+                if (f := self.get(FloatingIP, fid)) is not None]
 
     def metadata_port(self) -> tuple[int, str] | None:
         """(ofport, MAC) of the local metadata service's interface, if it is plugged."""

@@ -28,6 +28,8 @@ from dragonflow.model import (
     Chassis,
     DhcpOpt,
     FixedIp,
+    FloatingIP,
+    Gateway,
     Network,
     Port,
     Router,
@@ -36,13 +38,15 @@ from dragonflow.model import (
 from dragonflow.sim.testbed import BR_INT, Node, Testbed, Vm
 
 
-def node_config(node: Node, tunnel_types: tuple[str, ...], l3_mode: str = "proactive"
+def node_config(node: Node, tunnel_types: tuple[str, ...], l3_mode: str = "proactive",
+                bridge_mappings: dict[str, str] | None = None, gateway: bool = False
                 ) -> ControllerConfig:
     return ControllerConfig(
         chassis_id=node.name, tunnel_ip=node.underlay_ip, tunnel_types=tunnel_types,
         integration_bridge=BR_INT, datapath_type="netdev", ovsdb_connection=node.db_target,
         ovs_rundir=str(node.rundir), heartbeat_interval=5.0,
-        datapath_id=f"{node.index + 1:016x}", l3_mode=l3_mode)
+        datapath_id=f"{node.index + 1:016x}", l3_mode=l3_mode,
+        bridge_mappings=dict(bridge_mappings or {}), gateway=gateway)
 
 
 @dataclass
@@ -72,15 +76,25 @@ class Deployment:
     metadata: dict[str, ControllerProcess] = field(default_factory=dict)  # df-metadata
     metadata_threads: dict[str, MetadataService] = field(default_factory=dict)  # embedded
     created: dict[str, float] = field(default_factory=dict)  # port id -> monotonic time
+    # node -> ({physnet: bridge}, gateway-capable): its [controller] bridge_mappings, gateway
+    edges: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)
 
     # --- nodes and controllers -------------------------------------------------------
-    def add_node(self, name: str, underlay_ip: str) -> Node:
+    def add_node(self, name: str, underlay_ip: str, *, physnets: tuple[str, ...] = (),
+                 gateway: bool = False) -> Node:
+        """A node and its controller; with ``physnets`` the node's bridge for each
+        ('br-<physnet>', uplink on the test bed's physical network) is mapped in its
+        controller's ``bridge_mappings``; ``gateway``: it may host routers' SNAT."""
         node = self.bed.add_node(name, underlay_ip)
+        for p in physnets:
+            self.bed.attach_physnet(node, p, f"br-{p}")
+        self.edges[name] = ({p: f"br-{p}" for p in physnets}, gateway)
         self.start_controller(node)
         return node
 
     def start_controller(self, node: Node) -> None:
-        cfg = node_config(node, self.tunnel_types, self.l3_mode)
+        mappings, gateway = self.edges.get(node.name, ({}, False))
+        cfg = node_config(node, self.tunnel_types, self.l3_mode, mappings, gateway)
         if self.in_process:
             names = self.apps
             ctl = (LocalController(cfg, self.nb) if names is None else
@@ -98,7 +112,9 @@ class Deployment:
             f"tunnel_types = {','.join(cfg.tunnel_types)}\n"
             f"datapath_type = netdev\novsdb_connection = {cfg.ovsdb_connection}\n"
             f"ovs_rundir = {cfg.ovs_rundir}\nheartbeat_interval = {cfg.heartbeat_interval}\n"
-            f"l3_mode = {cfg.l3_mode}\n"
+            f"l3_mode = {cfg.l3_mode}\ngateway = {cfg.gateway}\n"
+            + (f"bridge_mappings = {','.join(f'{p}:{b}' for p, b in mappings.items())}\n"
+               if mappings else "")
             + (f"apps = {','.join(self.apps)}\n" if self.apps is not None else ""))
         log = node.rundir / "df-controller.log"
         with open(log, "ab") as out:
@@ -293,6 +309,76 @@ class Deployment:
         return self.nb.create(Router.from_dict({
             "id": name, "topic": topic or self.topic, "name": name, "ports": ports,
             "routes": [{"destination": d, "nexthop": n} for d, n in routes or ()]}))
+
+    # --- north-south -----------------------------------------------------------------
+    def provider_network(self, name: str, physnet: str, cidr: str, *, vlan: int | None = None,
+                         external: bool = False, gateway_ip: str | None = None,
+                         topic: str | None = None) -> Network:
+        """A flat (or, with ``vlan``, VLAN) network on physical network ``physnet`` and its
+        subnet ``<name>-subnet`` (no DHCP); ``external``: routers may have their gateway
+        on it (Neutron's router:external)."""
+        topic = topic or self.topic
+        net = self.nb.create(Network(
+            id=name, topic=topic, name=name, network_type="vlan" if vlan else "flat",
+            segmentation_id=vlan, physical_network=physnet, mtu=1500, external=external))
+        self.nb.create(Subnet.from_dict({
+            "id": f"{name}-subnet", "topic": topic, "network_id": name, "cidr": cidr,
+            "enable_dhcp": False, "gateway_ip": gateway_ip}))
+        return net
+
+    def set_gateway(self, router: str, network: str | None, ip: str | None = None,
+                    snat: bool = True) -> Router:
+        """Set (or with None clear) ``router``'s external gateway: its gateway port on
+        ``network`` (device_owner network:router_gateway, as Neutron makes it) at ``ip``."""
+        cur = self.nb.get(Router, router)
+        assert cur is not None
+        port_id = f"{router}-gw"
+        if cur.gateway is not None and self.nb.get(Port, port_id) is not None:
+            self.nb.update(cur.replace(gateway=None))
+            self.nb.delete(Port, port_id)
+            cur = self.nb.get(Router, router)
+            assert cur is not None
+        if network is None:
+            return cur
+        assert ip is not None
+        self.nb.create(Port(
+            id=port_id, topic=cur.topic, name=port_id, network_id=network,
+            mac=f"fa:16:3e:ee:{len(router):02x}:{sum(map(ord, router)) % 256:02x}",
+            fixed_ips=(FixedIp.from_dict({"subnet_id": f"{network}-subnet", "ip_address": ip}),),
+            device_owner="network:router_gateway", device_id=router))
+        return self.nb.update(cur.replace(gateway=Gateway.from_dict(
+            {"network_id": network, "ip_address": ip, "enable_snat": snat})))
+
+    def floating_ip(self, name: str, network: str, ip: str, port: str | None = None,
+                    router: str | None = None) -> FloatingIP:
+        """A floating IP (and its port on ``network``, device_owner network:floatingip),
+        associated with ``port`` (its first IPv4 address) through ``router`` if given."""
+        self.nb.create(Port(
+            id=f"{name}-fport", topic=self.topic, name=name, network_id=network,
+            mac=f"fa:16:3e:ff:{len(name):02x}:{sum(map(ord, name)) % 256:02x}",
+            fixed_ips=(FixedIp.from_dict({"subnet_id": f"{network}-subnet", "ip_address": ip}),),
+            device_owner="network:floatingip", device_id=name))
+        return self.nb.create(self._fip(name, network, ip, port, router))
+
+    def associate(self, name: str, port: str | None, router: str | None = None) -> FloatingIP:
+        """Associate floating IP ``name`` with ``port`` (None: disassociate)."""
+        cur = self.nb.get(FloatingIP, name)
+        assert cur is not None
+        new = self._fip(name, cur.floating_network_id, str(cur.floating_ip_address), port,
+                        router)
+        return self.nb.update(new.replace(version=cur.version))
+
+    def _fip(self, name: str, network: str, ip: str, port: str | None,
+             router: str | None) -> FloatingIP:
+        fixed = None
+        if port is not None:
+            p = self.nb.get(Port, port)
+            assert p is not None
+            fixed = next(str(f.ip_address) for f in p.fixed_ips if f.ip_address.version == 4)
+        return FloatingIP.from_dict({
+            "id": name, "topic": self.topic, "name": name, "floating_ip_address": ip,
+            "floating_network_id": network, "port_id": port, "fixed_ip_address": fixed,
+            "router_id": router if port else None})
 
     def wait_active(self, port_ids: list[str], timeout: float = 30.0) -> dict[str, float]:
         """Wait until every port is ACTIVE in the NB; returns, per port, the seconds from its

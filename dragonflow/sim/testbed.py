@@ -9,6 +9,15 @@ Shape (see the project's TESTBED notes)::
                    (or by ``node.ensure_br_int()`` in tests without one)
     netns <p><vm>  a "VM": 'eth0' (tx offload off) <-> 'tap<vm>' on its node's br-int
 
+Physical (provider) networks, for north-south traffic (``add_physnet``): the physical
+switch is an OVS of its own in ``<p>net`` (its ovsdb-server + ovs-vswitchd, run dir 'sw';
+this kernel has neither 802.1Q interfaces nor VLAN-filtering Linux bridges), one standalone
+bridge 'x-<physnet>' per physical network (a learning, VLAN-aware switch); each node that
+maps the physnet gets an OVS bridge of its own (``attach_physnet``, e.g. 'br-ex',
+standalone) whose uplink veth 'x-<physnet>' is a trunk port of that switch;
+``add_outside`` puts a host of the outside world on it ("outside": an address on the
+external subnet, nothing else), untagged or as an access port of a VLAN.
+
 ``<p>`` is a unique prefix per run ('df' + 4 hex digits), so parallel or leftover runs never
 clash. Every daemon is started by this module with a pid file in the run directory and is
 killed by that pid only; teardown then kills what is left in our own namespaces, deletes them
@@ -160,6 +169,43 @@ class Node:
         return sh(["ip", "netns", "exec", self.netns, *cmd], env=self.env(), check=check,
                   timeout=timeout)
 
+    def attach_physnet(self, physnet: str, bridge: str = "br-ex") -> None:
+        """The node's own bridge ``bridge`` for ``physnet`` (as an operator makes it before
+        mapping it: ``[controller] bridge_mappings = <physnet>:<bridge>``), its uplink
+        plugged into the physical network's switch."""
+        self.bed.attach_physnet(self, physnet, bridge)
+
+
+@dataclass
+class Host:
+    """A host of the outside world on a physical network (namespace, 'eth0')."""
+
+    name: str
+    netns: str
+    ip: str
+    mac: str
+    dev: str = "eth0"
+
+    def exec(self, cmd: str | Sequence[str], check: bool = False,
+             timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        return sh(["ip", "netns", "exec", self.netns, *argv], check=check, timeout=timeout)
+
+    def ping(self, ip: str, count: int = 1, timeout: float = 2.0) -> bool:
+        return _ping(self.exec, ip, count, timeout)
+
+
+def _ping(run: object, ip: str, count: int, timeout: float) -> bool:
+    """True if at least one of ``count`` echo requests got a reply within ``timeout``."""
+    fam = "-6" if ":" in ip else "-4"
+    wait = max(1, int(timeout + 0.999))
+    proc = run(["ping", fam, "-n", "-q", "-c", str(count), "-i", "0.2",  # type: ignore[operator]
+                "-w", str(wait), ip], timeout=wait + 10)
+    # ping exits 1 when fewer than count replies arrived before the deadline, so read
+    # the summary: any reply counts (and a negative check fails on a single reply)
+    m = re.search(r"(\d+) (?:packets )?received", proc.stdout)
+    return bool(m and int(m.group(1)) > 0)
+
 
 @dataclass
 class Vm:
@@ -228,14 +274,7 @@ class Vm:
 
     def ping(self, ip: str, count: int = 1, timeout: float = 2.0) -> bool:
         """True if at least one of ``count`` echo requests got a reply within ``timeout``."""
-        fam = "-6" if ":" in ip else "-4"
-        wait = max(1, int(timeout + 0.999))
-        proc = self.exec(["ping", fam, "-n", "-q", "-c", str(count), "-i", "0.2",
-                          "-w", str(wait), ip], timeout=wait + 10)
-        # ping exits 1 when fewer than count replies arrived before the deadline, so read
-        # the summary: any reply counts (and a negative check fails on a single reply)
-        m = re.search(r"(\d+) (?:packets )?received", proc.stdout)
-        return bool(m and int(m.group(1)) > 0)
+        return _ping(self.exec, ip, count, timeout)
 
     def ofport(self) -> int:
         return self.node.ofport(self.port)
@@ -251,6 +290,9 @@ class Testbed:
     base_dir: Path | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
     vms: dict[str, Vm] = field(default_factory=dict)
+    physnets: set[str] = field(default_factory=set)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    switch: Node | None = None  # the physical networks' switch (an OVS in <p>net)
     rundir: Path = field(init=False)
     _net_ready: bool = field(default=False, init=False)
 
@@ -266,7 +308,7 @@ class Testbed:
     def _claim(self, name: str, max_len: int) -> str:
         if not name or len(name) > max_len or not name.replace("-", "").isalnum():
             raise ValueError(f"name {name!r}: 1..{max_len} chars of [a-z0-9-]")
-        if name in self.nodes or name in self.vms or name == "net":
+        if name in self.nodes or name in self.vms or name in self.hosts or name == "net":
             raise ValueError(f"name {name!r} already used in this test bed")
         return f"{self.prefix}{name}"
 
@@ -347,6 +389,12 @@ class Testbed:
         sh(["ip", "-n", node.netns, "link", "set", BR_PHY, "mtu", str(UNDERLAY_MTU), "up"])
         sh(["ip", "-n", node.netns, "addr", "replace", node.underlay_cidr, "dev", BR_PHY])
 
+    def kill_vswitchd(self, node: Node) -> None:
+        """Kill ``node``'s ovs-vswitchd (by pid): its datapath is gone, as a dead node's."""
+        pid = _pid_from_file(node.rundir / "ovs-vswitchd.pid", str(node.rundir))
+        if pid is not None:
+            kill_pid(pid)
+
     def restart_vswitchd(self, node: Node) -> None:
         """Kill ovs-vswitchd (by pid) and start it again; br-phy gets its address back.
 
@@ -359,6 +407,72 @@ class Testbed:
         node.vsctl("--timeout=20", "wait-until", "Interface", BR_PHY, "ofport>0")
         self._address_br_phy(node)
         self._learn_underlay_neighbours()
+
+    # -- physical networks and the outside world ---------------------------------------
+    def add_physnet(self, physnet: str) -> None:
+        """A physical network: Linux bridge 'x-<physnet>' in the net namespace (VLAN tags
+        pass through it untouched). Idempotent."""
+        if physnet in self.physnets:
+            return
+        if not physnet or len(physnet) > 8 or not physnet.isalnum():
+            raise ValueError(f"physnet {physnet!r}: 1..8 chars of [a-z0-9]")
+        sw = self._ensure_switch()
+        sw.vsctl("add-br", f"x-{physnet}", "--", "set", "Bridge", f"x-{physnet}",
+                 "datapath_type=netdev")
+        self.physnets.add(physnet)
+
+    def _ensure_switch(self) -> Node:
+        if self.switch is not None:
+            return self.switch
+        self._ensure_net()
+        sw = Node(self, "sw", 0, self.net_ns, "", "", self.rundir / "sw")
+        sw.rundir.mkdir()
+        sh(["ovsdb-tool", "create", str(sw.rundir / "conf.db"), str(SCHEMA)])
+        self._start_ovsdb_server(sw)
+        sw.vsctl("--no-wait", "init")
+        self._start_vswitchd(sw)
+        self.switch = sw
+        return sw
+
+    def attach_physnet(self, node: Node, physnet: str, bridge: str = "br-ex") -> None:
+        """``node``'s bridge for ``physnet`` (netdev, standalone: a learning switch), its
+        uplink veth 'x-<physnet>' on the physical network's Linux bridge."""
+        self.add_physnet(physnet)
+        up, peer = f"x-{physnet}", f"x{node.index}-{physnet}"
+        sh(["ip", "link", "add", up, "netns", node.netns, "type", "veth",
+            "peer", "name", peer, "netns", self.net_ns])
+        sh(["ip", "-n", self.net_ns, "link", "set", peer, "up"])
+        assert self.switch is not None
+        self.switch.vsctl("add-port", f"x-{physnet}", peer)
+        sh(["ip", "-n", node.netns, "link", "set", up, "up"])
+        node.vsctl("--may-exist", "add-br", bridge, "--", "set", "Bridge", bridge,
+                   "datapath_type=netdev", "--", "--may-exist", "add-port", bridge, up)
+
+    def add_outside(self, name: str, physnet: str, ip_cidr: str, vlan: int | None = None,
+                    gateway: str | None = None, mac: str | None = None) -> Host:
+        """A host of the outside world on ``physnet`` (an access port of VLAN ``vlan`` if
+        given): one address, optionally a default route, nothing else."""
+        netns = self._claim(name, 12)
+        self.add_physnet(physnet)
+        mac = mac or f"02:0e:{len(self.hosts) + 1:02x}:00:00:{sum(map(ord, name)) % 256:02x}"
+        peer = f"o-{name}"[:15]
+        sh(["ip", "netns", "add", netns])
+        sh(["ip", "-n", netns, "link", "set", "lo", "up"])
+        sh(["ip", "link", "add", "eth0", "netns", netns, "type", "veth",
+            "peer", "name", peer, "netns", self.net_ns])
+        sh(["ip", "-n", self.net_ns, "link", "set", peer, "up"])
+        assert self.switch is not None
+        self.switch.vsctl("add-port", f"x-{physnet}", peer,
+                          *(("--", "set", "Port", peer, f"tag={vlan}") if vlan else ()))
+        sh(["ip", "-n", netns, "link", "set", "eth0", "address", mac, "up"])
+        sh(["ip", "netns", "exec", netns, "ethtool", "-K", "eth0", "tx", "off"])
+        dev = "eth0"
+        sh(["ip", "-n", netns, "addr", "add", ip_cidr, "dev", dev])
+        if gateway:
+            sh(["ip", "-n", netns, "route", "add", "default", "via", gateway])
+        host = Host(name, netns, ip_cidr.split("/")[0], mac, dev)
+        self.hosts[name] = host
+        return host
 
     # -- VMs ---------------------------------------------------------------------------
     def add_vm(self, node: Node, name: str, mac: str, ip_cidr: str | None, iface_id: str,
@@ -417,7 +531,7 @@ class Testbed:
         """Kill our daemons by pid, then whatever runs in our namespaces, delete the
         namespaces and the run directory. Safe to call again; raises if anything survived."""
         errors: list[str] = []
-        for node in self.nodes.values():
+        for node in [*self.nodes.values(), *([self.switch] if self.switch else [])]:
             for daemon in ("ovs-vswitchd", "ovsdb-server"):
                 pid = _pid_from_file(node.rundir / f"{daemon}.pid", str(node.rundir))
                 if pid is not None:

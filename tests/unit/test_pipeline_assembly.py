@@ -15,9 +15,9 @@ from dragonflow.pipeline.fields import LOGICAL_FIELDS, read_field
 from dragonflow.pipeline.lower import Lowering, app_of_cookie, cookie
 from dragonflow.pipeline.stages import MeterDecl, Pipeline, PipelineError, Stage, fields
 
-CORE = ["metadata", "classify", "arp_responder", "dhcp", "nd_responder", "ra", "port_security",
-        "secgroup_out_ct", "secgroup_out", "l2_lookup", "l3_input", "l3_lookup", "deliver",
-        "secgroup_in_ct", "secgroup_in", "egress"]
+CORE = ["metadata", "ext_in", "classify", "arp_responder", "dhcp", "nd_responder", "ra",
+        "port_security", "secgroup_out_ct", "secgroup_out", "l2_lookup", "l3_input", "nat_in",
+        "l3_lookup", "snat", "ext_out", "deliver", "secgroup_in_ct", "secgroup_in", "egress"]
 
 
 @dataclass
@@ -47,12 +47,12 @@ def test_extension_stage_goes_between_two_core_stages() -> None:
     ext = FakeApp("ext", (Stage("filter", after=("classify",), before=("arp_responder",),
                                 matches=fields("eth_type"), miss="next"),))
     p = assemble(ext)
-    assert list(p.order) == ["metadata", "classify", "filter", *CORE[2:]]
+    assert list(p.order) == [*CORE[:3], "filter", *CORE[3:]]
     # classify's "go on" now reaches the extension, a tunnel frame still skips to l2
     low = Lowering(p)
     f = low.lower("physical", lf.Flow.make("classify", 100, {"in_ofport": 3},
                                            (lf.SetReg("in_port", 5), lf.Next()), "port/a"))
-    assert f.goto == p.table("filter") == 2
+    assert f.goto == p.table("filter") == 3
     assert p.table("l2_lookup") == CORE.index("l2_lookup") + 1
 
 

@@ -1,0 +1,142 @@
+"""Fullstack north-south: provider networks (flat, VLAN), routers' external gateways with SNAT
+on a gateway chassis (and its failover), distributed floating IPs -- real packets between
+namespaced VMs and a host of the outside world on the test bed's physical network.
+
+Three nodes map the physical network "ext" (each its own br-ext, uplink on the test bed's
+physical switch): hv1 a compute node, hv2 and hv3 gateway-capable. The outside host sits on
+the flat external network (172.24.4.0/24) and on VLAN 100 (10.100.0.0/24)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from dragonflow.db.connect import open_nb
+from dragonflow.model import FloatingIP
+from dragonflow.pipeline.topology import gateway_rank
+from dragonflow.sim.deploy import Deployment
+from dragonflow.sim.testbed import Host, Testbed, Vm
+from tests.fixtures.wait import eventually
+
+EXT_CIDR, EXT_GW = "172.24.4.0/24", "172.24.4.1"
+OUTSIDE = "172.24.4.100"
+ROUTER_GW = "172.24.4.10"
+VLAN, VLAN_CIDR, VLAN_OUTSIDE = 100, "10.100.0.0/24", "10.100.0.100"
+
+
+@dataclass
+class Bed:
+    dep: Deployment
+    outside: Host
+    outside_vlan: Host
+
+
+def _bed(testbed: Testbed, url: str) -> Iterator[Bed]:
+    memory = url.startswith("memory:")
+    tag = uuid.uuid4().hex[:8]
+    nb = open_nb(f"memory://ns-{tag}" if memory else url, root=f"/ns{tag}/")
+    dep = Deployment(testbed, nb, url, in_process=memory)
+    try:
+        dep.add_node("hv1", "10.255.0.11", physnets=("ext",))
+        dep.add_node("hv2", "10.255.0.12", physnets=("ext",), gateway=True)
+        dep.add_node("hv3", "10.255.0.13", physnets=("ext",), gateway=True)
+        outside = testbed.add_outside("out", "ext", f"{OUTSIDE}/24")
+        # the outside's VLAN leg: another host on VLAN 100 of the same physical network
+        vlan = testbed.add_outside("outv", "ext", f"{VLAN_OUTSIDE}/24", vlan=VLAN)
+        yield Bed(dep, outside, vlan)
+    finally:
+        dep.stop()
+        if not memory:
+            nb.driver.close()
+
+
+@pytest.fixture
+def bed(testbed: Testbed) -> Iterator[Bed]:
+    yield from _bed(testbed, "memory://")
+
+
+def _sees_source(host: Host, vm: Vm, dst: str) -> str:
+    """The source address ``host`` sees on an ICMP echo ``vm`` sends to ``dst``."""
+    cap = subprocess.Popen(["ip", "netns", "exec", host.netns, "tcpdump", "-l", "-n", "-i",
+                            host.dev, "-c", "1", "icmp[icmptype] = icmp-echo"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)
+        vm.ping(dst, count=3)
+        out, _ = cap.communicate(timeout=5)
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+            cap.wait()
+    m = re.search(r"IP (\S+) > ", out)
+    return m.group(1) if m else ""
+
+
+def test_vlan_provider_network_spans_chassis_and_reaches_the_outside(bed: Bed) -> None:
+    dep, n = bed.dep, bed.dep.bed.nodes
+    dep.provider_network("pv", "ext", VLAN_CIDR, vlan=VLAN)
+    a = dep.vm(n["hv1"], "a", "pv", "fa:16:3e:10:00:01", "10.100.0.11")
+    b = dep.vm(n["hv2"], "b", "pv", "fa:16:3e:10:00:02", "10.100.0.12")
+    dep.wait_active(["a-port", "b-port"])
+    assert eventually(lambda: a.ping("10.100.0.12"), 10), "VLAN: hv1 -> hv2"
+    assert b.ping("10.100.0.11")
+    assert a.ping(VLAN_OUTSIDE, count=2), "VLAN: VM -> host outside on VLAN 100"
+    assert bed.outside_vlan.ping("10.100.0.12", count=2), "outside -> VM on VLAN 100"
+    # nothing of VLAN 100 reaches the untagged (flat) side
+    assert not a.ping(OUTSIDE, count=1, timeout=1)
+
+
+def test_snat_floating_ips_and_hairpin(bed: Bed) -> None:
+    dep, n = bed.dep, bed.dep.bed.nodes
+    dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
+    dep.network("t1", "vxlan", 501, "10.0.0.0/24")
+    dep.router("r1", [("t1", ["10.0.0.1/24"])])
+    dep.set_gateway("r1", "ext", ROUTER_GW)
+    a = dep.vm(n["hv1"], "a", "t1", "fa:16:3e:20:00:01", "10.0.0.11", gateway="10.0.0.1")
+    b = dep.vm(n["hv1"], "b", "t1", "fa:16:3e:20:00:02", "10.0.0.12", gateway="10.0.0.1")
+    c = dep.vm(n["hv2"], "c", "t1", "fa:16:3e:20:00:03", "10.0.0.13", gateway="10.0.0.1")
+    dep.wait_active(["a-port", "b-port", "c-port"])
+    # SNAT: a VM without a floating IP reaches the outside as the gateway IP
+    assert eventually(lambda: a.ping(OUTSIDE), 10), "SNAT: VM -> outside"
+    assert _sees_source(bed.outside, a, OUTSIDE) == ROUTER_GW
+    assert c.ping(OUTSIDE, count=2), "SNAT from the other node"
+    assert bed.outside.ping(ROUTER_GW), "the gateway IP answers ping"
+    # a floating IP: the outside reaches b by it, b leaves as it
+    dep.floating_ip("f1", "ext", "172.24.4.20", "b-port", "r1")
+    assert eventually(lambda: bed.outside.ping("172.24.4.20"), 10), "outside -> FIP"
+    assert _sees_source(bed.outside, b, OUTSIDE) == "172.24.4.20"
+    # hairpin: through each other's floating IPs
+    dep.floating_ip("f2", "ext", "172.24.4.21", "c-port", "r1")
+    assert eventually(lambda: bed.outside.ping("172.24.4.21"), 10)
+    assert b.ping("172.24.4.21", count=2), "FIP -> FIP across nodes"
+    assert a.ping("172.24.4.20", count=2), "SNAT'd VM -> FIP on its own node"
+    assert eventually(lambda: (f := dep.nb.get(FloatingIP, "f1")) is not None
+                      and f.status == "ACTIVE", 10), "FIP reported ACTIVE"
+
+
+def test_gateway_failover(bed: Bed) -> None:
+    dep, n = bed.dep, bed.dep.bed.nodes
+    dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
+    dep.network("t1", "vxlan", 501, "10.0.0.0/24")
+    dep.router("r1", [("t1", ["10.0.0.1/24"])])
+    dep.set_gateway("r1", "ext", ROUTER_GW)
+    a = dep.vm(n["hv1"], "a", "t1", "fa:16:3e:20:00:01", "10.0.0.11", gateway="10.0.0.1")
+    dep.wait_active(["a-port"])
+    assert eventually(lambda: a.ping(OUTSIDE), 10)
+    active = max(("hv2", "hv3"), key=lambda c: gateway_rank("r1", c))
+    t0 = time.monotonic()
+    dep.kill_controller(n[active])
+    dep.bed.kill_vswitchd(n[active])
+    assert eventually(lambda: a.ping(OUTSIDE, count=1, timeout=0.5), 15, poll=0.0)
+    outage = time.monotonic() - t0
+    print(f"SNAT outage after the active gateway {active} died: {outage:.2f} s")
+    assert _sees_source(bed.outside, a, OUTSIDE) == ROUTER_GW
+    # router gateway cleared: nothing leaves
+    dep.set_gateway("r1", None)
+    assert eventually(lambda: not a.ping(OUTSIDE, count=1, timeout=1), 10)
