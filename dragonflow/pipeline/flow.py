@@ -14,7 +14,8 @@ from typing import Any
 
 from dragonflow.ovs.flows import Conjunction, CtClear, Nat, PopVlan, PushVlan, SetQueue
 
-__all__ = ["Conjunction", "CtClear", "Nat", "PopVlan", "PushVlan", "SetQueue"]  # ovs values valid as logical too
+# ovs values valid as logical too
+__all__ = ["Conjunction", "CtClear", "Nat", "PopVlan", "PushVlan", "SetQueue"]
 
 MatchValue = int | str | tuple[int, int] | tuple[str, str]
 MatchSpec = Mapping[str, Any]
