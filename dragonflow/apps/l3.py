@@ -232,21 +232,28 @@ class L3App:
         return False
 
     def _icmp_error(self, topo: Topology, pin: PacketIn, req: packets.Parsed) -> bytes | None:
-        key = read_field(pin.match, "network")
-        net = topo.by_unique_key(Network, key)
-        router = topo.by_unique_key(Router, read_field(pin.match, "router"))
-        if net is None or router is None or req.ip_version is None:
-            return None
-        rp = next((rp for rp in router.ports if rp.network_id == net.id), None)
-        if rp is None:
-            return None
-        src = next((c.ip for c in rp.cidrs if c.version == req.ip_version), None)
-        if src is None:
-            return None
-        if not self.icmp_limit.take():
-            self.limited += 1
-            return None
-        kind = packets.TIME_EXCEEDED if pin.reason == OFPR_INVALID_TTL else \
-            packets.NET_UNREACHABLE
-        return packets.icmp_error(req, kind, rp.mac, str(src))
+        return router_icmp_error(topo, pin, req, self.icmp_limit, self)
+
+
+def router_icmp_error(topo: Topology, pin: PacketIn, req: packets.Parsed, limit: TokenBucket,
+                      counter: object) -> bytes | None:
+    """The ICMP error a router sends back from its interface on the packet's network (its
+    registers say which): time exceeded for an expired TTL, else net unreachable; None when
+    there is no such interface or ``limit`` is out of tokens (``counter.limited`` += 1)."""
+    net = topo.by_unique_key(Network, read_field(pin.match, "network"))
+    router = topo.by_unique_key(Router, read_field(pin.match, "router"))
+    if net is None or router is None or req.ip_version is None:
+        return None
+    rp = next((rp for rp in router.ports if rp.network_id == net.id), None)
+    if rp is None:
+        return None
+    src = next((c.ip for c in rp.cidrs if c.version == req.ip_version), None)
+    if src is None:
+        return None
+    if not limit.take():
+        counter.limited += 1  # type: ignore[attr-defined]
+        return None
+    kind = packets.TIME_EXCEEDED if pin.reason == OFPR_INVALID_TTL else \
+        packets.NET_UNREACHABLE
+    return packets.icmp_error(req, kind, rp.mac, str(src))
 

@@ -47,6 +47,7 @@ from collections.abc import Callable
 from dragonflow.apps.arp import ARP, arp_reply_actions
 from dragonflow.apps.base import split_owner
 from dragonflow.apps.icmp import swap
+from dragonflow.apps.l3 import router_icmp_error
 from dragonflow.apps.physical import PROVIDER_TYPES, wire_vlan
 from dragonflow.model import Chassis, FloatingIP, Network, Port, Router
 from dragonflow.ovs import packets
@@ -69,7 +70,7 @@ from dragonflow.pipeline.flow import (
     SetReg,
     ToController,
 )
-from dragonflow.pipeline.punt import Answer
+from dragonflow.pipeline.punt import Answer, TokenBucket
 from dragonflow.pipeline.stages import MeterDecl, Stage, fields
 from dragonflow.pipeline.topology import OwnersView, Topology, View
 
@@ -77,6 +78,7 @@ LOG = logging.getLogger(__name__)
 IPV4 = 0x0800
 GATEWAY_OWNER = "network:router_gateway"
 FIP_OWNER = "network:floatingip"
+ANNOUNCE_AGAIN = (0.5, 1.5)  # seconds after the first gratuitous ARP: sent again
 HOLD_SECONDS = 3.0
 HOLD_PER_TARGET = 4
 HOLD_TARGETS = 256
@@ -92,7 +94,7 @@ class NatApp:
     stages = (
         Stage("ext_in", physical=True, after=("metadata",), before=("classify",),
               matches=fields("in_ofport", "vlan_vid", "eth_dst", "eth_type", "arp_op",
-                             "arp_tpa", "ip_proto", "icmpv4_type", "ipv4_dst"),
+                             "arp_spa", "arp_tpa", "ip_proto", "icmpv4_type", "ipv4_dst"),
               sets=fields("network", "router", "eth_src", "eth_dst",
                           "arp_op", "arp_sha", "arp_tha", "arp_spa", "arp_tpa", "ipv4_src",
                           "ipv4_dst", "icmpv4_type"),
@@ -113,10 +115,13 @@ class NatApp:
               resubmit=("nat_in",), punt=True, miss="drop",
               doc="next hop MAC on the external network (learned by ARP)"),
     )
-    meters = (MeterDecl("arp", rate=200, burst=50), MeterDecl("resolve", rate=200, burst=50))
+    meters = (MeterDecl("arp", rate=200, burst=50), MeterDecl("resolve", rate=200, burst=50),
+              MeterDecl("icmp", rate=200, burst=50, per_port=50, per_port_burst=20))
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        self.icmp_limit = TokenBucket(100.0, 50.0, clock)  # ICMP errors sent per second
+        self.limited = 0
         # (network, target ip) -> [(when, frame without its destination MAC)]
         self.held: OrderedDict[tuple[str, str], list[tuple[float, bytes]]] = OrderedDict()
         self._asked: dict[tuple[str, str], float] = {}
@@ -124,6 +129,7 @@ class NatApp:
         # ``installed`` announces); and what was announced last
         self._answering: dict[str, tuple[str, str, int, int]] = {}
         self._announced: dict[str, tuple[str, str, int, int]] = {}
+        self._again: list[tuple[float, int, bytes]] = []  # (when, patch, frame) to repeat
 
     def owners(self, topo: OwnersView) -> set[str]:
         out = {f"fip/{f}" for f in topo.local_fips()}
@@ -159,6 +165,9 @@ class NatApp:
         edge = {"in_ofport": patch, "vlan_vid": vid}
         strip: tuple[Action, ...] = (PopVlan(),) if vid else ()
         return [
+            # another chassis announcing the address (taking it over): never answered
+            Flow.make("ext_in", 115, {**edge, "eth_type": ARP, "arp_op": 1, "arp_spa": ip,
+                                      "arp_tpa": ip}, (), owner),
             Flow.make("ext_in", 110, {**edge, "eth_type": ARP, "arp_op": 1, "arp_tpa": ip},
                       arp_reply_actions(mac, ip), owner),
             Flow.make("ext_in", 110, {**edge, "eth_type": ARP, "arp_op": 2, "arp_tpa": ip},
@@ -206,8 +215,9 @@ class NatApp:
                            owner)]
         ranked = view.gateway_chassis(router_id, net.physical_network)
         active = ranked[0] if ranked else None
-        if active is None:
-            return flows  # no live gateway chassis: nothing leaves without a floating IP
+        if active is None:  # no live gateway chassis: nothing leaves without a floating IP
+            return flows + [Flow.make("snat", 100, {"router": rkey, "eth_type": IPV4},
+                                      (Meter("icmp"), ToController()), owner)]
         if active.id != view.facts.chassis_id:
             return flows + self._redirect(view, router, active, owner)
         edge = self._edge(view, net.id)
@@ -228,11 +238,14 @@ class NatApp:
                                                "eth_type": IPV4, "ipv4_dst": gwip},
                                (Ct(zone=zone, nat=Nat(), table=NEXT),), owner))
         nat = Nat("src", gwip) if gw.enable_snat else None
-        # (frames other chassis sent here through the overlay included: they leave now)
-        flows.append(Flow.make("snat", 100, {"router": rkey, "eth_type": IPV4},
-                               (SetReg("network", net.unique_key), SetReg("from_tunnel", 0),
-                                SetField("eth_src", mac), DecTtl(),
-                                Ct(commit=True, zone=zone, nat=nat, table=NEXT)), owner))
+        # (frames other chassis sent here through the overlay included: they leave now;
+        # their chassis decremented the TTL, and answered for it)
+        for from_tunnel, ttl in ((0, (DecTtl(),)), (1, ())):
+            flows.append(Flow.make("snat", 100, {"router": rkey, "eth_type": IPV4,
+                                                 "from_tunnel": from_tunnel},
+                                   (*ttl, SetReg("network", net.unique_key),
+                                    SetReg("from_tunnel", 0), SetField("eth_src", mac),
+                                    Ct(commit=True, zone=zone, nat=nat, table=NEXT)), owner))
         return flows + self._next_hops(view, net, owner)
 
     def _redirect(self, view: View, router: Router, gateway: Chassis, owner: str
@@ -250,8 +263,8 @@ class NatApp:
                 continue
             match = {"router": router.unique_key, "network": net.unique_key, "from_tunnel": 0,
                      "eth_type": IPV4}
-            flows.append(Flow.make("snat", 100, match, (OutputTunnel(
-                tunnel, str(gateway.ip), net.segmentation_id),), owner))
+            flows.append(Flow.make("snat", 100, match, (DecTtl(), OutputTunnel(
+                tunnel, str(gateway.ip), net.segmentation_id)), owner))
         return flows
 
     # --- a floating IP -----------------------------------------------------------------------
@@ -283,9 +296,10 @@ class NatApp:
                                    table=NEXT),), owner))
         flows.append(Flow.make("snat", 200, {"router": rkey, "eth_type": IPV4,
                                              "ipv4_src": str(fixed)},
-                               (SetReg("network", net.unique_key), SetField("eth_src", mac),
-                                DecTtl(), Ct(commit=True, zone=zone, nat=Nat("src", ip),
-                                             table=NEXT)), owner))
+                               (DecTtl(), SetReg("network", net.unique_key),
+                                SetField("eth_src", mac),
+                                Ct(commit=True, zone=zone, nat=Nat("src", ip), table=NEXT)),
+                               owner))
         # to this floating IP from a VM here (any router): into its DNAT, never out
         flows.append(Flow.make("ext_out", 400, {"network": net.unique_key, "eth_type": IPV4,
                                                 "ipv4_dst": ip},
@@ -299,7 +313,12 @@ class NatApp:
             return self._learn(topo, pin)
         if stage == "ext_out":
             return self._resolve(topo, pin)
-        return Answer()  # snat: a TTL that ran out on the way out (dropped)
+        # snat: a TTL that ran out on the way out (time exceeded), or no live gateway
+        # chassis (net unreachable), answered from the router's interface
+        if pin.in_port is None:
+            return Answer()
+        frame = router_icmp_error(topo, pin, packets.parse(pin.data), self.icmp_limit, self)
+        return Answer(frames=[(pin.in_port, frame)] if frame is not None else [])
 
     def _learn(self, topo: Topology, pin: PacketIn) -> Answer:
         """An ARP reply / announcement to one of our addresses: its sender is a neighbour;
@@ -369,5 +388,23 @@ class NatApp:
             if self._announced.get(owner) != said:
                 self._announced[owner] = said
                 mac, ip, patch, vid = said
-                answer.frames.append((patch, packets.arp_request(mac, ip, ip, vid)))
+                LOG.info("%s: announcing %s at %s (gratuitous ARP)", topo.facts.chassis_id,
+                         ip, mac)
+                garp = packets.arp_request(mac, ip, ip, vid)
+                answer.frames.append((patch, garp))
+                now = self.clock()
+                self._again += [(now + d, patch, garp) for d in ANNOUNCE_AGAIN]
         return answer
+
+    # the announcement again, twice (as Neutron's L3 agent does): one lost, or overtaken
+    # by the last answer of a chassis that had the address until a moment ago, is repaired
+    def periodic_interval(self, facts: object) -> float:
+        return 0.25
+
+    def periodic(self, topo: Topology) -> Answer:
+        if not self._again:
+            return Answer()
+        now = self.clock()
+        due = [(patch, f) for when, patch, f in self._again if when <= now]
+        self._again = [x for x in self._again if x[0] > now]
+        return Answer(frames=due)

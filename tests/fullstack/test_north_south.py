@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import pytest
 
 from dragonflow.db.connect import open_nb
-from dragonflow.model import FloatingIP
-from dragonflow.pipeline.topology import gateway_rank
+from dragonflow.db.errors import StaleVersion
+from dragonflow.model import Binding, FloatingIP, Port
+from dragonflow.pipeline.topology import chassis_mac, gateway_rank
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Host, Testbed, Vm
 from tests.fixtures.wait import eventually
@@ -56,9 +57,12 @@ def _bed(testbed: Testbed, url: str) -> Iterator[Bed]:
             nb.driver.close()
 
 
-@pytest.fixture
-def bed(testbed: Testbed) -> Iterator[Bed]:
-    yield from _bed(testbed, "memory://")
+@pytest.fixture(params=["etcd", "redis"])
+def bed(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Bed]:
+    """Three df-controller processes on ``request.param`` (tests that need only one
+    database parametrize ``bed`` indirectly)."""
+    server = request.getfixturevalue(f"{request.param}_server")
+    yield from _bed(testbed, server.url)
 
 
 def _sees_source(host: Host, vm: Vm, dst: str) -> str:
@@ -78,6 +82,35 @@ def _sees_source(host: Host, vm: Vm, dst: str) -> str:
     return m.group(1) if m else ""
 
 
+def _first_reply(host: Host, ip: str, t0: float, timeout: float = 10.0) -> float:
+    """Seconds from ``t0`` until ``host`` gets an echo reply from ``ip`` (probing every
+    ~0.1 s); fails the test after ``timeout``."""
+    while time.monotonic() - t0 < timeout:
+        if host.exec(["ping", "-n", "-c", "1", "-W", "0.1", ip]).returncode == 0:
+            return time.monotonic() - t0
+    raise AssertionError(f"no reply from {ip} within {timeout} s")
+
+
+def _capture(netns: str, dev: str, bpf: str, action: object, count: int = 1) -> str:
+    """tcpdump -e of ``count`` frames matching ``bpf`` on ``dev`` in ``netns`` while
+    ``action()`` runs (link-level headers: VLAN tags and MACs)."""
+    cap = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-l", "-e", "-n", "-i",
+                            dev, "-c", str(count), bpf],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)
+        action()  # type: ignore[operator]
+        out, _ = cap.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        out = ""
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+            cap.communicate()
+    return out
+
+
+@pytest.mark.parametrize("bed", ["etcd"], indirect=True)
 def test_vlan_provider_network_spans_chassis_and_reaches_the_outside(bed: Bed) -> None:
     dep, n = bed.dep, bed.dep.bed.nodes
     dep.provider_network("pv", "ext", VLAN_CIDR, vlan=VLAN)
@@ -88,8 +121,44 @@ def test_vlan_provider_network_spans_chassis_and_reaches_the_outside(bed: Bed) -
     assert b.ping("10.100.0.11")
     assert a.ping(VLAN_OUTSIDE, count=2), "VLAN: VM -> host outside on VLAN 100"
     assert bed.outside_vlan.ping("10.100.0.12", count=2), "outside -> VM on VLAN 100"
+    # on the physical network (hv1's uplink, at the physical switch) the frames carry the tag
+    seen = _capture(dep.bed.net_ns, "x1-ext", "icmp or (vlan and icmp)",
+                    lambda: a.ping("10.100.0.12", count=2))
+    assert "vlan 100" in seen, seen
     # nothing of VLAN 100 reaches the untagged (flat) side
     assert not a.ping(OUTSIDE, count=1, timeout=1)
+    # a flat network on the same physical network: untagged, and meets the outside host
+    dep.provider_network("pf", "ext", EXT_CIDR)
+    f1 = dep.vm(n["hv1"], "f1", "pf", "fa:16:3e:10:01:01", "172.24.4.51")
+    f3 = dep.vm(n["hv3"], "f3", "pf", "fa:16:3e:10:01:03", "172.24.4.53")
+    dep.wait_active(["f1-port", "f3-port"])
+    assert eventually(lambda: f1.ping("172.24.4.53"), 10), "flat: hv1 -> hv3"
+    assert f3.ping(OUTSIDE, count=2) and bed.outside.ping("172.24.4.51", count=2)
+    seen = _capture(dep.bed.net_ns, "x3-ext", "icmp or (vlan and icmp)",
+                    lambda: f3.ping(OUTSIDE, count=2))
+    assert seen and "vlan" not in seen, seen
+    # one broadcast from the outside reaches each VM once (no loop through the chassis)
+    out = bed.outside.exec(["ping", "-b", "-c", "3", "-i", "0.3", "172.24.4.255"]).stdout
+    dups = re.findall(r"DUP!", out)
+    assert len(dups) <= 3 * 2, out  # two VMs answer each probe: one reply counted, one DUP
+
+
+@pytest.mark.parametrize("bed", ["redis"], indirect=True)
+def test_routing_onto_a_vlan_network_uses_the_chassis_mac(bed: Bed) -> None:
+    dep, n = bed.dep, bed.dep.bed.nodes
+    dep.provider_network("pv", "ext", VLAN_CIDR, vlan=VLAN)
+    dep.network("t2", "vxlan", 502, "10.0.2.0/24")
+    dep.router("r2", [("t2", ["10.0.2.1/24"]), ("pv", ["10.100.0.1/24"])])
+    x = dep.vm(n["hv1"], "x", "t2", "fa:16:3e:30:00:01", "10.0.2.11", gateway="10.0.2.1")
+    b = dep.vm(n["hv2"], "b", "pv", "fa:16:3e:30:00:02", "10.100.0.12", gateway="10.100.0.1")
+    dep.wait_active(["x-port", "b-port"])
+    assert eventually(lambda: x.ping("10.100.0.12"), 10), "routed onto the VLAN network"
+    assert b.ping("10.0.2.11", count=2), "and back"
+    seen = _capture(b.netns, "eth0", "icmp[icmptype] = icmp-echo",
+                    lambda: x.ping("10.100.0.12"))
+    # the frame came from hv1 through the physical network with hv1's own MAC, never the
+    # router's (which would appear behind every chassis' uplink)
+    assert chassis_mac("hv1") in seen and "fa:16:3e:aa" not in seen, seen
 
 
 def test_snat_floating_ips_and_hairpin(bed: Bed) -> None:
@@ -118,8 +187,58 @@ def test_snat_floating_ips_and_hairpin(bed: Bed) -> None:
     assert a.ping("172.24.4.20", count=2), "SNAT'd VM -> FIP on its own node"
     assert eventually(lambda: (f := dep.nb.get(FloatingIP, "f1")) is not None
                       and f.status == "ACTIVE", 10), "FIP reported ACTIVE"
+    # an expiring TTL on the way out: time exceeded from the router
+    out = a.exec(["ping", "-n", "-c", "1", "-W", "2", "-t", "1", OUTSIDE]).stdout
+    assert "10.0.0.1" in out and "Time to live exceeded" in out, out
 
 
+@pytest.mark.parametrize("bed", ["etcd"], indirect=True)
+def test_floating_ip_follows_its_port_and_the_vm(bed: Bed) -> None:
+    dep, n = bed.dep, bed.dep.bed.nodes
+    dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
+    dep.network("t1", "vxlan", 501, "10.0.0.0/24")
+    dep.router("r1", [("t1", ["10.0.0.1/24"])])
+    dep.set_gateway("r1", "ext", ROUTER_GW)
+    b = dep.vm(n["hv1"], "b", "t1", "fa:16:3e:20:00:02", "10.0.0.12", gateway="10.0.0.1")
+    c = dep.vm(n["hv2"], "c", "t1", "fa:16:3e:20:00:03", "10.0.0.13", gateway="10.0.0.1")
+    dep.wait_active(["b-port", "c-port"])
+    fip = "172.24.4.20"
+    dep.floating_ip("f1", "ext", fip)  # unassociated: nobody answers for it
+    assert not bed.outside.ping(fip, count=2, timeout=1)
+    assert dep.nb.get(FloatingIP, "f1").status == "DOWN"  # type: ignore[union-attr]
+    dep.associate("f1", "b-port", "r1")
+    assert eventually(lambda: bed.outside.ping(fip, count=1, timeout=0.5), 10, poll=0.0)
+    assert _sees_source(bed.outside, b, OUTSIDE) == fip
+    # moved to another VM on another chassis: the outside follows (gratuitous ARP)
+    b.exec(["ip", "link", "set", "eth0", "down"])  # only c can answer for it now
+    t0 = time.monotonic()
+    dep.associate("f1", "c-port", "r1")
+    print(f"FIP moved to another VM: outside follows after "
+          f"{_first_reply(bed.outside, fip, t0):.2f} s")
+    assert _sees_source(bed.outside, c, OUTSIDE) == fip
+    assert bed.outside.ping(fip, count=2)
+    # the VM moves to another chassis (hv2 -> hv3): the floating IP goes with it
+    dep.bed.remove_vm(c)
+    for _ in range(10):  # (its controller writes the port's status meanwhile)
+        port = dep.nb.get(Port, "c-port")
+        assert port is not None
+        try:
+            dep.nb.update(port.replace(binding=Binding(kind="chassis", chassis_id="hv3")))
+            break
+        except StaleVersion:
+            continue
+    t0 = time.monotonic()
+    c = dep.bed.add_vm(n["hv3"], "c", "fa:16:3e:20:00:03", "10.0.0.13/24", "c-port",
+                       gateway="10.0.0.1")
+    print(f"VM moved to another chassis: outside follows after "
+          f"{_first_reply(bed.outside, fip, t0):.2f} s")
+    assert _sees_source(bed.outside, c, OUTSIDE) == fip
+    # disassociated: nobody answers any more, and it is DOWN
+    dep.associate("f1", None)
+    assert eventually(lambda: not bed.outside.ping(fip, count=1, timeout=0.5), 10)
+
+
+@pytest.mark.parametrize("bed", ["redis"], indirect=True)
 def test_gateway_failover(bed: Bed) -> None:
     dep, n = bed.dep, bed.dep.bed.nodes
     dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
