@@ -108,6 +108,16 @@ class Network(NbObject):
     def index_entries(self) -> list[tuple[str, str]]:
         return [] if self.qos_policy_id is None else [("qos_policy_id", self.qos_policy_id)]
 
+    def claims(self) -> list[tuple[str, str]]:
+        """A physical network carries one flat network and one network per VLAN id (as
+        Neutron allocates them): two would be one wire."""
+        if self.network_type == "flat":
+            return [(f"segment/{self.physical_network}/flat", "physical_network")]
+        if self.network_type == "vlan":
+            return [(f"segment/{self.physical_network}/vlan/{self.segmentation_id}",
+                     "segmentation_id")]
+        return []
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HostRoute(Record):

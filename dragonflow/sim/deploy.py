@@ -7,6 +7,7 @@ one ``df-controller`` process per node against etcd/redis (what production looks
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import signal
@@ -47,6 +48,12 @@ def node_config(node: Node, tunnel_types: tuple[str, ...], l3_mode: str = "proac
         ovs_rundir=str(node.rundir), heartbeat_interval=5.0,
         datapath_id=f"{node.index + 1:016x}", l3_mode=l3_mode,
         bridge_mappings=dict(bridge_mappings or {}), gateway=gateway)
+
+
+def _mac(prefix: str, name: str) -> str:
+    """``prefix`` (4 bytes) + 2 bytes of a hash of ``name``: a MAC per name."""
+    h = hashlib.sha256(name.encode()).digest()
+    return f"{prefix}:{h[0]:02x}:{h[1]:02x}"
 
 
 @dataclass
@@ -343,7 +350,7 @@ class Deployment:
         assert ip is not None
         self.nb.create(Port(
             id=port_id, topic=cur.topic, name=port_id, network_id=network,
-            mac=f"fa:16:3e:ee:{len(router):02x}:{sum(map(ord, router)) % 256:02x}",
+            mac=_mac("fa:16:3e:ee", router),
             fixed_ips=(FixedIp.from_dict({"subnet_id": f"{network}-subnet", "ip_address": ip}),),
             device_owner="network:router_gateway", device_id=router))
         return self.nb.update(cur.replace(gateway=Gateway.from_dict(
@@ -355,7 +362,7 @@ class Deployment:
         associated with ``port`` (its first IPv4 address) through ``router`` if given."""
         self.nb.create(Port(
             id=f"{name}-fport", topic=self.topic, name=name, network_id=network,
-            mac=f"fa:16:3e:ff:{len(name):02x}:{sum(map(ord, name)) % 256:02x}",
+            mac=_mac("fa:16:3e:ff", name),
             fixed_ips=(FixedIp.from_dict({"subnet_id": f"{network}-subnet", "ip_address": ip}),),
             device_owner="network:floatingip", device_id=name))
         return self.nb.create(self._fip(name, network, ip, port, router))

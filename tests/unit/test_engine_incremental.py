@@ -3,7 +3,9 @@ chassis, VIFs plugged and unplugged, ports moved between chassis, routers with e
 -- some equal to an attached subnet --, tunnel ports renumbered, reactive L3 learning and
 forgetting, security groups with remote-group / CIDR / port-range rules created, changed and
 deleted, ports moved between groups, port security toggled, a resync that replaces the whole
-topology), the flows the engine holds after
+topology; north-south: flat / VLAN provider and external networks, router gateways set and
+cleared, floating IPs created, (re)associated and deleted, gateway chassis dying and coming
+back, neighbours learned), the flows the engine holds after
 recompiling only the affected owners equal a fresh full compile: the logical flows AND the
 resolved OpenFlow table (cookies included) -- and no two lowered flows compete for a key."""
 
@@ -20,6 +22,8 @@ from dragonflow.model import (
     Binding,
     Chassis,
     FixedIp,
+    FloatingIP,
+    Gateway,
     NbObject,
     Network,
     Port,
@@ -42,7 +46,9 @@ class World:
         self.rng = random.Random(seed)
         self.topo = Topology(ChassisFacts("hv1", "10.255.0.11", ("vxlan", "geneve", "gre"),
                                           tunnel_ofports={"vxlan": 1, "geneve": 2, "gre": 3},
-                                          l3_mode=l3_mode))
+                                          l3_mode=l3_mode, chassis_mac="fa:16:3f:00:00:01",
+                                          gateway=seed % 2 == 0))
+        self.topo.set_phys_ofports({"ext": 7})
         self.engine = Engine(default_apps(), self.topo)
         self.engine.full()
         self.objs: dict[tuple[str, str], NbObject] = {}
@@ -50,7 +56,8 @@ class World:
         self.next_ofport = 10
         for i, c in enumerate(CHASSIS):
             self.put(Chassis(id=c, ip=f"10.255.0.{11 + i}", tunnel_types=("vxlan", "geneve",
-                                                                          "gre")))
+                                                                          "gre"),
+                             bridge_mappings=(("ext", "br-ext"),), gateway=i != 2))
 
     def key(self) -> int:
         self.next_key += 1
@@ -74,6 +81,8 @@ class World:
         nets = self.of("network")
         ports = self.of("port")
         choice = r.random()
+        if nets and r.random() < 0.15:
+            return self.north_south_step()
         if choice < 0.15 or not nets:
             i = self.key()
             ntype = r.choice(["vxlan", "geneve", "gre"])
@@ -120,8 +129,7 @@ class World:
         if choice < 0.9 and ports:
             p = r.choice(ports)
             self.delete("port", p.id)
-            self.topo.set_ofport(p.id, None)
-            self.engine.changed({("ofport", p.id)})
+            self.engine.changed(self.topo.set_ofport(p.id, None) | {("ofport", p.id)})
             return "delete port"
         if choice < 0.86:
             return self.group_step(ports)
@@ -135,8 +143,12 @@ class World:
         net = r.choice(nets)
         in_router = any(isinstance(x, Router) and any(rp.network_id == net.id for rp in x.ports)
                         for x in self.of("router"))
-        if not in_router and not any(isinstance(p, Port) and p.network_id == net.id
-                                     for p in ports):
+        used = any(isinstance(x, Router) and x.gateway is not None
+                   and x.gateway.network_id == net.id for x in self.of("router")) or any(
+            isinstance(f, FloatingIP) and f.floating_network_id == net.id
+            for f in self.of("floatingip"))
+        if not in_router and not used and not any(isinstance(p, Port)
+                                                  and p.network_id == net.id for p in ports):
             self.delete("subnet", f"s{net.id[1:]}")
             self.delete("network", net.id)
             return "delete network"
@@ -221,6 +233,86 @@ class World:
         used = {c.ip.packed[-1] for x in self.of("router") if isinstance(x, Router)
                 for rp in x.ports if rp.network_id == net_id for c in rp.cidrs}
         return next(h for h in range(202, 255) if h not in used)
+
+    def north_south_step(self) -> str:
+        """Provider / external networks, router gateways, floating IPs, gateway liveness,
+        learned neighbours."""
+        r = self.rng
+        choice = r.random()
+        routers = [x for x in self.of("router") if isinstance(x, Router)]
+        exts = [x for x in self.of("network") if isinstance(x, Network) and x.external]
+        if choice < 0.2 or not exts:
+            i = self.key()
+            used = {(n.network_type, n.segmentation_id) for n in self.of("network")
+                    if isinstance(n, Network) and n.physical_network}
+            vlan = r.choice([None, 100 + i % 50])
+            if ("vlan" if vlan else "flat", vlan) in used:  # one per wire (an NB claim)
+                return "noop"
+            self.put(Network(id=f"n{i}", topic="admin", unique_key=i, external=r.random() < 0.8,
+                             network_type="vlan" if vlan else "flat", segmentation_id=vlan,
+                             physical_network="ext"))
+            self.put(Subnet.from_dict({"id": f"s{i}", "topic": "admin", "network_id": f"n{i}",
+                                       "cidr": f"10.{i % 250}.0.0/24",
+                                       "gateway_ip": f"10.{i % 250}.0.1"}))
+            return "add provider network"
+        if choice < 0.45 and routers and exts:
+            router = r.choice(routers)
+            if router.gateway is not None and r.random() < 0.3:
+                self.put(router.replace(gateway=None))
+                return "clear gateway"
+            ext = r.choice(exts)
+            i = self.key()
+            ip = f"10.{int(ext.id[1:]) % 250}.0.{i % 200 + 2}"
+            self.put(Port(id=f"p{i}", topic="admin", network_id=ext.id, unique_key=i,
+                          mac=f"fa:16:3e:ee:{i // 256:02x}:{i % 256:02x}",
+                          fixed_ips=(FixedIp.from_dict({"subnet_id": f"s{ext.id[1:]}",
+                                                        "ip_address": ip}),),
+                          device_owner="network:router_gateway", device_id=router.id))
+            self.put(router.replace(gateway=Gateway.from_dict(
+                {"network_id": ext.id, "ip_address": ip, "enable_snat": r.random() < 0.8})))
+            return "set gateway"
+        if choice < 0.75 and exts:
+            fips = [x for x in self.of("floatingip") if isinstance(x, FloatingIP)]
+            if fips and r.random() < 0.2:
+                self.delete("floatingip", r.choice(fips).id)
+                return "delete fip"
+            ports = [p for p in self.of("port") if isinstance(p, Port) and p.fixed_ips
+                     and not p.device_owner and p.fixed_ips[0].ip_address.version == 4]
+            if fips and r.random() < 0.5:
+                fip = r.choice(fips)
+                port = r.choice(ports) if ports and r.random() < 0.7 else None
+                rid = r.choice(routers).id if routers and port else None
+                self.put(fip.replace(port_id=port.id if port and rid else None,
+                                     fixed_ip_address=port.fixed_ips[0].ip_address
+                                     if port and rid else None, router_id=rid))
+                return "associate fip"
+            ext = r.choice(exts)
+            i = self.key()
+            ip = f"10.{int(ext.id[1:]) % 250}.0.{i % 200 + 2}"
+            self.put(Port(id=f"p{i}", topic="admin", network_id=ext.id, unique_key=i,
+                          mac=f"fa:16:3e:ff:{i // 256:02x}:{i % 256:02x}",
+                          fixed_ips=(FixedIp.from_dict({"subnet_id": f"s{ext.id[1:]}",
+                                                        "ip_address": ip}),),
+                          device_owner="network:floatingip"))
+            port = r.choice(ports) if ports else None
+            rid = r.choice(routers).id if routers and port else None
+            self.put(FloatingIP.from_dict({
+                "id": f"f{i}", "topic": "admin", "floating_ip_address": ip,
+                "floating_network_id": ext.id, "port_id": port.id if port and rid else None,
+                "fixed_ip_address": str(port.fixed_ips[0].ip_address) if port and rid else None,
+                "router_id": rid}))
+            return "add fip"
+        if choice < 0.9:
+            self.engine.changed(self.topo.set_live(frozenset(
+                c for c in CHASSIS if r.random() < 0.7)))
+            return "gateways live"
+        if exts:
+            ext = r.choice(exts)
+            self.engine.changed(self.topo.learn_neighbour(
+                ext.id, f"10.{int(ext.id[1:]) % 250}.0.{r.randint(2, 254)}",
+                f"02:00:00:00:00:{r.randint(1, 250):02x}"))
+            return "learn neighbour"
+        return "noop"
 
     def chassis_fact_step(self) -> str:
         """Tunnel ports renumbered or gone, reactive learn/forget, or a full resync."""
@@ -320,6 +412,23 @@ def test_incremental_equals_full(seed: int) -> None:
     assert most > 20, "the random world hardly compiled any flows"
     assert len(steps) > 8, steps
     assert "add group" in steps, steps
+
+
+def test_the_random_worlds_exercise_north_south() -> None:
+    """Over the oracle's seeds, the NAT app compiles gateway and floating IP flows into
+    every one of its stages (so the oracle above checks them)."""
+    stages: set[str] = set()
+    kinds: set[str] = set()
+    for seed in range(12):
+        w = World(seed)
+        for _ in range(120):
+            w.step()
+            for (app, owner), flows in w.engine.flows.items():
+                if app == "nat" and flows:
+                    kinds.add(owner.split("/")[0])
+                    stages |= {f.stage for f in flows}
+    assert kinds == {"gw", "fip"}, kinds
+    assert stages == {"ext_in", "nat_in", "snat", "ext_out"}, stages
 
 
 def test_the_random_worlds_exercise_every_group_step() -> None:
