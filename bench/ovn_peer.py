@@ -132,14 +132,20 @@ class OvnPeer:
                   env=self._env(), timeout=70).stdout.strip()
 
     # -- chassis -------------------------------------------------------------------------
-    def configure_chassis(self, node: Node) -> None:
-        """Point the node's OVSDB at the SB; ovn-controller is not started yet."""
+    def configure_chassis(self, node: Node, physnets: Sequence[str] = ()) -> None:
+        """Point the node's OVSDB at the SB; ovn-controller is not started yet. Each of
+        ``physnets`` gets the node's bridge 'br-<physnet>' (uplink on the test bed's
+        physical switch) in ovn-bridge-mappings."""
+        for p in physnets:
+            self.bed.attach_physnet(node, p, f"br-{p}")
+        mappings = ",".join(f"{p}:br-{p}" for p in physnets)
         node.vsctl("set", "Open_vSwitch", ".",
                    f"external_ids:ovn-remote=tcp:{CENTRAL_IP}:{SB_PORT}",
                    "external_ids:ovn-encap-type=geneve",
                    f"external_ids:ovn-encap-ip={node.underlay_ip}",
                    f"external_ids:ovn-bridge={BR_INT}",
-                   "external_ids:ovn-bridge-datapath-type=netdev")
+                   "external_ids:ovn-bridge-datapath-type=netdev",
+                   *([f"external_ids:ovn-bridge-mappings={mappings}"] if mappings else []))
 
     def start_controller(self, node: Node, timeout: float = 60.0) -> None:
         """ovn-controller inside the node namespace; returns once it has made br-int."""
@@ -152,11 +158,11 @@ class OvnPeer:
         sh(["ovs-vsctl", f"--timeout={int(timeout)}", "wait-until", "Bridge", BR_INT],
            env=node.env(), timeout=timeout + 10)
 
-    def add_chassis(self, name: str, underlay_ip: str) -> Node:
+    def add_chassis(self, name: str, underlay_ip: str, physnets: Sequence[str] = ()) -> Node:
         node = self.bed.add_node(name, underlay_ip)
         if not self.rundir.exists():
             self.start_central()
-        self.configure_chassis(node)
+        self.configure_chassis(node, physnets)
         self.start_controller(node)
         return node
 
