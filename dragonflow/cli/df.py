@@ -2,8 +2,11 @@
 
 df demo            3 simulated compute nodes (netns + their own Open vSwitch, VXLAN/Geneve
                    underlay), 2 networks with the SAME CIDR, VMs spread over the nodes, local
-                   controllers on the embedded NB; prints the topology, a ping matrix, the
-                   flows per node and how to look inside. Removes everything at the end.
+                   controllers on the embedded NB; DHCP, SLAAC, metadata, a ping matrix,
+                   security groups; north-south: a physical network with a host outside,
+                   a VLAN provider network, SNAT through a gateway chassis and a floating
+                   IP; the flows per node and how to look inside. Removes everything at
+                   the end.
 df demo --keep     leave it running (controllers stay in this process until Ctrl-C; the
                    namespaces and OVS stay until `df demo --clean`)
 df demo --clean    remove everything a demo created (by its pid files and name prefix)
@@ -37,11 +40,16 @@ from typing import Any
 from dragonflow.apps.ra import link_local
 from dragonflow.db.connect import open_nb
 from dragonflow.model import SecurityGroup, SecurityGroupRule
+from dragonflow.pipeline.topology import gateway_rank
 from dragonflow.sim import neutron_aio
 from dragonflow.sim.deploy import Deployment
-from dragonflow.sim.probes import probe, serve
-from dragonflow.sim.testbed import BR_INT, Testbed, Vm, kill_pid
+from dragonflow.sim.probes import connection_source, echo_source, probe, serve
+from dragonflow.sim.testbed import BR_INT, Host, Node, Testbed, Vm, kill_pid
 
+GATEWAYS = {"hv2", "hv3"}  # gateway-capable chassis ([controller] gateway = true)
+EXT_CIDR, EXT_GW, OUTSIDE = "172.24.4.0/24", "172.24.4.1", "172.24.4.100"
+ROUTER_GW, FIP = "172.24.4.10", "172.24.4.20"
+VLAN, VLAN_CIDR, VLAN_VM, VLAN_OUTSIDE = 100, "10.100.0.0/24", "10.100.0.11", "10.100.0.100"
 DEMO_PREFIX = "dfdemo"
 STATE = Path("/run/dragonflow-demo.json")
 
@@ -272,6 +280,57 @@ def security_matrix(vms: dict[str, Vm]) -> tuple[int, int]:
     return good, bad
 
 
+def north_south(dep: Deployment, nodes: dict[str, Node], vms: dict[str, Vm], outside: Host,
+                outside_vlan: Host) -> int:
+    """Provider networks, SNAT and a floating IP, against hosts outside; the failures."""
+    dep.provider_network("public", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
+    t0 = time.monotonic()
+    dep.set_gateway("r1", "public", ROUTER_GW)
+    dep.floating_ip("fip1", "public", FIP, "b2-port", "r1")
+    dep.provider_network("vlan100", "ext", VLAN_CIDR, vlan=VLAN)
+    p1 = dep.vm(nodes["hv3"], "p1", "vlan100", "fa:16:3e:00:04:01", VLAN_VM)
+    dep.wait_active(["p1-port"])
+    gw = max(GATEWAYS, key=lambda c: gateway_rank("r1", c))
+    say(f"\nNorth-south: external network 'public' {EXT_CIDR} (flat, physical network ext); "
+        f"a host outside at {OUTSIDE}; r1's gateway {ROUTER_GW} (SNAT on gateway chassis "
+        f"{gw}); floating IP {FIP} -> b2 (DNAT/SNAT on b2's own node, hv2); VLAN {VLAN} "
+        f"network {VLAN_CIDR} with VM p1 on hv3 and a host outside at {VLAN_OUTSIDE}:")
+    deadline = t0 + 20
+    while not vms["b1"].ping(OUTSIDE, count=1, timeout=0.3) and time.monotonic() < deadline:
+        pass
+    say(f"  (b1's first reply from the outside came {time.monotonic() - t0:.1f} s after r1's "
+        "gateway was set: the gateway chassis followed the router's networks, compiled, "
+        "announced its address)")
+    checks = [
+        ("b1 (no floating IP) pings the outside", lambda: vms["b1"].ping(OUTSIDE, count=3),
+         None),
+        ("  ... the outside saw it come from", None,
+         lambda: echo_source(outside.netns, outside.dev, lambda: vms["b1"].ping(OUTSIDE))),
+        ("the outside pings b2 by its floating IP", lambda: outside.ping(FIP, count=3), None),
+        ("  ... b2 opens a TCP connection out; the outside saw it from", None,
+         lambda: connection_source(outside.netns, 8080,
+                                   lambda: probe(vms["b2"], "tcp", OUTSIDE, 8080))),
+        ("the outside pings r1's gateway address", lambda: outside.ping(ROUTER_GW, count=2),
+         None),
+        (f"p1 (VLAN {VLAN}, hv3) pings the host outside on VLAN {VLAN}",
+         lambda: p1.ping(VLAN_OUTSIDE, count=3), None),
+        (f"the host outside on VLAN {VLAN} pings p1", lambda: outside_vlan.ping(VLAN_VM),
+         None),
+    ]
+    failed = 0
+    expect = {1: ROUTER_GW, 3: FIP}
+    for i, (what, check, seen) in enumerate(checks):
+        if check is not None:
+            ok = check()
+            say(f"  {what}: {'yes' if ok else 'NO'}")
+        else:
+            got = seen() if seen is not None else ""
+            ok = got == expect[i]
+            say(f"  {what} {got or 'nothing'} (expected {expect[i]})")
+        failed += not ok
+    return failed
+
+
 def demo(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         say("df demo needs root (network namespaces, Open vSwitch).")
@@ -294,9 +353,13 @@ def demo(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         nodes = {}
         for name, ip in NODES:
-            nodes[name] = dep.add_node(name, ip)
+            nodes[name] = dep.add_node(name, ip, physnets=("ext",), gateway=name in GATEWAYS)
+        outside = bed.add_outside("out", "ext", f"{OUTSIDE}/24")
+        outside_vlan = bed.add_outside("outv", "ext", f"{VLAN_OUTSIDE}/24", vlan=VLAN)
         say(f"\n3 simulated compute nodes (each: netns + its own ovsdb-server/ovs-vswitchd, "
-            f"underlay {', '.join(ip for _, ip in NODES)}), local controllers started")
+            f"underlay {', '.join(ip for _, ip in NODES)}), local controllers started; each "
+            f"maps physical network 'ext' to its br-ext (bridge_mappings), "
+            f"{' and '.join(sorted(GATEWAYS))} may host routers' gateways")
         for name, ntype, vni, cidr in NETWORKS:
             dep.network(name, ntype, vni, cidr, dhcp=True, dns=("10.0.0.53",))
         dep.subnet("green", "green-subnet6", GREEN6, gateway_ip="fd00:1::1", ipv6_mode="slaac")
@@ -354,6 +417,7 @@ def demo(args: argparse.Namespace) -> int:
         sec_good, sec_bad = security_matrix(sec)
         say(f"{sec_good} cells behaved as designed, {sec_bad} did not.")
         bad += sec_bad
+        bad += north_south(dep, nodes, vms, outside, outside_vlan)
         say("\nFlows per node:")
         for name, hv in nodes.items():
             say(f"  {name}: {dep.flow_count(hv)} flows in {BR_INT}")

@@ -4,8 +4,11 @@ refused one from a dropped one, a long conversation that reports every exchange.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 from dragonflow.sim.testbed import Vm
 
@@ -103,3 +106,58 @@ def talk(vm: Vm, ip: str, port: int, seconds: float) -> subprocess.Popen[str]:
     ``<unix time> ok|fail``."""
     return subprocess.Popen(["ip", "netns", "exec", vm.netns, sys.executable, "-c", TALK,
                              ip, str(port), str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
+# a TCP server that prints the address of the first peer that connects, then exits
+WHO = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(1)
+s.settimeout(float(sys.argv[2]))
+print("ready", flush=True)
+try:
+    c, peer = s.accept()
+    print(peer[0], flush=True)
+except (socket.timeout, TimeoutError):
+    print("nobody", flush=True)
+"""
+
+
+def connection_source(netns: str, port: int, connect: Callable[[], object],
+                      timeout: float = 10.0) -> str:
+    """The source address a TCP server in ``netns`` (e.g. a host outside) sees on the
+    connection ``connect()`` opens to it on ``port`` ("nobody" if none came)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", WHO,
+                             str(port), str(timeout)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"no TCP server in {netns}")
+        connect()
+        return proc.stdout.readline().strip()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def echo_source(netns: str, dev: str, ping: Callable[[], object]) -> str:
+    """The source address of the first ICMP echo request tcpdump sees on ``dev`` in
+    ``netns`` while ``ping()`` runs ("" if none)."""
+    cap = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-l", "-n", "-i", dev,
+                            "-c", "1", "icmp[icmptype] = icmp-echo"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(0.5)  # tcpdump listening
+        ping()
+        out, _ = cap.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        out = ""
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+            cap.communicate()
+    m = re.search(r"IP (\S+) > ", out)
+    return m.group(1) if m else ""

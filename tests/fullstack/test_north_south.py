@@ -22,6 +22,7 @@ from dragonflow.db.errors import StaleVersion
 from dragonflow.model import Binding, FloatingIP, Port
 from dragonflow.pipeline.topology import chassis_mac, gateway_rank
 from dragonflow.sim.deploy import Deployment
+from dragonflow.sim.probes import connection_source, echo_source, probe
 from dragonflow.sim.testbed import Host, Testbed, Vm
 from tests.fixtures.wait import eventually
 
@@ -67,19 +68,7 @@ def bed(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Bed]:
 
 def _sees_source(host: Host, vm: Vm, dst: str) -> str:
     """The source address ``host`` sees on an ICMP echo ``vm`` sends to ``dst``."""
-    cap = subprocess.Popen(["ip", "netns", "exec", host.netns, "tcpdump", "-l", "-n", "-i",
-                            host.dev, "-c", "1", "icmp[icmptype] = icmp-echo"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.5)
-        vm.ping(dst, count=3)
-        out, _ = cap.communicate(timeout=5)
-    finally:
-        if cap.poll() is None:
-            cap.kill()
-            cap.wait()
-    m = re.search(r"IP (\S+) > ", out)
-    return m.group(1) if m else ""
+    return echo_source(host.netns, host.dev, lambda: vm.ping(dst, count=3))
 
 
 def _first_reply(host: Host, ip: str, t0: float, timeout: float = 10.0) -> float:
@@ -180,6 +169,10 @@ def test_snat_floating_ips_and_hairpin(bed: Bed) -> None:
     dep.floating_ip("f1", "ext", "172.24.4.20", "b-port", "r1")
     assert eventually(lambda: bed.outside.ping("172.24.4.20"), 10), "outside -> FIP"
     assert _sees_source(bed.outside, b, OUTSIDE) == "172.24.4.20"
+    assert connection_source(bed.outside.netns, 8080, lambda: probe(b, "tcp", OUTSIDE, 8080)
+                             ) == "172.24.4.20", "a connection b opens comes from its FIP"
+    assert connection_source(bed.outside.netns, 8080, lambda: probe(a, "tcp", OUTSIDE, 8080)
+                             ) == ROUTER_GW, "a's connection: SNAT"
     # hairpin: through each other's floating IPs
     dep.floating_ip("f2", "ext", "172.24.4.21", "c-port", "r1")
     assert eventually(lambda: bed.outside.ping("172.24.4.21"), 10)
