@@ -87,7 +87,7 @@ extension_drivers = port_security
 [ml2_type_flat]
 flat_networks = *
 [ml2_type_vlan]
-network_vlan_ranges = physnet1:100:199
+network_vlan_ranges = physnet1:100:199,ext:100:199
 [ml2_type_vxlan]
 vni_ranges = 1001:1999
 [ml2_type_geneve]
@@ -394,8 +394,10 @@ class NeutronStack:
     @classmethod
     def start(cls, bed: Testbed, nb_url: str, nodes: Sequence[tuple[str, str]],
               nb_root: str = "/df/", mech_logger: bool = False,
-              nb_security: NbSecurity | None = None) -> NeutronStack:
-        """Neutron comes up while the nodes and their controllers do."""
+              nb_security: NbSecurity | None = None, physnets: tuple[str, ...] = (),
+              gateways: Sequence[str] = ()) -> NeutronStack:
+        """Neutron comes up while the nodes and their controllers do; every node maps
+        ``physnets`` (Deployment.add_node), those named in ``gateways`` may host SNAT."""
         from dragonflow.db.connect import open_nb
         from dragonflow.sim.deploy import Deployment
 
@@ -407,7 +409,7 @@ class NeutronStack:
             up = pool.submit(neutron.start)
             try:
                 for name, ip in nodes:
-                    dep.add_node(name, ip)
+                    dep.add_node(name, ip, physnets=physnets, gateway=name in gateways)
                 up.result()
             except BaseException:
                 futures.wait([up])
