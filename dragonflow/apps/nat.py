@@ -187,16 +187,16 @@ class NatApp:
         flows = [Flow.make("ext_out", 300, {"network": key, "eth_type": IPV4, "ipv4_dst": ip},
                            (SetField("eth_dst", mac), *out), owner)
                  for ip, mac in sorted(known.items())]
-        for sub in view.subnets_of_network(net.id):
-            if sub.cidr.version != 4:
-                continue
+        subnets = sorted((s for s in view.subnets_of_network(net.id) if s.cidr.version == 4),
+                         key=lambda s: s.id)
+        for sub in subnets:  # on the link: the host itself
             flows.append(Flow.make("ext_out", 200, {"network": key, "eth_type": IPV4,
                                                     "ipv4_dst": str(sub.cidr)}, ask, owner))
-            gw = str(sub.gateway_ip) if sub.gateway_ip is not None else None
-            via: tuple[Action, ...] = (SetField("eth_dst", known[gw]), *out) \
-                if gw in known else ask if gw else ()
-            flows.append(Flow.make("ext_out", 100, {"network": key, "eth_type": IPV4},
-                                   via, owner))
+        # anything else: through the (first) subnet's gateway, the physical network's router
+        gw = next((str(s.gateway_ip) for s in subnets if s.gateway_ip is not None), None)
+        via: tuple[Action, ...] = (SetField("eth_dst", known[gw]), *out) \
+            if gw in known else ask if gw else ()
+        flows.append(Flow.make("ext_out", 100, {"network": key, "eth_type": IPV4}, via, owner))
         return flows
 
     # --- a router's gateway ----------------------------------------------------------------
