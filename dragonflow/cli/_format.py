@@ -105,7 +105,8 @@ COLUMNS: dict[str, list[Column]] = {
     "securitygroup": [("RULES", _count("rules"))],
     "floatingip": [("ADDRESS", field("floating_ip_address")),
                    ("NETWORK", field("floating_network_id")), ("PORT", field("port_id")),
-                   ("FIXED_IP", field("fixed_ip_address")), ("ROUTER", field("router_id"))],
+                   ("FIXED_IP", field("fixed_ip_address")), ("ROUTER", field("router_id")),
+                   ("STATUS", field("status"))],
     "qospolicy": [("RULES", _qos_rules)],
     "addressgroup": [("ADDRESSES", field("addresses"))],
 }

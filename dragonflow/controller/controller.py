@@ -865,8 +865,8 @@ class LocalController:
                 # DOWN only from the chassis that still serves it (a floating IP moving
                 # with its VM: the old chassis' goodbye must not undo the new one's ACTIVE)
                 gone = status != "ACTIVE" and (name, f"fip/{obj_id}") not in engine.flows
-                if tbl == "floatingip" and not gone and hasattr(self.nbw, "set_fip_status"):
-                    self.nbw.set_fip_status(obj_id, status)  # TODO-helper
+                if tbl == "floatingip" and not gone:
+                    self.nbw.set_fip_status(obj_id, status)
 
     def _set_status(self, port_id: str, status: str) -> None:
         """The loop's wish; the NB worker writes it (coalesced, retried, off the loop)."""

@@ -21,6 +21,7 @@ from dragonflow.model.fields import (
     IPAddress,
     IPInterface,
     Nested,
+    OneOf,
     Opt,
     TupleOf,
     fld,
@@ -28,6 +29,7 @@ from dragonflow.model.fields import (
 from dragonflow.model.l2 import HostRoute, Network, Port, Subnet
 
 PORT_KEY_NS = "port"  # router ports are logical ports too: they share the port key space
+FLOATINGIP_STATUSES = ("DOWN", "ACTIVE", "ERROR")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -172,6 +174,9 @@ class FloatingIP(NbObject):
     port_id: str | None = fld(OPT_ID, None)
     fixed_ip_address: IPAddress | None = fld(OPT_IP, None)
     router_id: str | None = fld(OPT_ID, None)
+    # Written by the local controller of the chassis hosting port_id: ACTIVE once its NAT
+    # flows are installed, DOWN when they no longer are; Neutron's status follows it.
+    status: str = fld(OneOf(*FLOATINGIP_STATUSES), "DOWN")
 
     def _check(self) -> None:
         fixed = self.fixed_ip_address

@@ -6,7 +6,8 @@ security groups, ports, routers and floating IPs, translates them, compares them
 and:
 
 * creates what the NB lacks, rewrites what differs (ignoring version, the NB-allocated unique
-  keys and the controller-owned port status), deletes NB objects Neutron does not have;
+  keys and the controller-owned status of ports and floating IPs), deletes NB objects
+  Neutron does not have;
 * re-reads every object from Neutron just before touching it (NbWriter with a fresh
   reader), so a change that raced with the sync is never undone, and an object created
   after the listing is never taken for a stray;

@@ -269,16 +269,27 @@ def floatingip(f: Mapping[str, Any]) -> FloatingIP:
 
 # --- comparing with what the NB holds ------------------------------------------------------
 def merge(stored: NbObject, new: NbObject) -> NbObject:
-    """``new`` with the fields the NB owns taken from ``stored``: a port's status (written by
-    the local controllers), reset to DOWN when the port moves to another chassis."""
+    """``new`` with the fields the NB owns taken from ``stored``: the status of a port and of
+    a floating IP, written by the local controllers (Neutron's own status follows the NB's,
+    never the other way). It is reset to DOWN when what it vouched for changed: a port moved
+    to another chassis, a floating IP associated with another port or fixed IP (or none)."""
     if isinstance(new, Port) and isinstance(stored, Port):
         moved = stored.binding != new.binding
+        return new.replace(status="DOWN" if moved else stored.status)
+    if isinstance(new, FloatingIP) and isinstance(stored, FloatingIP):
+        moved = (stored.port_id, stored.fixed_ip_address) != (new.port_id,
+                                                              new.fixed_ip_address)
         return new.replace(status="DOWN" if moved else stored.status)
     return new
 
 
 def same(stored: NbObject, new: NbObject) -> bool:
-    """Equal apart from version and the NB-allocated unique keys."""
+    """Equal apart from version, the NB-allocated unique keys and the NB-owned status (of a
+    port or floating IP: Neutron's dicts never carry it, so comparing it would make every
+    ACTIVE object differ from Neutron's)."""
     if type(stored) is not type(new):
         return False
-    return new.replace(version=stored.version).carry_unique_keys(stored) == stored
+    new = new.replace(version=stored.version).carry_unique_keys(stored)
+    if isinstance(new, Port | FloatingIP) and isinstance(stored, Port | FloatingIP):
+        new = new.replace(status=stored.status)
+    return new == stored

@@ -7,13 +7,14 @@
   start at 1): "the revision" below.
 * Stored version older than that revision: ``update(force_version=revision)``.
 * Stored version not older (a stale, out-of-order event -- or a version a local controller
-  bumped when it wrote the port status, or a change Neutron made without bumping the
-  revision, e.g. rules removed by a cascade): the event's dict is not trusted. ``fresh()``
-  reads the object from Neutron *now*; if that differs from the NB it is written with
-  version ``max(revision, stored + 1)``. A stale event therefore never overwrites newer
+  bumped when it wrote a port's or floating IP's status, or a change Neutron made without
+  bumping the revision, e.g. rules removed by a cascade): the event's dict is not trusted.
+  ``fresh()`` reads the object from Neutron *now*; if that differs from the NB it is written
+  with version ``max(revision, stored + 1)``. A stale event therefore never overwrites newer
   content, and a real change is never lost to a version conflict.
-* Equal content (ignoring version and NB-allocated unique keys): only the version is raised
-  to the revision (so a late event of an older revision is recognised as stale).
+* Equal content (ignoring version, NB-allocated unique keys and NB-owned status -- see
+  translate.same): only the version is raised to the revision (so a late event of an older
+  revision is recognised as stale).
 * A write the NB refuses because a referenced object is missing (Neutron changed a port
   before the driver heard of its new subnet) first writes that object from Neutron.
 

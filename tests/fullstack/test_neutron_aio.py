@@ -13,6 +13,11 @@ New security groups get Neutron's default rules, as in a real deployment: the al
 fills the rule templates that the schema built from the models lacks (the data of migration
 c33da356b165). This check needs only the Neutron API and the NB, no nodes.
 
+Floating IP status, also without nodes: a floating IP is created DOWN and Neutron reports the
+status written into its NB object (as the chassis that installs its NAT does); re-associating
+it resets it to DOWN. A VLAN port binds only on a host whose NB chassis maps the physical
+network.
+
 Skipped when the neutron extra (neutron, gunicorn, openstacksdk) is missing, except under
 CI=true, where that fails.
 """
@@ -30,7 +35,16 @@ from typing import Any
 import pytest
 
 from dragonflow.db.connect import open_nb
-from dragonflow.model import Chassis, NbObject, Network, Port, Router, SecurityGroup, Subnet
+from dragonflow.model import (
+    Chassis,
+    FloatingIP,
+    NbObject,
+    Network,
+    Port,
+    Router,
+    SecurityGroup,
+    Subnet,
+)
 from dragonflow.sim import neutron_aio
 from dragonflow.sim.neutron_aio import NeutronAio, NeutronStack
 from dragonflow.sim.testbed import BR_INT, Node, Testbed
@@ -299,3 +313,92 @@ def test_new_security_groups_get_neutron_default_rules(neutron: NeutronAio) -> N
     net_api.delete_network(net.id)
     for sg in (web, dflt, other_sg):
         net_api.delete_security_group(sg.id)
+
+
+# --- floating IP status and provider-network binding, through the real API ---------------
+def wait_api(get: Any, want: Any, timeout: float = 20.0) -> Any:
+    """``get()`` once it returns ``want`` (else the last value, for the assertion)."""
+    deadline = time.monotonic() + timeout
+    while (got := get()) != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return got
+
+
+def test_floating_ip_status_follows_the_nb_and_physnet_binding(neutron: NeutronAio) -> None:
+    """A floating IP is created DOWN; the NB status a chassis writes (ACTIVE once its NAT is
+    installed, DOWN when it is gone) is what Neutron reports; re-associating resets it. A
+    VLAN port binds only on a host whose chassis maps the physical network."""
+    net_api = neutron.connection().network
+    nb = open_nb(neutron.nb_url, root=neutron.nb_root)
+    try:
+        public = net_api.create_network(name="public", is_router_external=True,
+                                        provider_network_type="flat",
+                                        provider_physical_network="public")
+        net_api.create_subnet(network_id=public.id, ip_version=4, cidr="172.24.4.0/24",
+                              enable_dhcp=False)
+        private = net_api.create_network(name="private")
+        sub = net_api.create_subnet(network_id=private.id, ip_version=4, cidr="10.9.0.0/24")
+        router = net_api.create_router(name="edge",
+                                       external_gateway_info={"network_id": public.id})
+        net_api.add_interface_to_router(router, subnet=sub.id)
+        vm, vm2 = (net_api.create_port(network_id=private.id, name=n, binding_host_id="hv1",
+                                       device_owner="compute:nova", device_id=f"vm-{n}")
+                   for n in ("vm", "vm2"))
+        fip = net_api.create_ip(floating_network_id=public.id, port_id=vm.id)
+        assert fip.status == "DOWN"  # no chassis vouched for its NAT yet
+
+        def nb_fip() -> FloatingIP:
+            return nb.get_or_raise(FloatingIP, fip.id)
+
+        def neutron_status() -> str:
+            return str(net_api.get_ip(fip.id).status)
+
+        assert (nb_fip().port_id, nb_fip().status) == (vm.id, "DOWN")
+        time.sleep(0.5)
+        assert neutron_status() == "DOWN"
+        for status in ("ACTIVE", "DOWN", "ACTIVE"):  # as the chassis of hv1 writes it
+            nb.update(nb_fip().replace(status=status))
+            assert wait_api(neutron_status, status) == status
+        assert nb_fip().status == "ACTIVE"  # Neutron's own status write left the NB alone
+        net_api.update_ip(fip.id, description="web")  # a rewrite: still hv1's word
+        time.sleep(0.5)
+        assert (nb_fip().status, neutron_status()) == ("ACTIVE", "ACTIVE")
+        net_api.update_ip(fip.id, port_id=vm2.id)  # another port: DOWN until its chassis says
+        assert nb_fip().status == "DOWN"
+        assert wait_api(neutron_status, "DOWN") == "DOWN"
+
+        # --- VLAN binding: only where the chassis maps the physical network ---------------
+        vlan = net_api.create_network(name="vlan", provider_network_type="vlan",
+                                      provider_physical_network="physnet1",
+                                      provider_segmentation_id=142)
+        net_api.create_subnet(network_id=vlan.id, ip_version=4, cidr="10.10.0.0/24")
+        nb.create(Chassis(id="hv-phys", ip="192.0.2.21", tunnel_types=("geneve",),
+                          bridge_mappings={"physnet1": "br-phys"}))
+        nb.create(Chassis(id="hv-overlay", ip="192.0.2.22", tunnel_types=("geneve",)))
+        kinds = {}
+        for host in ("hv-phys", "hv-overlay", "hv-unknown"):
+            p = net_api.create_port(network_id=vlan.id, binding_host_id=host,
+                                    device_owner="compute:nova", device_id=f"vm-{host}")
+            kinds[host] = p.binding_vif_type
+            net_api.delete_port(p.id)
+        assert kinds == {"hv-phys": "ovs", "hv-overlay": "binding_failed",
+                         "hv-unknown": "binding_failed"}
+        log = neutron.log.read_text()
+        assert "no Dragonflow chassis is registered for host 'hv-unknown'" in log
+        assert "chassis 'hv-overlay' does not map physical network 'physnet1'" in log
+
+        # --- clean up through Neutron ------------------------------------------------------
+        net_api.delete_ip(fip.id)
+        for p in (vm, vm2):
+            net_api.delete_port(p.id)
+        net_api.remove_interface_from_router(router, subnet=sub.id)
+        net_api.delete_router(router.id)
+        for n in (vlan, private, public):
+            net_api.delete_network(n.id)
+        for table in ("floatingip", "router", "port", "network"):
+            assert nb.list(table) == [], table
+    finally:
+        for c in ("hv-phys", "hv-overlay"):
+            if nb.get(Chassis, c) is not None:
+                nb.delete(Chassis, c)
+        nb.driver.close()

@@ -300,3 +300,35 @@ def test_merge_keeps_controller_status_unless_the_port_moved() -> None:
                                                                 chassis_id="hv2")))
     assert moved.status == "DOWN"  # type: ignore[attr-defined]
     assert not translate.same(stored, moved)
+
+
+def test_fip_status_is_the_nbs_kept_unless_the_association_changed() -> None:
+    f = {"id": "f1", "project_id": "proj", "revision_number": 2, "status": "ACTIVE",
+         "floating_ip_address": "172.24.4.20", "floating_network_id": EXT,
+         "port_id": PORT, "fixed_ip_address": "10.0.0.5", "router_id": ROUTER}
+    new = translate.floatingip(f)
+    assert new.status == "DOWN"  # Neutron's status is never taken: it follows the NB's
+    stored = new.replace(status="ACTIVE", version=5)
+    # a rewrite by the plugin (a new name, Neutron's revision bumped by its status update)
+    renamed = translate.floatingip(f | {"name": "web", "revision_number": 7})
+    kept = translate.merge(stored, renamed)
+    assert kept.status == "ACTIVE"  # type: ignore[attr-defined]
+    assert not translate.same(stored, kept)  # the name changed
+    assert translate.same(stored, translate.merge(stored, new))
+    # sync compares Neutron's object, which never carries the NB status: no flapping
+    assert translate.same(stored, new)
+    assert translate.same(stored.replace(status="ERROR"), new)
+    for change in ({"port_id": "88888888-8888-8888-8888-888888888888"},
+                   {"fixed_ip_address": "10.0.0.6"},
+                   {"port_id": None, "fixed_ip_address": None, "router_id": None}):
+        moved = translate.merge(stored, translate.floatingip(f | change))
+        assert moved.status == "DOWN", change  # type: ignore[attr-defined]
+        assert not translate.same(stored, moved)
+    # a FIP never stored as ACTIVE stays DOWN
+    assert translate.merge(new, renamed).status == "DOWN"  # type: ignore[attr-defined]
+
+
+def test_same_ignores_the_nb_owned_port_status() -> None:
+    new = translate.port(neutron_port())
+    assert new is not None
+    assert translate.same(new.replace(status="ACTIVE", version=9), new)

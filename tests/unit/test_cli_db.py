@@ -194,7 +194,7 @@ def _rows(out: str) -> list[list[str]]:
                 "GATEWAY": "ext/172.24.4.2 nosnat"}),
     ("securitygroup", {"ID": "sg-a", "RULES": "1"}),
     ("floatingip", {"ID": "fip1", "ADDRESS": "172.24.4.10", "NETWORK": "ext", "PORT": "p1",
-                    "FIXED_IP": "10.0.0.5", "ROUTER": "r1"}),
+                    "FIXED_IP": "10.0.0.5", "ROUTER": "r1", "STATUS": "DOWN"}),
     ("qospolicy", {"ID": "q1", "RULES": "egress=1000/100kbps,dscp=26"}),
     ("chassis", {"ID": "hv1", "IP": "192.0.2.11", "TUNNELS": "vxlan,geneve",
                  "EXT_IP": "-", "BRIDGES": "public=br-ex"}),

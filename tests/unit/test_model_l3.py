@@ -114,10 +114,22 @@ def test_fip_fields() -> None:
     bad("floatingip", "fip1", "fixed_ip_address", "2001:db8::5", "is IPv6",
         "floating_ip_address 172.24.4.100 is IPv4")
     bad_replace("floatingip", "fip1", "fixed_ip_address", "requires port_id", port_id=None)
+    bad("floatingip", "fip1", "status", "BUILD", "not one of DOWN|ACTIVE|ERROR")
+    bad("floatingip", "fip1", "status", True, "not one of")
     unbound = get("floatingip", "fip1").replace(port_id=None, fixed_ip_address=None,
                                                 router_id=None)
     assert unbound.index_entries() == [("floating_network_id", "ext")]
     unbound.validate_refs(lookup_in(world()))
+
+
+def test_fip_status_defaults_to_down_and_round_trips() -> None:
+    bare = FloatingIP(id="f2", floating_ip_address="172.24.4.101", floating_network_id="ext")
+    assert bare.status == "DOWN"
+    assert FloatingIP.from_dict(bare.to_dict()) == bare
+    active = get("floatingip", "fip1")
+    assert active.status == "ACTIVE"
+    assert active.to_dict()["status"] == "ACTIVE"
+    assert FloatingIP.from_dict(active.to_dict()) == active
 
 
 def test_fip_indexes_and_claims() -> None:

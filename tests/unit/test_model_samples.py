@@ -91,7 +91,8 @@ def world() -> dict[tuple[str, str], NbObject]:
                         "enable_snat": False}),
         FloatingIP(id="fip1", topic=T1, name="fip", version=1,
                    floating_ip_address="172.24.4.100", floating_network_id="ext",
-                   port_id="port1", fixed_ip_address="10.0.0.5", router_id="r1"),
+                   port_id="port1", fixed_ip_address="10.0.0.5", router_id="r1",
+                   status="ACTIVE"),
     ]
     return {(o.TABLE, o.id): o for o in objs}
 

@@ -5,6 +5,8 @@ extra routes, external gateway with the SNAT flag, floating IPs); each public me
 calls them and then writes the result to the NB. A router is always written as Neutron has
 it *after* the call (router + interface ports + their subnets, read fresh), since an NB
 Router gathers all of those. There are no L3 agents: the local controllers route.
+Floating IPs are created DOWN: their status is the NB's, written by the local controller
+that installs their NAT, and applied here by status.PortStatusFollower.
 Failures are logged (NbWriter) and never fail the API call; sync.py repairs them.
 """
 
@@ -139,9 +141,12 @@ class DfL3RouterPlugin(service_base.ServicePluginBase,
         return result  # type: ignore[no-any-return]
 
     # --- floating IPs. ML2 disassociates them from a port it deletes inside its transaction
-    # (disassociate_floatingips); the mechanism driver rewrites them after the commit. ---
+    # (disassociate_floatingips); the mechanism driver rewrites them after the commit.
+    # Status: created DOWN (as ML2/OVN does); ACTIVE only once the chassis hosting the port
+    # reports its NAT installed in the NB (status.PortStatusFollower applies it here through
+    # update_floatingip_status, inherited from L3_NAT_dbonly_mixin). ---
     def create_floatingip(self, context: Any, floatingip: dict[str, Any],
-                          initial_status: str = n_const.FLOATINGIP_STATUS_ACTIVE
+                          initial_status: str = n_const.FLOATINGIP_STATUS_DOWN
                           ) -> dict[str, Any]:
         result = super().create_floatingip(context, floatingip, initial_status)
         self.write_floatingip(result)

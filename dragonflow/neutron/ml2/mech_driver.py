@@ -10,9 +10,14 @@ integration_bridge`` / ``datapath_type`` (the VIF details Nova plugs with).
   repaired by dragonflow.neutron.sync.
 * Security groups, their rules and address groups arrive through the callback registry (ML2
   has no hooks for them).
+* Binding is agentless (VIF type ovs on the integration bridge): overlay and local segments
+  on any host; flat and VLAN segments only on a host whose NB Chassis (registered by its
+  df-controller, id = the Neutron host name) maps the segment's physical network in its
+  ``bridge_mappings``. Anything else is refused, with the reason logged.
 * A port created or moved to a host gets a provisioning block of entity ``DF``; the
   :class:`~dragonflow.neutron.status.PortStatusFollower` (started with the API process)
-  completes it when the local controller of that host reports the port ACTIVE in the NB.
+  completes it when the local controller of that host reports the port ACTIVE in the NB
+  (and applies the floating IPs' NB status to Neutron).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from neutron_lib.callbacks import events, registry, resources
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 
-from dragonflow.model import AddressGroup, Network, Port, SecurityGroup, Subnet
+from dragonflow.model import AddressGroup, Chassis, Network, Port, SecurityGroup, Subnet
 from dragonflow.neutron import config, source, translate
 from dragonflow.neutron.status import DF_ENTITY, PortStatusFollower
 from dragonflow.neutron.writer import NbWriter
@@ -37,11 +42,13 @@ LOG = logging.getLogger(__name__)
 
 SUPPORTED_VNIC_TYPES = (portbindings.VNIC_NORMAL,)
 RBAC_REREAD_DELAY = 0.3  # seconds after an RBAC policy request: the policy is written
-# Network types whose ports the datapath carries between chassis today (overlays), and
-# "local" (a network on one host: local delivery is all it promises). VLAN and flat are
-# written to the NB but NOT bound until provider networks are in the datapath: a port
-# that goes ACTIVE with nothing behind it would be a lie to Nova and the user.
+# Network types whose ports the datapath carries on any chassis: the overlays (tunnels
+# between chassis), and "local" (a network on one host: local delivery is all it promises).
 DATAPATH_NETWORK_TYPES = ("vxlan", "geneve", "gre", "local")
+# Provider network types, carried only by a chassis that maps the segment's physical network
+# to a bridge (its NB Chassis' bridge_mappings, from [controller] bridge_mappings): a port
+# bound anywhere else would go ACTIVE with no uplink behind it -- a lie to Nova and the user.
+PHYSNET_NETWORK_TYPES = ("flat", "vlan")
 # The apps that enforce port security and security groups on every chassis: the driver
 # tells Nova "port_filter" only when the deployment's [controller] apps has both.
 FILTER_APPS = ("port_security", "secgroup")
@@ -238,22 +245,55 @@ class DfMechanismDriver(api.MechanismDriver):
 
     # --- binding -----------------------------------------------------------------------
     def bind_port(self, context: Any) -> None:
-        """Agentless: bind on any host, to the first segment of a type the datapath
-        implements; otherwise refuse with the reason (Neutron marks the binding failed)."""
+        """Agentless: bind to the first segment the host's datapath carries -- an overlay or
+        local segment on any host; a flat or VLAN segment only on a host whose NB Chassis
+        (id = the Neutron host) maps the segment's physical network to a bridge. Otherwise
+        refuse with the reasons (Neutron marks the binding failed)."""
         port = context.current
         vnic = port.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL)
         if vnic not in SUPPORTED_VNIC_TYPES:
             LOG.warning("port %s: not bound by df: vnic_type %r is not supported (only %s)",
                         port["id"], vnic, ", ".join(SUPPORTED_VNIC_TYPES))
             return
+        host = context.host
+        reasons: list[str] = []
         for segment in context.segments_to_bind:
-            if segment[api.NETWORK_TYPE] in DATAPATH_NETWORK_TYPES:
+            kind = segment[api.NETWORK_TYPE]
+            if kind in DATAPATH_NETWORK_TYPES:
                 context.set_binding(segment[api.ID], self.vif_type, dict(self.vif_details))
                 return
-        types = sorted({str(s[api.NETWORK_TYPE]) for s in context.segments_to_bind})
-        LOG.warning("port %s on host %s: not bound by df: network type(s) %s not carried "
-                    "by the Dragonflow datapath yet (it carries %s)", port["id"],
-                    context.host, ", ".join(types), ", ".join(DATAPATH_NETWORK_TYPES))
+            if kind in PHYSNET_NETWORK_TYPES:
+                why = self._unmapped(host, segment.get(api.PHYSICAL_NETWORK))
+                if why is None:
+                    context.set_binding(segment[api.ID], self.vif_type,
+                                        dict(self.vif_details))
+                    return
+                reasons.append(f"{kind} segment on physical network "
+                               f"{segment.get(api.PHYSICAL_NETWORK)!r}: {why}")
+            else:
+                reasons.append(f"network type {kind} not carried by the Dragonflow datapath "
+                               f"(it carries {', '.join(DATAPATH_NETWORK_TYPES)} on any host, "
+                               f"{', '.join(PHYSNET_NETWORK_TYPES)} on hosts whose chassis "
+                               "maps the physical network)")
+        LOG.warning("port %s on host %s: not bound by df: %s", port["id"], host,
+                    "; ".join(reasons) or "no segment to bind")
+
+    def _unmapped(self, host: str, physnet: str | None) -> str | None:
+        """Why ``host`` cannot carry a segment on ``physnet`` (None: it can)."""
+        if not physnet:
+            return "the segment names no physical network"
+        try:
+            chassis = self.nb.get(Chassis, host) if host else None
+        except Exception as e:  # noqa: BLE001 -- the NB unreachable: refuse, say why
+            return f"the NB chassis of host {host!r} could not be read ({e})"
+        if chassis is None:
+            return (f"no Dragonflow chassis is registered for host {host!r} (a df-controller "
+                    "with this host name registers it, with its bridge_mappings)")
+        if chassis.bridge_for(physnet) is not None:
+            return None
+        have = ", ".join(f"{p}:{b}" for p, b in chassis.bridge_mappings) or "none"
+        return (f"chassis {host!r} does not map physical network {physnet!r} to a bridge "
+                f"(its bridge_mappings: {have})")
 
     # --- security groups (callback registry) --------------------------------------------
     def _put_security_group(self, sg_id: str, sg: dict[str, Any] | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from typing import Any
+from unittest import mock
 
 from neutron.objects import provisioning_blocks as pb_obj
 from neutron.tests.unit.plugins.ml2 import test_plugin
@@ -20,6 +21,7 @@ from dragonflow.model import (
     AddressGroup,
     AddressPair,
     Binding,
+    Chassis,
     DhcpOpt,
     FixedIp,
     HostRoute,
@@ -240,20 +242,81 @@ class TestPorts(DfMl2Case):
             self.admin(), standard_attr_id=got["standard_attr_id"])
         self.assertEqual([DF_ENTITY], [b.entity for b in blocks])
 
-    def test_vlan_and_flat_ports_are_refused_until_the_datapath_carries_them(self) -> None:
-        for kind, attrs in (("vlan", {"provider:physical_network": "physnet1",
-                                      "provider:segmentation_id": 42}),
-                            ("flat", {"provider:physical_network": "physnet2"})):
-            net = self.network(f"net-{kind}", **{"provider:network_type": kind, **attrs})
-            self.subnet(net, cidr="10.42.0.0/24" if kind == "vlan" else "10.43.0.0/24")
-            with self.assertLogs("dragonflow.neutron.ml2.mech_driver", "WARNING") as logs:
-                port = self.port(net, **{portbindings.HOST_ID: "hv1"})
-            got = self.neutron("port", port["id"])
-            self.assertEqual(portbindings.VIF_TYPE_BINDING_FAILED, got[portbindings.VIF_TYPE])
-            self.assertTrue(any(f"network type(s) {kind} not carried" in line
-                                for line in logs.output), logs.output)
-            self.assertNotEqual("ACTIVE", got["status"])
+    def refused(self, net: dict[str, Any], host: str, *why: str) -> dict[str, Any]:
+        """A port on ``net`` bound to ``host``: refused, with ``why`` in the log line."""
+        with self.assertLogs("dragonflow.neutron.ml2.mech_driver", "WARNING") as logs:
+            port = self.port(net, **{portbindings.HOST_ID: host})
+        got = self.neutron("port", port["id"])
+        self.assertEqual(portbindings.VIF_TYPE_BINDING_FAILED, got[portbindings.VIF_TYPE])
+        self.assertTrue(any(all(w in line for w in why) for line in logs.output),
+                        (why, logs.output))
+        self.assertNotEqual("ACTIVE", got["status"])
+        return got
+
+    def bound(self, net: dict[str, Any], host: str) -> dict[str, Any]:
+        port = self.port(net, **{portbindings.HOST_ID: host})
+        got = self.neutron("port", port["id"])
+        self.assertEqual(portbindings.VIF_TYPE_OVS, got[portbindings.VIF_TYPE])
+        self.assertEqual(("DOWN", [DF_ENTITY]), (got["status"], [
+            b.entity for b in pb_obj.ProvisioningBlock.get_objects(
+                self.admin(), standard_attr_id=got["standard_attr_id"])]))
+        self.assertEqual(Binding(kind="chassis", chassis_id=host),
+                         self.nb.get_or_raise(Port, port["id"]).binding)
+        return got
+
+    def test_vlan_and_flat_ports_bind_only_where_the_chassis_maps_the_physnet(self) -> None:
+        vlan = self.network("net-vlan", **{"provider:network_type": "vlan",
+                                           "provider:physical_network": "physnet1",
+                                           "provider:segmentation_id": 42})
+        self.subnet(vlan, cidr="10.42.0.0/24")
+        flat = self.network("net-flat", **{"provider:network_type": "flat",
+                                           "provider:physical_network": "physnet2"})
+        self.subnet(flat, cidr="10.43.0.0/24")
+        # no chassis registered for the host: nothing there would carry the traffic
+        for net, kind, physnet in ((vlan, "vlan", "physnet1"), (flat, "flat", "physnet2")):
+            self.refused(net, "hv1", "on host hv1", f"{kind} segment on physical "
+                         f"network '{physnet}'", "no Dragonflow chassis is registered for "
+                         "host 'hv1'")
+        # a chassis that maps physnet1 only: its VLAN ports bind, its flat ports do not
+        self.nb.create(Chassis(id="hv2", ip="192.0.2.12", tunnel_types=("geneve",),
+                               bridge_mappings={"physnet1": "br-vlan"}))
+        self.bound(vlan, "hv2")
+        self.refused(flat, "hv2", "flat segment on physical network 'physnet2'",
+                     "chassis 'hv2' does not map physical network 'physnet2'",
+                     "its bridge_mappings: physnet1:br-vlan")
+        bare = Chassis(id="hv3", ip="192.0.2.13", tunnel_types=("vxlan",))
+        self.nb.create(bare)
+        self.refused(vlan, "hv3", "chassis 'hv3' does not map physical network 'physnet1'",
+                     "its bridge_mappings: none")
+        # once hv3's controller maps physnet2 (it re-registers), its flat ports bind
+        self.nb.update(self.nb.get_or_raise(Chassis, "hv3").replace(
+            bridge_mappings={"physnet2": "br-ex", "physnet1": "br-vlan"}))
+        self.bound(flat, "hv3")
+        self.bound(vlan, "hv3")
+        # overlays still bind on any host, chassis or not
+        vx = self.network("vx", **{"provider:network_type": "vxlan",
+                                   "provider:segmentation_id": 77})
+        self.subnet(vx, cidr="10.44.0.0/24")
+        self.bound(vx, "no-chassis-here")
         self.assert_synced()
+
+    def test_physnet_binding_refused_when_the_nb_cannot_be_read(self) -> None:
+        flat = self.network("net-flat", **{"provider:network_type": "flat",
+                                           "provider:physical_network": "physnet2"})
+        self.subnet(flat, cidr="10.43.0.0/24")
+        self.nb.create(Chassis(id="hv1", ip="192.0.2.11", tunnel_types=("geneve",),
+                               bridge_mappings={"physnet2": "br-ex"}))
+
+        real_get = self.mech.nb.get
+
+        def get(table: Any, obj_id: str) -> Any:  # the binding's read fails, not the writes
+            if table is Chassis:
+                raise OSError("NB unreachable")
+            return real_get(table, obj_id)
+
+        with mock.patch.object(self.mech.nb, "get", side_effect=get):
+            self.refused(flat, "hv1", "the NB chassis of host 'hv1' could not be read",
+                         "NB unreachable")
 
     def test_move_unbind_port_security_off_and_delete(self) -> None:
         net = self.network()

@@ -12,12 +12,19 @@ from neutron.tests.unit.api import test_extensions
 from neutron.tests.unit.extensions import test_extraroute, test_l3
 from neutron.tests.unit.extensions import test_l3_ext_gw_mode as test_l3_gw
 from neutron.tests.unit.plugins.ml2 import test_plugin
+from neutron_lib import constants as n_const
 
 from tests.neutron.server.base import DfNbMixin
 
 NO_L3_AGENTS = ("Assumption: routers are served by L3 agents notified over RPC. df-l3 has "
                 "no L3 agents (every chassis routes from the NB), so there is no RPC "
                 "notification to count -- skipped as for ML2/OVN's L3 plugin.")
+
+
+# Assumption: a floating IP is ACTIVE as soon as it exists (agents do not report). df-l3
+# creates it DOWN, as ML2/OVN does (bug 1657693); it goes ACTIVE only when the chassis
+# hosting its port reports its NAT installed in the NB, and these tests run no chassis.
+FIP_DOWN = n_const.FLOATINGIP_STATUS_DOWN
 
 
 def _ml2_fails_too(assumption: str) -> str:
@@ -31,6 +38,21 @@ class TestDfL3NatDB(DfNbMixin, test_l3.L3NatTestCaseBase,
         super().setUp()
         self.ext_api = test_extensions.setup_extensions_middleware(
             test_extraroute.ExtraRouteTestExtensionManager())
+
+    # Floating IPs are created DOWN (FIP_DOWN above); upstream parametrises these four.
+    def test_create_floatingip_with_assoc(self, expected_status: str = FIP_DOWN) -> None:
+        super().test_create_floatingip_with_assoc(expected_status)
+
+    def test_floatingip_update(self, expected_status: str = FIP_DOWN) -> None:
+        super().test_floatingip_update(expected_status)
+
+    def test_floatingip_update_to_same_port_id_twice(self, expected_status: str = FIP_DOWN
+                                                     ) -> None:
+        super().test_floatingip_update_to_same_port_id_twice(expected_status)
+
+    def test_floatingip_update_subnet_gateway_disabled(self, expected_status: str = FIP_DOWN
+                                                       ) -> None:
+        super().test_floatingip_update_subnet_gateway_disabled(expected_status)
 
     def test__notify_gateway_port_ip_changed(self) -> None:
         self.skipTest(NO_L3_AGENTS)
