@@ -129,7 +129,8 @@ class NatApp:
         # ``installed`` announces); and what was announced last
         self._answering: dict[str, tuple[str, str, int, int]] = {}
         self._announced: dict[str, tuple[str, str, int, int]] = {}
-        self._again: list[tuple[float, int, bytes]] = []  # (when, patch, frame) to repeat
+        # announcements to repeat: (when, owner, what it said, frame)
+        self._again: list[tuple[float, str, tuple[str, str, int, int], bytes]] = []
 
     def owners(self, topo: OwnersView) -> set[str]:
         out = {f"fip/{f}" for f in topo.local_fips()}
@@ -393,7 +394,7 @@ class NatApp:
                 garp = packets.arp_request(mac, ip, ip, vid)
                 answer.frames.append((patch, garp))
                 now = self.clock()
-                self._again += [(now + d, patch, garp) for d in ANNOUNCE_AGAIN]
+                self._again += [(now + d, owner, said, garp) for d in ANNOUNCE_AGAIN]
         return answer
 
     # the announcement again, twice (as Neutron's L3 agent does): one lost, or overtaken
@@ -402,9 +403,13 @@ class NatApp:
         return 0.25
 
     def periodic(self, topo: Topology) -> Answer:
+        """The repeats that are due -- only while their owner still answers for the same
+        address here: a late repeat of a chassis that gave the address away would take it
+        back from the one that has it now."""
         if not self._again:
             return Answer()
         now = self.clock()
-        due = [(patch, f) for when, patch, f in self._again if when <= now]
+        due = [(said[2], f) for when, owner, said, f in self._again
+               if when <= now and self._announced.get(owner) == said]
         self._again = [x for x in self._again if x[0] > now]
         return Answer(frames=due)
