@@ -73,6 +73,7 @@ from dragonflow.model import FixedIp, FloatingIP, Port
 from dragonflow.pipeline.topology import gateway_rank
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.neutron_aio import PrivateDb
+from dragonflow.sim.probes import echo_source
 from dragonflow.sim.testbed import Host, Node, Testbed, TestbedError, Vm, new_prefix
 
 EXT_CIDR, EXT_GW = "172.24.4.0/24", "172.24.4.1"
@@ -408,21 +409,7 @@ def bfd_summary(node: Node, config: bool = False) -> str:
 
 def seen_source(out: Host, vm: Vm) -> str:
     """The source address the outside host sees on an echo request from ``vm``."""
-    cap = subprocess.Popen(["ip", "netns", "exec", out.netns, "tcpdump", "-l", "-n", "-i",
-                            out.dev, "-c", "1", "icmp[icmptype] = icmp-echo"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.5)
-        vm.ping(OUTSIDE, count=3)
-        text, _ = cap.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        text = ""
-    finally:
-        if cap.poll() is None:
-            cap.kill()
-            cap.wait()
-    m = re.search(r"IP (\S+) > ", text)
-    return m.group(1) if m else "nothing seen"
+    return echo_source(out.netns, out.dev, lambda: vm.ping(OUTSIDE, count=3)) or "nothing seen"
 
 
 def diagnose_ovn(ovn: OvnPeer, hv1: Node, fip: str) -> str:

@@ -71,6 +71,15 @@ def _sees_source(host: Host, vm: Vm, dst: str) -> str:
     return echo_source(host.netns, host.dev, lambda: vm.ping(dst, count=3))
 
 
+def _router_with_gateway(dep: Deployment) -> None:
+    """The external flat network, project network t1 (10.0.0.0/24) and router r1 on it with
+    its gateway on the external network."""
+    dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
+    dep.network("t1", "vxlan", 501, "10.0.0.0/24")
+    dep.router("r1", [("t1", ["10.0.0.1/24"])])
+    dep.set_gateway("r1", "ext", ROUTER_GW)
+
+
 def _first_reply(host: Host, ip: str, t0: float, timeout: float = 10.0) -> float:
     """Seconds from ``t0`` until ``host`` gets an echo reply from ``ip`` (probing every
     ~0.1 s); fails the test after ``timeout``."""
@@ -152,10 +161,7 @@ def test_routing_onto_a_vlan_network_uses_the_chassis_mac(bed: Bed) -> None:
 
 def test_snat_floating_ips_and_hairpin(bed: Bed) -> None:
     dep, n = bed.dep, bed.dep.bed.nodes
-    dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
-    dep.network("t1", "vxlan", 501, "10.0.0.0/24")
-    dep.router("r1", [("t1", ["10.0.0.1/24"])])
-    dep.set_gateway("r1", "ext", ROUTER_GW)
+    _router_with_gateway(dep)
     a = dep.vm(n["hv1"], "a", "t1", "fa:16:3e:20:00:01", "10.0.0.11", gateway="10.0.0.1")
     b = dep.vm(n["hv1"], "b", "t1", "fa:16:3e:20:00:02", "10.0.0.12", gateway="10.0.0.1")
     c = dep.vm(n["hv2"], "c", "t1", "fa:16:3e:20:00:03", "10.0.0.13", gateway="10.0.0.1")
@@ -188,10 +194,7 @@ def test_snat_floating_ips_and_hairpin(bed: Bed) -> None:
 @pytest.mark.parametrize("bed", ["etcd"], indirect=True)
 def test_floating_ip_follows_its_port_and_the_vm(bed: Bed) -> None:
     dep, n = bed.dep, bed.dep.bed.nodes
-    dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
-    dep.network("t1", "vxlan", 501, "10.0.0.0/24")
-    dep.router("r1", [("t1", ["10.0.0.1/24"])])
-    dep.set_gateway("r1", "ext", ROUTER_GW)
+    _router_with_gateway(dep)
     b = dep.vm(n["hv1"], "b", "t1", "fa:16:3e:20:00:02", "10.0.0.12", gateway="10.0.0.1")
     c = dep.vm(n["hv2"], "c", "t1", "fa:16:3e:20:00:03", "10.0.0.13", gateway="10.0.0.1")
     dep.wait_active(["b-port", "c-port"])
@@ -234,10 +237,7 @@ def test_floating_ip_follows_its_port_and_the_vm(bed: Bed) -> None:
 @pytest.mark.parametrize("bed", ["redis"], indirect=True)
 def test_gateway_failover(bed: Bed) -> None:
     dep, n = bed.dep, bed.dep.bed.nodes
-    dep.provider_network("ext", "ext", EXT_CIDR, external=True, gateway_ip=EXT_GW)
-    dep.network("t1", "vxlan", 501, "10.0.0.0/24")
-    dep.router("r1", [("t1", ["10.0.0.1/24"])])
-    dep.set_gateway("r1", "ext", ROUTER_GW)
+    _router_with_gateway(dep)
     a = dep.vm(n["hv1"], "a", "t1", "fa:16:3e:20:00:01", "10.0.0.11", gateway="10.0.0.1")
     dep.wait_active(["a-port"])
     assert eventually(lambda: a.ping(OUTSIDE), 10)
