@@ -10,9 +10,10 @@ Stages (``ext_in`` sits at the physical edge, the others around the router's loo
     ext_in   (before classify; from the patch to an external network's physical network)
              ARP requests for an address this chassis answers for (a floating IP of one of
              its ports; the router's gateway IP where it is the active gateway): replied in
-             place, tag kept; ARP replies / announcements to those addresses: punted, the
-             sender learned as a neighbour; ping to the gateway IP: answered; IPv4 to the
-             floating IP's / gateway port's MAC: untagged, into the router (l3_input)
+             place, tag kept, and their sender learned as a neighbour (a copy punted);
+             ARP replies to those addresses: punted, the sender learned; ping to the
+             gateway IP: answered; IPv4 to the floating IP's / gateway port's MAC:
+             untagged, into the router (l3_input)
     nat_in   (after l3_input) from the external network: to a floating IP -> DNAT to its
              fixed IP; to the gateway IP -> un-SNAT (replies of SNATed connections); then
              the router's lookup delivers to the VM
@@ -169,8 +170,11 @@ class NatApp:
             # another chassis announcing the address (taking it over): never answered
             Flow.make("ext_in", 115, {**edge, "eth_type": ARP, "arp_op": 1, "arp_spa": ip,
                                       "arp_tpa": ip}, (), owner),
+            # answered in place; a copy to the controller: who asks is a neighbour (its
+            # answers need not wait for an ARP of ours)
             Flow.make("ext_in", 110, {**edge, "eth_type": ARP, "arp_op": 1, "arp_tpa": ip},
-                      arp_reply_actions(mac, ip), owner),
+                      (SetReg("network", net.unique_key), Meter("arp"), ToController(),
+                       *arp_reply_actions(mac, ip)), owner),
             Flow.make("ext_in", 110, {**edge, "eth_type": ARP, "arp_op": 2, "arp_tpa": ip},
                       (SetReg("network", net.unique_key), Meter("arp"), ToController()),
                       owner),
@@ -326,7 +330,8 @@ class NatApp:
         the frames that waited for it go out now."""
         net = topo.by_unique_key(Network, read_field(pin.match, "network"))
         arp = packets.parse_arp(pin.data)
-        if net is None or arp is None or arp.sha in ("00:00:00:00:00:00",):
+        if (net is None or arp is None or arp.sha == "00:00:00:00:00:00"
+                or arp.spa == "0.0.0.0"):  # an address probe says nothing of its sender
             return Answer()
         answer = Answer(touched=topo.learn_neighbour(net.id, arp.spa, arp.sha))
         patch = topo.facts.phys_ofports.get(net.physical_network or "")
@@ -360,6 +365,10 @@ class NatApp:
         patch = topo.facts.phys_ofports.get(net.physical_network or "")
         if target is None or patch is None:
             return Answer()
+        known = topo.facts.neighbours.get((net.id, target))
+        if known is not None:  # learned, its flow not in yet: this frame goes now
+            return Answer(frames=[(patch, packets.tagged(packets.with_eth_dst(pin.data, known),
+                                                         wire_vlan(net) & 0xFFF))])
         now = self.clock()
         key = (net.id, target)
         frames = self.held.pop(key, [])
