@@ -14,14 +14,15 @@ from dragonflow.db.connect import open_nb
 from dragonflow.model import Subnet
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed
-from tests.fixtures.deploy import two_nodes
 from tests.fixtures.wait import eventually
 
 
 @pytest.fixture(params=["etcd", "redis"])
-def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
-    server = request.getfixturevalue(f"{request.param}_server")
-    with two_nodes(testbed, server.url, tag="dhcp") as d:
+def dep(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """df-controller processes on a real etcd / redis: the session's deployment on it (each
+    test's networks and VMs are removed after it)."""
+    shared = request.getfixturevalue(f"{request.param}_deployment")
+    with shared.use(request) as d:
         yield d
 
 

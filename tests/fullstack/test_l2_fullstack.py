@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
@@ -16,7 +17,7 @@ from dragonflow.db.connect import open_nb
 from dragonflow.model import Port
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import BR_INT, Node, Testbed
-from tests.fixtures.wait import eventually
+from tests.fixtures.wait import at_once, eventually
 
 NODES = [("hv1", "10.255.0.11"), ("hv2", "10.255.0.12"), ("hv3", "10.255.0.13")]
 TAG = {"vxlan": "v", "geneve": "g", "gre": "e"}
@@ -31,8 +32,18 @@ def make_deployment(bed: Testbed, url: str, in_process: bool) -> Deployment:
 
 
 @pytest.fixture(params=["etcd", "redis"])
-def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
-    """One df-controller PROCESS per node against a real etcd / redis server."""
+def dep(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """One df-controller PROCESS per node against a real etcd / redis server: the session's
+    deployment on it (the test's networks and VMs are removed after it)."""
+    shared = request.getfixturevalue(f"{request.param}_deployment")
+    with shared.use(request) as d:
+        yield d
+
+
+@pytest.fixture(params=["etcd", "redis"])
+def fresh_dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
+    """The same, built for the test alone: for a test that kills a controller or restarts
+    ovs-vswitchd."""
     server = request.getfixturevalue(f"{request.param}_server")
     d = make_deployment(testbed, server.url, in_process=False)
     try:
@@ -59,18 +70,21 @@ def test_ping_over_vxlan_geneve_gre_and_isolation(dep: Deployment) -> None:
             vms[name] = dep.vm(n[node], name, f"net-{ntype}", f"fa:16:3e:0{i}:00:0{j}",
                                f"10.1.0.{10 + j}")
     dep.wait_active([f"{v}-port" for v in vms], timeout=60)
-    for ntype in TAG.values():  # every pair, across every node, in every network type
-        for a in range(3):
-            for b in range(3):
-                if a != b:
-                    src, dst = vms[f"{ntype}{a}"], vms[f"{ntype}{b}"]
-                    assert src.ping(dst.ip, count=2, timeout=3), f"{src.name} -> {dst.name}"
+    # every pair, across every node, in every network type (side by side)
+    pairs = [(f"{ntype}{a}", f"{ntype}{b}") for ntype in TAG.values()
+             for a in range(3) for b in range(3) if a != b]
+    pinged = at_once({(src, dst): partial(vms[src].ping, vms[dst].ip, count=2, timeout=3)
+                      for src, dst in pairs})
+    assert [f"{src} -> {dst}" for (src, dst), ok in pinged.items() if not ok] == []
     # same CIDR, same IPs, other networks: never reachable (MACs differ per network)
     vms["v0"].exec("ip neigh flush dev eth0")
-    assert not vms["v0"].ping(vms["g1"].ip.replace("11", "99"), timeout=1)
     for other in ("g1", "g2"):
         vms["v0"].exec(f"ip neigh replace {vms[other].ip} lladdr {vms[other].mac} dev eth0")
-        assert not vms["v0"].ping(vms[other].ip, count=2, timeout=1.5), f"v0 reached {other}"
+    reached = at_once({  # side by side: each waits out its timeout
+        "10.1.0.99": partial(vms["v0"].ping, vms["g1"].ip.replace("11", "99"), timeout=1),
+        "g1": partial(vms["v0"].ping, vms["g1"].ip, count=2, timeout=1.5),
+        "g2": partial(vms["v0"].ping, vms["g2"].ip, count=2, timeout=1.5)})
+    assert reached == {"10.1.0.99": False, "g1": False, "g2": False}, f"v0 reached {reached}"
 
 
 def test_port_delete_stops_traffic_and_removes_flows(dep: Deployment) -> None:
@@ -90,7 +104,9 @@ def test_port_delete_stops_traffic_and_removes_flows(dep: Deployment) -> None:
 
 
 
-def test_controller_kill9_loses_no_ping_and_restores_identical_flows(dep: Deployment) -> None:
+def test_controller_kill9_loses_no_ping_and_restores_identical_flows(
+        fresh_dep: Deployment) -> None:
+    dep = fresh_dep  # its own: the test kills a controller
     n = dep.bed.nodes
     dep.network("blue", "geneve", 800, "10.3.0.0/24")
     a = dep.vm(n["hv1"], "a", "blue", "fa:16:3e:20:00:01", "10.3.0.11")
@@ -117,7 +133,8 @@ def test_controller_kill9_loses_no_ping_and_restores_identical_flows(dep: Deploy
     assert flows_of(n["hv1"]) == before
 
 
-def test_vswitchd_restart_restores_flows_and_pings_resume(dep: Deployment) -> None:
+def test_vswitchd_restart_restores_flows_and_pings_resume(fresh_dep: Deployment) -> None:
+    dep = fresh_dep  # its own: the test restarts an ovs-vswitchd
     n = dep.bed.nodes
     dep.network("blue", "vxlan", 900, "10.4.0.0/24")
     a = dep.vm(n["hv1"], "a", "blue", "fa:16:3e:30:00:01", "10.4.0.11")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
@@ -15,6 +16,8 @@ from dragonflow.db.connect import open_nb
 from dragonflow.model import Route, Router
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.testbed import Testbed, Vm
+from tests.fixtures.deploy import SharedDeployment
+from tests.fixtures.wait import at_once
 
 NODES = [("hv1", "10.255.0.11"), ("hv2", "10.255.0.12"), ("hv3", "10.255.0.13")]
 # network: (type, vni, v4 cidr, gateway, v6 cidr or None, gateway6)
@@ -63,10 +66,9 @@ class L3Bed:
         dep.settle()  # every node has the flows of every other node's ports too
 
 
-@pytest.fixture(params=["proactive", "reactive"])
-def l3(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[L3Bed]:
+def own_bed(testbed: Testbed, l3_mode: str) -> Iterator[L3Bed]:
     nb = open_nb(f"memory://l3-{uuid.uuid4().hex[:8]}", root="/l3/")
-    dep = Deployment(testbed, nb, "memory://", in_process=True, l3_mode=request.param)
+    dep = Deployment(testbed, nb, "memory://", in_process=True, l3_mode=l3_mode)
     try:
         for name, ip in NODES:
             dep.add_node(name, ip)
@@ -77,6 +79,43 @@ def l3(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[L3Bed]:
         dep.stop()
 
 
+def build(dep: Deployment) -> L3Bed:
+    bed = L3Bed(dep)
+    bed.build()
+    return bed
+
+
+@pytest.fixture(scope="module")
+def proactive_bed() -> Iterator[SharedDeployment]:
+    """The proactive bed, which the tests that leave its topology and VMs as they found them
+    take turns on (what a test adds is removed after it)."""
+    shared = SharedDeployment("memory://", tag="l3", extra_nodes=tuple(NODES[2:]),
+                              l3_mode="proactive", setup=build)
+    try:
+        yield shared
+    finally:
+        shared.close()
+
+
+@pytest.fixture(params=["proactive", "reactive"])
+def l3(request: pytest.FixtureRequest) -> Iterator[L3Bed]:
+    """Proactive: the module's bed (its flows do not depend on the traffic before). Reactive:
+    a bed of the test's own, so that its first packets take the controller's path (host
+    flows learned by a test before would carry them)."""
+    if request.param == "proactive":
+        shared = request.getfixturevalue("proactive_bed")
+        with shared.use(request):
+            yield shared.base
+    else:
+        yield from own_bed(request.getfixturevalue("testbed"), request.param)
+
+
+@pytest.fixture(params=["proactive", "reactive"])
+def own_l3(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[L3Bed]:
+    """A bed of the test's own in either mode: for a test that changes its router or VMs."""
+    yield from own_bed(testbed, request.param)
+
+
 def ttl_of(vm: Vm, ip: str) -> int:
     out = vm.exec(f"ping -c1 -W2 {ip}").stdout
     m = re.search(r"(?:ttl|hlim)=(\d+)", out)
@@ -85,11 +124,13 @@ def ttl_of(vm: Vm, ip: str) -> int:
 
 
 def test_every_vm_reaches_every_vm_across_subnets_v4_and_v6(l3: L3Bed) -> None:
-    failed = [(a, b) for a in l3.vms for b in l3.vms
-              if a != b and not l3.vms[a].ping(l3.vms[b].ip, count=2, timeout=3)]
+    pinged = at_once({(a, b): partial(l3.vms[a].ping, l3.vms[b].ip, count=2, timeout=3)
+                      for a in l3.vms for b in l3.vms if a != b})
+    failed = [pair for pair, ok in pinged.items() if not ok]
     assert failed == []
-    failed6 = [(a, b) for a in l3.v6 for b in l3.v6
-               if a != b and not l3.vms[a].ping(l3.v6[b], count=2, timeout=3)]
+    pinged = at_once({(a, b): partial(l3.vms[a].ping, l3.v6[b], count=2, timeout=3)
+                      for a in l3.v6 for b in l3.v6 if a != b})
+    failed6 = [pair for pair, ok in pinged.items() if not ok]
     assert failed6 == []
 
 
@@ -122,8 +163,9 @@ def test_router_interfaces_answer_ping_and_unknown_nets_are_unreachable(l3: L3Be
     assert "From fd00:1::1" in out and "No route" in out, out
 
 
-def test_extra_route_through_a_vm_router(l3: L3Bed) -> None:
+def test_extra_route_through_a_vm_router(own_l3: L3Bed) -> None:
     """VM f (n3) forwards to a 'loopback network' 192.168.77.0/24 it hosts on lo."""
+    l3 = own_l3  # f is changed for good
     a, f = l3.vms["a"], l3.vms["f"]
     f.exec("sysctl -qw net.ipv4.ip_forward=1 && ip addr add 192.168.77.1/32 dev lo", check=True)
     assert not a.ping("192.168.77.1", timeout=1)
@@ -140,7 +182,8 @@ def test_extra_route_through_a_vm_router(l3: L3Bed) -> None:
 
 
 def test_removing_an_interface_stops_only_that_subnet_then_router_delete_stops_all(
-        l3: L3Bed) -> None:
+        own_l3: L3Bed) -> None:
+    l3 = own_l3  # the router goes
     a = l3.vms["a"]
     nb = l3.dep.nb
     r = nb.get_or_raise(Router, "r1")

@@ -28,9 +28,8 @@ from os_ken.lib.packet import arp, dhcp, ethernet, icmpv6, ipv4, ipv6, packet, u
 
 from dragonflow.apps.ra import link_local
 from dragonflow.sim.deploy import Deployment
-from dragonflow.sim.testbed import Testbed, Vm
-from tests.fixtures.deploy import two_nodes
-from tests.fixtures.wait import eventually
+from dragonflow.sim.testbed import Vm
+from tests.fixtures.wait import at_once, eventually
 
 PAIR_MAC = "fa:16:3e:60:01:01"
 SPOOF_MAC = "fa:16:3e:60:00:99"
@@ -41,21 +40,24 @@ A, B, C = ("fa:16:3e:60:00:11", "10.60.0.11"), ("fa:16:3e:60:00:12", "10.60.0.12
 
 
 @pytest.fixture(params=["etcd", "redis"])
-def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
-    """df-controller processes on a real etcd / redis NB."""
-    server = request.getfixturevalue(f"{request.param}_server")
-    with two_nodes(testbed, server.url, tag="psec") as d:
+def dep(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """df-controller processes on a real etcd / redis NB: the session's deployment on it
+    (each test on a network and VMs of its own, removed after it)."""
+    shared = request.getfixturevalue(f"{request.param}_deployment")
+    with shared.use(request) as d:
         yield d
 
 
-def vms(dep: Deployment) -> tuple[Vm, Vm, Vm]:
+def vms(dep: Deployment, test: int) -> tuple[Vm, Vm, Vm]:
+    """a, b and c as above, named a<test>, b<test>, c<test>, on network ps<test>."""
     n = dep.bed.nodes
-    dep.network("ps", "vxlan", 960, "10.60.0.0/24")
-    a = dep.vm(n["hv1"], "a", "ps", *A, address_pairs=(
+    net = f"ps{test}"
+    dep.network(net, "vxlan", 960 + test, "10.60.0.0/24")
+    a = dep.vm(n["hv1"], f"a{test}", net, *A, address_pairs=(
         ("10.60.0.100", None), ("10.60.0.128/26", None), ("10.60.0.101", PAIR_MAC)))
-    b = dep.vm(n["hv2"], "b", "ps", *B)
-    c = dep.vm(n["hv1"], "c", "ps", *C, port_security=False)
-    dep.wait_active(["a-port", "b-port", "c-port"], timeout=60)
+    b = dep.vm(n["hv2"], f"b{test}", net, *B)
+    c = dep.vm(n["hv1"], f"c{test}", net, *C, port_security=False)
+    dep.wait_active([f"{v.name}-port" for v in (a, b, c)], timeout=60)
     # the ports are ACTIVE once wired; the processes may still be installing the rest
     assert eventually(lambda: a.ping(b.ip) and c.ping(b.ip), timeout=20)
     return a, b, c
@@ -178,7 +180,7 @@ def listening(vm: Vm, markers: Iterable[str]) -> Iterator[set[str]]:
 
 
 def test_spoofed_frames_never_reach_the_neighbour(dep: Deployment) -> None:
-    a, b, c = vms(dep)
+    a, b, c = vms(dep, 1)
     a_mac, a_ip = A
     c_mac = C[0]
     spoofed = {  # from a: each must be dropped on hv1
@@ -239,21 +241,25 @@ def test_changed_mac_spoofed_ip_and_arp_fail_pairs_and_unsecured_ports_work(
         dep: Deployment) -> None:
     """What the VMs' kernels send; b listens for each ping's own payload pattern, so "not
     heard" means b never saw the echo request (not merely that no reply came back)."""
-    a, b, c = vms(dep)
+    a, b, c = vms(dep, 2)
     for ip in ("10.60.0.77", "10.60.0.100", "10.60.0.130", "10.60.0.200"):
         a.exec(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], check=True)
     c.exec(["ip", "addr", "add", "10.60.0.88/24", "dev", "eth0"], check=True)
     markers = ("PSk-spoofed-ip", "PSk-pair", "PSk-pair-cidr", "PSk-outside",
                "PSk-unsecured", "PSk-changed-mac", "PSk-mac-back")
     with listening(b, markers) as heard:
-        # a spoofed address: the echo request never leaves hv1
-        spoofed_ip = ping_from(a, "10.60.0.77", b.ip, "PSk-spoofed-ip")
-        # its allowed address pairs: the exact one and one in the CIDR work, outside not
-        pair = ping_from(a, "10.60.0.100", b.ip, "PSk-pair")
-        pair_cidr = ping_from(a, "10.60.0.130", b.ip, "PSk-pair-cidr")
-        outside = ping_from(a, "10.60.0.200", b.ip, "PSk-outside")
-        # the port without port security sends from any address
-        unsecured = ping_from(c, "10.60.0.88", b.ip, "PSk-unsecured")
+        pinged = at_once({  # side by side: each failing one waits out its timeout
+            # a spoofed address: the echo request never leaves hv1
+            "spoofed_ip": lambda: ping_from(a, "10.60.0.77", b.ip, "PSk-spoofed-ip"),
+            # its allowed address pairs: the exact one and one in the CIDR work, outside not
+            "pair": lambda: ping_from(a, "10.60.0.100", b.ip, "PSk-pair"),
+            "pair_cidr": lambda: ping_from(a, "10.60.0.130", b.ip, "PSk-pair-cidr"),
+            "outside": lambda: ping_from(a, "10.60.0.200", b.ip, "PSk-outside"),
+            # the port without port security sends from any address
+            "unsecured": lambda: ping_from(c, "10.60.0.88", b.ip, "PSk-unsecured"),
+        })
+        spoofed_ip, pair, pair_cidr, outside, unsecured = (pinged[k] for k in (
+            "spoofed_ip", "pair", "pair_cidr", "outside", "unsecured"))
         # a changed MAC: nothing gets through; back to its own, everything does again
         a.exec(["ip", "link", "set", "dev", "eth0", "address", SPOOF_MAC], check=True)
         changed = ping_from(a, A[1], b.ip, "PSk-changed-mac")

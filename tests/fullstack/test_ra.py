@@ -11,8 +11,7 @@ import pytest
 
 from dragonflow.apps.ra import link_local
 from dragonflow.sim.deploy import Deployment
-from dragonflow.sim.testbed import Testbed, Vm
-from tests.fixtures.deploy import two_nodes
+from dragonflow.sim.testbed import Vm
 from tests.fixtures.wait import eventually
 
 RMAC0 = "fa:16:3e:aa:02:00"  # r1's interface on the first network (Deployment.router)
@@ -25,10 +24,11 @@ def eui64(prefix: str, mac: str) -> str:
 
 
 @pytest.fixture(params=["etcd", "redis"])
-def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
-    """df-controller processes on a real etcd / redis NB."""
-    server = request.getfixturevalue(f"{request.param}_server")
-    with two_nodes(testbed, server.url, tag="ra") as d:
+def dep(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """df-controller processes on a real etcd / redis NB: the session's deployment on it
+    (the test's networks, router and VMs are removed after it)."""
+    shared = request.getfixturevalue(f"{request.param}_deployment")
+    with shared.use(request) as d:
         yield d
 
 

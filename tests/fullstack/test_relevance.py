@@ -9,19 +9,14 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from dragonflow.db.connect import open_nb
 from dragonflow.model import Port
 from dragonflow.sim.deploy import Deployment
-from dragonflow.sim.testbed import BR_INT, Node, Testbed
+from dragonflow.sim.testbed import BR_INT, Node
 from tests.fixtures.wait import eventually
-
-NODES = [("hv1", "10.255.0.11"), ("hv2", "10.255.0.12"), ("hv3", "10.255.0.13")]
-
 
 
 def vni_flows(node: Node, vni: int) -> int:
@@ -35,17 +30,12 @@ def status(node: Node) -> dict:
 
 
 @pytest.fixture(params=["redis", "etcd"])
-def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
-    server = request.getfixturevalue(f"{request.param}_server")
-    nb = open_nb(server.url, root=f"/rel{uuid.uuid4().hex[:8]}/")
-    d = Deployment(testbed, nb, server.url, in_process=False, topic="admin")
-    try:
-        for name, ip in NODES:
-            d.add_node(name, ip)
+def dep(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """hv1, hv2, hv3: the session's deployment on a real redis / etcd (each test's objects
+    carry their projects explicitly; its networks and VMs are removed after it)."""
+    shared = request.getfixturevalue(f"{request.param}_deployment")
+    with shared.use(request) as d:
         yield d
-    finally:
-        d.stop()
-        nb.driver.close()
 
 
 def test_other_projects_ports_on_shared_and_admin_networks(dep: Deployment) -> None:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
 from dragonflow.model import AddressGroup, Port, SecurityGroup, SecurityGroupRule
 from dragonflow.sim.deploy import Deployment
 from dragonflow.sim.probes import probe, serve, talk
-from dragonflow.sim.testbed import Testbed, Vm
-from tests.fixtures.deploy import two_nodes
-from tests.fixtures.wait import eventually
+from dragonflow.sim.testbed import Vm
+from tests.fixtures.wait import at_once, eventually
 
 
 def rule(rid: str, direction: str, **kw: object) -> SecurityGroupRule:
@@ -24,17 +24,18 @@ def rule(rid: str, direction: str, **kw: object) -> SecurityGroupRule:
 
 
 @pytest.fixture(params=["etcd", "redis"])
-def dep(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Deployment]:
-    server = request.getfixturevalue(f"{request.param}_server")
-    with two_nodes(testbed, server.url, tag="sg") as d:
-        d.add_node("hv3", "10.255.0.13")
+def dep(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """The session's three-node deployment on a real etcd / redis, with df-controller
+    processes (each test on networks, groups and VMs of its own, removed after it)."""
+    shared = request.getfixturevalue(f"{request.param}_deployment")
+    with shared.use(request) as d:
         yield d
 
 
 def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
     n = dep.bed.nodes
-    dep.network("net", "vxlan", 970, "10.97.0.0/24")
-    dep.subnet("net", "net-subnet6", "fd00:97::/64", gateway_ip="fd00:97::1")
+    dep.network("sgm", "vxlan", 970, "10.97.0.0/24")
+    dep.subnet("sgm", "sgm-subnet6", "fd00:97::/64", gateway_ip="fd00:97::1")
     any4, any6 = {"ethertype": "IPv4"}, {"ethertype": "IPv6"}
     dep.nb.create(SecurityGroup(id="app", topic=dep.topic, rules=(
         rule("app-e4", "egress", **any4),
@@ -59,8 +60,8 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
 
     def vm(node: str, name: str, last: int, **kw: object) -> Vm:
         v6[name] = f"fd00:97::{last:x}"
-        return dep.vm(n[node], name, "net", f"fa:16:3e:97:00:{last:02x}", f"10.97.0.{last}",
-                      ipv6=f"fd00:97::{last:x}/64", ipv6_subnet="net-subnet6", **kw)
+        return dep.vm(n[node], name, "sgm", f"fa:16:3e:97:00:{last:02x}", f"10.97.0.{last}",
+                      ipv6=f"fd00:97::{last:x}/64", ipv6_subnet="sgm-subnet6", **kw)
 
     w1 = vm("hv1", "w1", 10, security_groups=("web",))
     w2 = vm("hv2", "w2", 11, security_groups=("web",))
@@ -94,17 +95,24 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
             ("a1", "tcp", "w1", 443): "timeout",     # office; a1 is not
         }
         names = {v.name: v for v in vms}
-        got = {k: probe(names[k[0]], k[1], names[k[2]].ip, k[3]) for k in want}
+        # one connection each, side by side (every "timeout" waits out its 1.5 s)
+        got = at_once({k: partial(probe, names[k[0]], k[1], names[k[2]].ip, k[3])
+                       for k in want})
         assert got == want, {k: (got[k], want[k]) for k in want if got[k] != want[k]}
-        # ICMP: only from members of web
-        assert w2.ping(w1.ip, count=2, timeout=3)
-        assert not free.ping(w1.ip, count=2, timeout=2)
-        assert not a1.ping(w1.ip, count=2, timeout=2)
-        assert w1.ping(free.ip, count=2, timeout=3)  # egress: the echo reply comes back
-        # IPv6: tcp 80 open to anyone, 8080 not; ND works through all of it
-        assert probe(free, "tcp", v6["w1"], 80) == "open"
-        assert probe(free, "tcp", v6["w1"], 8080) == "timeout"
-        assert probe(w1, "tcp", v6["free"], 8080) == "open"
+        more = at_once({
+            # ICMP: only from members of web
+            "w2 pings w1": lambda: w2.ping(w1.ip, count=2, timeout=3),
+            "free pings w1": lambda: free.ping(w1.ip, count=2, timeout=2),
+            "a1 pings w1": lambda: a1.ping(w1.ip, count=2, timeout=2),
+            "w1 pings free": lambda: w1.ping(free.ip, count=2, timeout=3),  # the echo reply
+            # IPv6: tcp 80 open to anyone, 8080 not; ND works through all of it
+            "free v6 tcp w1:80": lambda: probe(free, "tcp", v6["w1"], 80),
+            "free v6 tcp w1:8080": lambda: probe(free, "tcp", v6["w1"], 8080),
+            "w1 v6 tcp free:8080": lambda: probe(w1, "tcp", v6["free"], 8080),
+        })
+        assert more == {"w2 pings w1": True, "free pings w1": False, "a1 pings w1": False,
+                        "w1 pings free": True, "free v6 tcp w1:80": "open",
+                        "free v6 tcp w1:8080": "timeout", "w1 v6 tcp free:8080": "open"}, more
         # related: w1 asks free's closed UDP port; the ICMP port unreachable comes back
         assert probe(w1, "udp", free.ip, 7777) == "refused"
     finally:
@@ -117,15 +125,15 @@ def test_traffic_matrix_follows_the_rules_statefully(dep: Deployment) -> None:
 def test_established_connections_survive_an_added_rule_and_stop_with_their_rule(
         dep: Deployment) -> None:
     n = dep.bed.nodes
-    dep.network("net", "vxlan", 971, "10.98.0.0/24")
+    dep.network("sge", "vxlan", 971, "10.98.0.0/24")
     base = (rule("e", "egress"),)
     dep.nb.create(SecurityGroup(id="srv", topic=dep.topic, rules=(
         *base, rule("allow-80", "ingress", protocol="tcp", port_range_min=80,
                     port_range_max=80))))
-    srv = dep.vm(n["hv1"], "srv", "net", "fa:16:3e:98:00:10", "10.98.0.10",
+    srv = dep.vm(n["hv1"], "esrv", "sge", "fa:16:3e:98:00:10", "10.98.0.10",
                  security_groups=("srv",))
-    cli = dep.vm(n["hv2"], "cli", "net", "fa:16:3e:98:00:11", "10.98.0.11")
-    dep.wait_active(["srv-port", "cli-port"], timeout=60)
+    cli = dep.vm(n["hv2"], "ecli", "sge", "fa:16:3e:98:00:11", "10.98.0.11")
+    dep.wait_active(["esrv-port", "ecli-port"], timeout=60)
     server = serve(srv, ["80"])
     conversation = None
     try:
@@ -162,22 +170,22 @@ def test_a_ports_groups_and_port_security_change_on_live_traffic(dep: Deployment
     """Moving a running VM to another group, and turning its port security off, take effect
     without any restart."""
     n = dep.bed.nodes
-    dep.network("net", "vxlan", 972, "10.99.0.0/24")
+    dep.network("sgl", "vxlan", 972, "10.99.0.0/24")
     dep.nb.create(SecurityGroup(id="open80", topic=dep.topic, rules=(
         rule("o-e", "egress"), rule("o-80", "ingress", protocol="tcp", port_range_min=80,
                                     port_range_max=80))))
     dep.nb.create(SecurityGroup(id="open22", topic=dep.topic, rules=(
         rule("t-e", "egress"), rule("t-22", "ingress", protocol="tcp", port_range_min=22,
                                     port_range_max=22))))
-    srv = dep.vm(n["hv1"], "srv", "net", "fa:16:3e:99:00:10", "10.99.0.10",
+    srv = dep.vm(n["hv1"], "lsrv", "sgl", "fa:16:3e:99:00:10", "10.99.0.10",
                  security_groups=("open80",))
-    cli = dep.vm(n["hv3"], "cli", "net", "fa:16:3e:99:00:11", "10.99.0.11")
-    dep.wait_active(["srv-port", "cli-port"], timeout=60)
+    cli = dep.vm(n["hv3"], "lcli", "sgl", "fa:16:3e:99:00:11", "10.99.0.11")
+    dep.wait_active(["lsrv-port", "lcli-port"], timeout=60)
     server = serve(srv, ["80", "22"])
     try:
         assert eventually(lambda: probe(cli, "tcp", srv.ip, 80) == "open", timeout=30)
         assert probe(cli, "tcp", srv.ip, 22) == "timeout"
-        port = dep.nb.get(Port, "srv-port")
+        port = dep.nb.get(Port, "lsrv-port")
         assert port is not None
         port = dep.nb.update(port.replace(security_groups=("open22",)))
         assert eventually(lambda: probe(cli, "tcp", srv.ip, 22) == "open", timeout=20)
@@ -196,14 +204,14 @@ def test_a_stateless_group_needs_rules_for_replies_too(dep: Deployment) -> None:
     reply to a connection the VM opens is dropped unless an ingress rule names it --
     unlike a stateful group, where it comes back."""
     n = dep.bed.nodes
-    dep.network("net", "vxlan", 973, "10.96.0.0/24")
+    dep.network("sgs", "vxlan", 973, "10.96.0.0/24")
     dep.nb.create(SecurityGroup(id="sl", topic=dep.topic, stateful=False, rules=(
         rule("sl-e", "egress"),
         rule("sl-80", "ingress", protocol="tcp", port_range_min=80, port_range_max=80))))
-    srv = dep.vm(n["hv1"], "srv", "net", "fa:16:3e:96:00:10", "10.96.0.10",
+    srv = dep.vm(n["hv1"], "ssrv", "sgs", "fa:16:3e:96:00:10", "10.96.0.10",
                  security_groups=("sl",))
-    cli = dep.vm(n["hv2"], "cli", "net", "fa:16:3e:96:00:11", "10.96.0.11")
-    dep.wait_active(["srv-port", "cli-port"], timeout=60)
+    cli = dep.vm(n["hv2"], "scli", "sgs", "fa:16:3e:96:00:11", "10.96.0.11")
+    dep.wait_active(["ssrv-port", "scli-port"], timeout=60)
     servers = [serve(srv, ["80", "8080"]), serve(cli, ["8080"])]
     try:
         assert eventually(lambda: probe(cli, "tcp", srv.ip, 80) == "open", timeout=30)
