@@ -143,15 +143,17 @@ def connection_source(netns: str, port: int, connect: Callable[[], object],
         proc.wait()
 
 
-def echo_source(netns: str, dev: str, ping: Callable[[], object]) -> str:
-    """The source address of the first ICMP echo request tcpdump sees on ``dev`` in
-    ``netns`` while ``ping()`` runs ("" if none)."""
-    cap = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-l", "-n", "-i", dev,
-                            "-c", "1", "icmp[icmptype] = icmp-echo"],
+def capture(netns: str, dev: str, bpf: str, action: Callable[[], object], count: int = 1,
+            link: bool = False) -> str:
+    """tcpdump's lines for ``count`` frames matching ``bpf`` on ``dev`` in ``netns`` while
+    ``action()`` runs ("" if none came); ``link``: with link-level headers (MACs, VLAN
+    tags)."""
+    cap = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-l", "-n",
+                            *(["-e"] if link else []), "-i", dev, "-c", str(count), bpf],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         time.sleep(0.5)  # tcpdump listening
-        ping()
+        action()
         out, _ = cap.communicate(timeout=5)
     except subprocess.TimeoutExpired:
         out = ""
@@ -159,5 +161,11 @@ def echo_source(netns: str, dev: str, ping: Callable[[], object]) -> str:
         if cap.poll() is None:
             cap.kill()
             cap.communicate()
-    m = re.search(r"IP (\S+) > ", out)
+    return out
+
+
+def echo_source(netns: str, dev: str, ping: Callable[[], object]) -> str:
+    """The source address of the first ICMP echo request tcpdump sees on ``dev`` in
+    ``netns`` while ``ping()`` runs ("" if none)."""
+    m = re.search(r"IP (\S+) > ", capture(netns, dev, "icmp[icmptype] = icmp-echo", ping))
     return m.group(1) if m else ""

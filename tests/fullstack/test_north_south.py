@@ -9,10 +9,9 @@ the flat external network (172.24.4.0/24) and on VLAN 100 (10.100.0.0/24)."""
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -22,7 +21,7 @@ from dragonflow.db.errors import StaleVersion
 from dragonflow.model import Binding, FloatingIP, Port
 from dragonflow.pipeline.topology import chassis_mac, gateway_rank
 from dragonflow.sim.deploy import Deployment
-from dragonflow.sim.probes import connection_source, echo_source, probe
+from dragonflow.sim.probes import capture, connection_source, echo_source, probe
 from dragonflow.sim.testbed import Host, Testbed, Vm
 from tests.fixtures.wait import eventually
 
@@ -89,23 +88,11 @@ def _first_reply(host: Host, ip: str, t0: float, timeout: float = 10.0) -> float
     raise AssertionError(f"no reply from {ip} within {timeout} s")
 
 
-def _capture(netns: str, dev: str, bpf: str, action: object, count: int = 1) -> str:
+def _capture(netns: str, dev: str, bpf: str, action: Callable[[], object], count: int = 1
+             ) -> str:
     """tcpdump -e of ``count`` frames matching ``bpf`` on ``dev`` in ``netns`` while
     ``action()`` runs (link-level headers: VLAN tags and MACs)."""
-    cap = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-l", "-e", "-n", "-i",
-                            dev, "-c", str(count), bpf],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(0.5)
-        action()  # type: ignore[operator]
-        out, _ = cap.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        out = ""
-    finally:
-        if cap.poll() is None:
-            cap.kill()
-            cap.communicate()
-    return out
+    return capture(netns, dev, bpf, action, count, link=True)
 
 
 @pytest.mark.parametrize("bed", ["etcd"], indirect=True)

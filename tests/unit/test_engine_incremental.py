@@ -234,6 +234,19 @@ class World:
                 for rp in x.ports if rp.network_id == net_id for c in rp.cidrs}
         return next(h for h in range(202, 255) if h not in used)
 
+    def external_port(self, ext: NbObject, mac_byte: str, owner: str, device: str
+                      ) -> tuple[int, str]:
+        """A port of external network ``ext`` (a router's gateway port, a floating IP's
+        port) with a fresh address: (its key, the address)."""
+        i = self.key()
+        ip = f"10.{int(ext.id[1:]) % 250}.0.{i % 200 + 2}"
+        self.put(Port(id=f"p{i}", topic="admin", network_id=ext.id, unique_key=i,
+                      mac=f"fa:16:3e:{mac_byte}:{i // 256:02x}:{i % 256:02x}",
+                      fixed_ips=(FixedIp.from_dict({"subnet_id": f"s{ext.id[1:]}",
+                                                    "ip_address": ip}),),
+                      device_owner=owner, device_id=device))
+        return i, ip
+
     def north_south_step(self) -> str:
         """Provider / external networks, router gateways, floating IPs, gateway liveness,
         learned neighbours."""
@@ -261,13 +274,7 @@ class World:
                 self.put(router.replace(gateway=None))
                 return "clear gateway"
             ext = r.choice(exts)
-            i = self.key()
-            ip = f"10.{int(ext.id[1:]) % 250}.0.{i % 200 + 2}"
-            self.put(Port(id=f"p{i}", topic="admin", network_id=ext.id, unique_key=i,
-                          mac=f"fa:16:3e:ee:{i // 256:02x}:{i % 256:02x}",
-                          fixed_ips=(FixedIp.from_dict({"subnet_id": f"s{ext.id[1:]}",
-                                                        "ip_address": ip}),),
-                          device_owner="network:router_gateway", device_id=router.id))
+            _, ip = self.external_port(ext, "ee", "network:router_gateway", router.id)
             self.put(router.replace(gateway=Gateway.from_dict(
                 {"network_id": ext.id, "ip_address": ip, "enable_snat": r.random() < 0.8})))
             return "set gateway"
@@ -287,13 +294,7 @@ class World:
                                      if port and rid else None, router_id=rid))
                 return "associate fip"
             ext = r.choice(exts)
-            i = self.key()
-            ip = f"10.{int(ext.id[1:]) % 250}.0.{i % 200 + 2}"
-            self.put(Port(id=f"p{i}", topic="admin", network_id=ext.id, unique_key=i,
-                          mac=f"fa:16:3e:ff:{i // 256:02x}:{i % 256:02x}",
-                          fixed_ips=(FixedIp.from_dict({"subnet_id": f"s{ext.id[1:]}",
-                                                        "ip_address": ip}),),
-                          device_owner="network:floatingip"))
+            i, ip = self.external_port(ext, "ff", "network:floatingip", "")
             port = r.choice(ports) if ports else None
             rid = r.choice(routers).id if routers and port else None
             self.put(FloatingIP.from_dict({
