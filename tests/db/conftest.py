@@ -43,6 +43,10 @@ class Backend:
             from dragonflow.db.drivers.redis import RedisDriver
 
             drv = RedisDriver(f"{url}/{self.ns}", security=self.security)
+        elif self.name == "ovsdb":
+            from dragonflow.db.drivers.ovsdb import OvsdbDriver
+
+            drv = OvsdbDriver(url, security=self.security)
         else:
             raise AssertionError(self.name)
         self._drivers.append(drv)
@@ -67,6 +71,8 @@ class Backend:
         proxy.start()
         self._proxies.append(proxy)
         assert self._url
+        if self.name == "ovsdb":
+            return self._make(f"ovsdb:tcp:127.0.0.1:{proxy.port}")
         scheme = self._url.partition("://")[0]  # etcds / rediss: TLS through the proxy
         return self._make(f"{scheme}://127.0.0.1:{proxy.port}")
 
@@ -87,7 +93,7 @@ class Backend:
             self._memory.close()
 
 
-@pytest.fixture(params=["memory", "etcd", "redis"])
+@pytest.fixture(params=["memory", "etcd", "redis", "ovsdb"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
         b = Backend("memory")

@@ -13,6 +13,7 @@ once in the change stream.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -54,12 +55,32 @@ class Server:
             from dragonflow.db.drivers.etcd import EtcdDriver
 
             drv = EtcdDriver(url, timeout=timeout)
+        elif self.kind == "ovsdb":
+            from dragonflow.db.drivers.ovsdb import OvsdbDriver
+
+            drv = OvsdbDriver(url.replace("ovsdb://", "ovsdb:tcp:"), timeout=timeout)
         else:
             from dragonflow.db.drivers.redis import RedisDriver
 
             drv = RedisDriver(f"{url}/{self.ns}", timeout=timeout)
         self.made.append(drv)
         return drv
+
+    def marker(self, text: bytes) -> bytes:
+        """Bytes of a commit request that carry ``text`` from a VALUE: ovsdb sends values as
+        JSON strings (quotes escaped)."""
+        if self.kind == "ovsdb":
+            return json.dumps(text.decode())[1:-1].encode()
+        return text
+
+    def key_marker(self, key: str, delete_of: NbObject | None = None) -> bytes:
+        """Bytes only a commit request that writes ``key`` carries (ovsdb reads name the key
+        too; its write names it as a row's ``"key":`` -- a delete as the removed value)."""
+        if self.kind != "ovsdb":
+            return key.encode()
+        if delete_of is not None:
+            return self.marker(b'"id":"%s"' % delete_of.id.encode())
+        return b'"key":"' + key.encode()
 
     def direct(self, timeout: float = 3.0) -> Driver:
         return self._make(self.server.url, timeout)
@@ -73,7 +94,7 @@ class Server:
         self.proxy.stop()
 
 
-@pytest.fixture(params=["etcd", "redis"])
+@pytest.fixture(params=["etcd", "redis", "ovsdb"])
 def srv(request: pytest.FixtureRequest) -> Iterator[Server]:
     s = Server(request.param, request)
     try:
@@ -92,14 +113,14 @@ def test_a_lost_answer_is_an_ambiguous_commit(srv: Server, prefix: str) -> None:
     direct, proxied = srv.direct(), srv.proxied()
     proxied.commit([], [Put(prefix + "warm-up", b"")])  # connected (redis: script loaded)
     # the request reaches the server, the answer is lost: applied
-    fired = srv.proxy.cut_next(b"applied-key", deliver=True)
+    fired = srv.proxy.cut_next(srv.key_marker(prefix + "applied-key"), deliver=True)
     with pytest.raises(AmbiguousCommit, match="may or may not have been applied"):
         proxied.commit([Revision(prefix + "applied-key", 0)], [Put(prefix + "applied-key", b"1")])
     assert fired.wait(5)
     kv = direct.get(prefix + "applied-key")
     assert kv is not None and kv.value == b"1"
     # the connection is cut before the request is forwarded: not applied, just as ambiguous
-    fired = srv.proxy.cut_next(b"dropped-key", deliver=False)
+    fired = srv.proxy.cut_next(srv.key_marker(prefix + "dropped-key"), deliver=False)
     with pytest.raises(AmbiguousCommit):
         proxied.commit([], [Put(prefix + "dropped-key", b"1")])
     assert fired.wait(5)
@@ -159,17 +180,18 @@ def test_nb_writes_through_lost_answers_are_applied_exactly_once(
 
                 try:
                     if op == "create":
-                        arm(b'"id":"port%d"' % next_port)  # the new object's JSON
+                        arm(srv.marker(b'"id":"port%d"' % next_port))  # the new object
                         p = nb.create(port(next_port, "net1", s1))
                         next_port += 1
                         live[p.id] = p
                     elif op == "update":
                         old = live[sorted(live)[0]]
-                        arm(b'"name":"u%d"' % i)
+                        arm(srv.marker(b'"name":"u%d"' % i))
                         live[old.id] = nb.update(old.replace(name=f"u{i}"))
                     else:
                         victim = live.pop(sorted(live)[-1])
-                        arm(b"claim/ukey/port/%d" % victim.unique_key)  # a claim it releases
+                        arm(srv.key_marker(  # a claim it releases
+                            f"claim/ukey/port/{victim.unique_key}", delete_of=victim))
                         nb.delete(Port, victim.id)
                 except Exception as e:  # collected: the assertion below shows them all
                     errors.append((i, op, e))
@@ -235,7 +257,7 @@ def test_outcome_unknown_while_the_db_stays_away_is_a_clear_error(srv: Server,
     nb = NbApi(srv.proxied(timeout=0.5), root=prefix)
     nb.resolve_timeout = 2.0
     direct.create(net(1))
-    fired = srv.proxy.cut_next(b'"id":"net2"', deliver=True, hold=0.3)
+    fired = srv.proxy.cut_next(srv.marker(b'"id":"net2"'), deliver=True, hold=0.3)
     cutter = threading.Thread(target=lambda: fired.wait(10) and srv.proxy.pause())
     cutter.start()
     try:

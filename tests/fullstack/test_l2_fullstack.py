@@ -31,7 +31,7 @@ def make_deployment(bed: Testbed, url: str, in_process: bool) -> Deployment:
     return dep
 
 
-@pytest.fixture(params=["etcd", "redis"])
+@pytest.fixture(params=["etcd", "redis", "ovsdb"])
 def dep(request: pytest.FixtureRequest) -> Iterator[Deployment]:
     """One df-controller PROCESS per node against a real etcd / redis server: the session's
     deployment on it (the test's networks and VMs are removed after it)."""
