@@ -13,8 +13,9 @@ Tables:
   ``rev`` (mod_revision), ``parents`` (every ``/``-terminated prefix of the key, so a prefix
   read or watch is an ``includes`` condition the server evaluates)
 * ``Log``   the change stream: one row per changed key per commit, ``(rev, i)`` indexed, ``n``
-  events in the commit, ``value`` (absent on delete) and ``prev``; a commit that changed
-  nothing visible writes one row with an empty key so every revision has a row
+  events in the commit, ``value`` (absent on delete) and ``prev``, ``pr``: ``<dir>#<bucket>``
+  for the key's every ``/``-terminated prefix (and ``""``), bucket = ``rev // BUCKET``; a
+  commit that changed nothing visible writes one row with an empty key
 * ``Meta``  one row: ``rev`` (the global revision), ``compacted`` (Log rows below it are
   gone), ``epoch`` (random id of this database's life: a database created anew gets another)
 * ``Counter``  ``name`` -> ``value`` for :meth:`OvsdbDriver.increment`
@@ -27,15 +28,20 @@ log rows and ``Meta.rev = R + 1``. If another commit got in first, the wait fail
 nothing is written: the driver reads again (a lost race, not a retried commit). A commit
 whose answer is lost after it was sent raises AmbiguousCommit; NbApi resolves it.
 
-Watches run the OVS Python IDL on the ``Log`` and ``Meta`` tables with the monitor
-condition ``rev >= <next revision>`` and ``parents includes <prefix>``: the server sends
-only the watched prefix's changes. The IDL reconnects by itself, follows the cluster leader
-and resumes with ``monitor_cond_since`` (the last transaction id): a cluster member that
-still has the history sends exactly what was missed; otherwise the current rows are sent
-again and the watch skips what it already delivered. History lost while away (``Log`` rows
-trimmed past the watch's position: ``Meta.compacted``, or another ``epoch``) ends the watch
-with ``on_compacted``. Every ``trim_every`` commits the committing writer trims the log to
-its last ``log_maxlen`` revisions in the same transaction.
+Watches run the OVS Python IDL on the ``Log`` and ``Meta`` tables. The monitor condition
+on ``Log`` (clauses of a condition are OR-ed, so it is one clause per bucket) is ``pr
+includes "<prefix dir>#<b>"`` for the WINDOW buckets from the one of the next revision on:
+the server sends only the watched prefix's changes of the next few thousand revisions, and
+the IDL's copy holds no more than that window. Once the watch is half-way through it, the
+condition moves forward (the server then sends what newly matches); changes are delivered
+only up to the end of the window the server has acknowledged, so none is skipped while the
+condition moves. The IDL reconnects by itself, follows the cluster leader and resumes with
+``monitor_cond_since`` (the last transaction id): a cluster member that still has the
+history sends exactly what was missed; otherwise the current rows are sent again and the
+watch skips what it already delivered. History lost while away (``Log`` rows trimmed past
+the watch's position: ``Meta.compacted``, or another ``epoch``) ends the watch with
+``on_compacted``. Every ``trim_every`` commits the committing writer trims the log to its
+last ``log_maxlen`` revisions in the same transaction.
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ DB = "DF_NB"
 SCHEMA_FILE = "ovsdb_nb.ovsschema"
 _IDLE_PROBE = 3.0  # seconds idle after which a connection is probed before a commit
 _RACE_DEADLINE = 10.0  # seconds a commit may keep losing races before it gives up
+BUCKET = 256  # revisions per Log bucket (the unit of a watch's monitor condition)
+WINDOW = 8  # buckets a watch's condition covers; it moves on half-way through
 
 
 def schema_path() -> str:
@@ -144,6 +152,12 @@ def parents(key: str) -> list[str]:
 def _dir_of(prefix: str) -> str:
     """The longest ``/``-terminated prefix of ``prefix`` (what the server can filter on)."""
     return prefix[: prefix.rfind("/") + 1]
+
+
+def buckets(key: str, rev: int) -> list[str]:
+    """The ``pr`` of a Log row: ``<dir>#<bucket>`` for "" and every parent dir of ``key``."""
+    b = rev // BUCKET
+    return [f"{d}#{b}" for d in ["", *parents(key)]]
 
 
 def _enc(*values: bytes | None) -> tuple[list[str | None], bool]:
@@ -310,7 +324,7 @@ def _row_error(results: list[Any], nops: int) -> tuple[int, dict[str, Any]] | No
 class OvsdbDriver:
     """NB driver on ovsdb-server (``DF_NB``). ``log_maxlen`` bounds the change history."""
 
-    def __init__(self, url: str, *, timeout: float = 3.0, log_maxlen: int = 100_000,
+    def __init__(self, url: str, *, timeout: float = 3.0, log_maxlen: int = 50_000,
                  trim_every: int = 256, security: NbSecurity | None = None) -> None:
         self.remotes = parse_remotes(url)
         if log_maxlen < 1 or trim_every < 1:
@@ -500,7 +514,7 @@ class OvsdbDriver:
             (v, p), b64 = _enc(value, pv)
             write.append({"op": "insert", "table": "Log", "row": {
                 "rev": rev, "i": i, "n": n, "key": key, "value": _opt(v), "prev": _opt(p),
-                "b64": b64, "parents": ["set", parents(key)]}})
+                "b64": b64, "pr": ["set", buckets(key, rev)]}})
         if rev % self._trim_every == 0 and rev > self._maxlen:
             floor = rev - self._maxlen + 1
             write += [{"op": "delete", "table": "Log", "where": [["rev", "<", floor]]},
@@ -597,9 +611,6 @@ class _LogIdl(ovs.db.idl.Idl):
             self._sink.append((row.rev, row.i, row.key, row.value, row.prev, row.b64))
 
 
-_COND_ADVANCE = 1000  # move the monitor condition forward after this many revisions
-
-
 class _OvsdbWatch:
     """Delivery thread: an IDL monitoring the Log rows of one prefix from a revision on."""
 
@@ -612,7 +623,8 @@ class _OvsdbWatch:
         self._on_event = on_event
         self._on_compacted = on_compacted
         self._last = start_revision - 1  # every change up to here is delivered
-        self._cond_from = start_revision
+        self._from = start_revision // BUCKET  # first bucket of the requested condition
+        self.rows_received = 0  # Log rows the server sent (stats; tests of the filtering)
         self._epoch: str | None = drv._seen_epoch
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -634,14 +646,20 @@ class _OvsdbWatch:
             self._thread.join()
 
     def _cond(self) -> list[Any]:
-        cond: list[Any] = [["rev", ">=", self._cond_from]]
-        if self._dir:
-            cond.append(["parents", "includes", self._dir])
-        return cond
+        return [["pr", "includes", f"{self._dir}#{b}"]
+                for b in range(self._from, self._from + WINDOW)]
+
+    @staticmethod
+    def _covered_to(cond: Any) -> int:
+        """The last revision a condition of ours makes the server send (-1: none)."""
+        if cond == [True]:
+            return 2**62
+        bs = [int(c[2].rsplit("#", 1)[1]) for c in cond or () if isinstance(c, list)]
+        return (max(bs) + 1) * BUCKET - 1 if bs else -1
 
     def _run(self) -> None:
         helper = ovs.db.idl.SchemaHelper(schema_json=schema_json())
-        helper.register_columns("Log", ["rev", "i", "key", "value", "prev", "b64", "parents"])
+        helper.register_columns("Log", ["rev", "i", "key", "value", "prev", "b64"])
         helper.register_columns("Meta", ["rev", "compacted", "epoch"])
         pending: list[tuple[int, int, str, Any, Any, bool]] = []
         idl = _LogIdl(",".join(self._drv.remotes), helper, pending)
@@ -652,7 +670,8 @@ class _OvsdbWatch:
                 idl.run()
                 if idl.change_seqno != seqno or pending:
                     seqno = idl.change_seqno
-                    self._deliver(idl, pending)
+                    if idl.state == idl.IDL_S_MONITORING:
+                        self._deliver(idl, pending)
                 if self._stop.is_set():
                     return
                 poller = ovs.poller.Poller()
@@ -688,7 +707,7 @@ class _OvsdbWatch:
                  pending: list[tuple[int, int, str, Any, Any, bool]]) -> None:
         meta = self._meta(idl)
         if meta is None:
-            if self._epoch is not None and idl.state == idl.IDL_S_MONITORING:
+            if self._epoch is not None:
                 raise _Gap("the database was replaced (its Meta row is gone)")
             pending.clear()
             return
@@ -700,16 +719,24 @@ class _OvsdbWatch:
         if meta.compacted > self._last + 1:
             raise _Gap(f"history before revision {meta.compacted} is gone and this watch "
                        f"needs it from {self._last + 1}")
-        rows = sorted(r for r in pending if r[0] > self._last)
-        pending.clear()
+        # everything up to here has arrived: the server's revision, within what the
+        # condition the server acknowledged makes it send
+        upto = max(self._last, min(int(meta.rev),
+                                   self._covered_to(idl.tables["Log"].condition_state.acked)))
+        pending.sort()
+        cut = 0
+        while cut < len(pending) and pending[cut][0] <= upto:
+            cut += 1
+        rows, pending[:] = pending[:cut], pending[cut:]
+        self.rows_received += len(rows)
         for rev, _i, key, value, prev, b64 in rows:
             if self._stop.is_set():
                 return
-            if key and key.startswith(self._prefix):
+            if rev > self._last and key.startswith(self._prefix) and key:
                 v = _dec(value[0], b64) if value else None
                 p = _dec(prev[0], b64) if prev else None
                 self._on_event(Event(rev, key, v, p))
-        self._last = max(self._last, int(meta.rev), rows[-1][0] if rows else 0)
-        if self._last + 1 - self._cond_from >= _COND_ADVANCE:
-            self._cond_from = self._last + 1
+        self._last = upto
+        if (self._last + 1) // BUCKET >= self._from + WINDOW // 2:
+            self._from = (self._last + 1) // BUCKET
             idl.cond_change("Log", self._cond())

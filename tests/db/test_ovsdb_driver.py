@@ -1,0 +1,103 @@
+"""What only the ovsdb driver has (the conformance suites cover the shared contract):
+the monitor condition moves with the watch and filters by prefix on the server; trimmed
+history and a database created anew end a watch with on_compacted; the setup tooling."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dragonflow.db.driver import Put
+from dragonflow.db.drivers import ovsdb
+from dragonflow.db.drivers.ovsdb import OvsdbDriver, create_db_file, parse_remotes
+from tests.db.helpers import Collector
+from tests.fixtures.ovsdb_server import OvsdbServer, require_binary
+from tests.fixtures.wait import eventually
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture
+def server() -> OvsdbServer:
+    require_binary()
+    s = OvsdbServer().start()
+    yield s
+    s.stop()
+
+
+def test_watch_moves_its_window_and_the_server_filters_by_prefix(server: OvsdbServer) -> None:
+    """2 windows' worth of commits, 1 in 4 under the watched prefix, written by 2 threads
+    while a watcher follows; a second watcher starts late from the beginning. Both get every
+    change of their prefix once, in order, and the server sent few rows of other prefixes."""
+    p = f"/w{uuid.uuid4().hex[:8]}/"
+    writer = OvsdbDriver(server.url)
+    start = writer.current_revision() + 1
+    live, late = Collector(), Collector()
+    watcher = OvsdbDriver(server.url)
+    w1 = watcher.watch(p + "a/", start, live.on_event, live.on_compacted)
+    n = ovsdb.WINDOW * ovsdb.BUCKET  # commits per thread: the window moves 4 times
+
+    def write(t: int) -> None:
+        for i in range(n):
+            key = f"{p}a/{t}" if i % 4 == 0 else f"{p}b/{t}-{i % 7}"
+            writer.commit([], [Put(key, b"%d" % i)])
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    w2 = watcher.watch(p + "a/", start, late.on_event, late.on_compacted)
+    want = 2 * len(range(0, n, 4))
+    for col in (live, late):
+        events = col.wait_for(want, timeout=60)
+        assert len(events) == want
+        revs = [e.revision for e in events]
+        assert revs == sorted(revs) and len(set(revs)) == want
+        assert all(e.key.startswith(p + "a/") for e in events)
+        assert col.compacted.empty()
+    # the server filtered: it sent the watched prefix's rows, none of the other (3 in 4)
+    assert want <= w1.rows_received <= want + ovsdb.BUCKET, w1.rows_received
+    w1.cancel()
+    w2.cancel()
+    writer.close()
+    watcher.close()
+
+
+def test_trimmed_history_and_a_new_database_end_a_watch_with_on_compacted(
+        server: OvsdbServer) -> None:
+    drv = OvsdbDriver(server.url, log_maxlen=50, trim_every=10)
+    for i in range(120):
+        drv.commit([], [Put(f"/t/{i % 5}", b"%d" % i)])
+    old = Collector()
+    w = drv.watch("/t/", 1, old.on_event, old.on_compacted)
+    assert old.compacted.get(timeout=10) >= 120 and old.events == []
+    w.cancel()
+    # the database is created anew behind the same address: the watch learns it
+    col = Collector()
+    w = drv.watch("/t/", drv.current_revision() + 1, col.on_event, col.on_compacted)
+    gen = drv.generation
+    server.restart_empty()
+    drv.commit([], [Put("/t/x", b"1")])  # (a reconnecting write of the driver too)
+    assert col.compacted.get(timeout=20) >= 0
+    assert eventually(lambda: drv.generation > gen, timeout=5)
+    w.cancel()
+    drv.close()
+
+
+def test_setup_tooling_and_urls(tmp_path: Path) -> None:
+    require_binary()
+    db = tmp_path / "nb.db"
+    create_db_file(str(db))
+    with pytest.raises(ValueError, match="already exists"):
+        create_db_file(str(db))
+    with pytest.raises(ValueError, match="own Raft address"):
+        create_db_file(str(tmp_path / "x.db"), join=["tcp:127.0.0.1:1"])
+    assert parse_remotes("ovsdb:tcp:10.0.0.1:6641,tcp:10.0.0.2:6641") == [
+        "tcp:10.0.0.1:6641", "tcp:10.0.0.2:6641"]
+    for bad in ("ovsdb:", "ovsdb:tcp:host", "ovsdb:unix:/x", "ovsdb://h:1"):
+        with pytest.raises(ValueError, match="ovsdb"):
+            parse_remotes(bad)
