@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dragonflow.db.driver import Put
+from dragonflow.db.driver import AmbiguousCommit, DriverError, Put
 from dragonflow.db.drivers import ovsdb
 from dragonflow.db.drivers.ovsdb import OvsdbDriver, create_db_file, parse_remotes
 from tests.db.helpers import Collector
@@ -101,3 +101,42 @@ def test_setup_tooling_and_urls(tmp_path: Path) -> None:
     for bad in ("ovsdb:", "ovsdb:tcp:host", "ovsdb:unix:/x", "ovsdb://h:1"):
         with pytest.raises(ValueError, match="ovsdb"):
             parse_remotes(bad)
+
+
+def test_tls_with_client_certificates(tmp_path: Path) -> None:
+    """ssl: remotes: the server demands a client certificate of its CA; the driver presents
+    [df] nb_db_cert_file; without one the configuration is refused before connecting, and a
+    certificate of another CA is refused by the server (nothing written either way)."""
+    from dragonflow.db.security import NbSecurity, SecurityConfigError
+    from tests.fixtures.tls import make_pki
+
+    require_binary()
+    pki = make_pki(tmp_path / "pki")
+    server = OvsdbServer(tls=pki).start()
+    try:
+        assert server.url.startswith("ovsdb:ssl:")
+        good = NbSecurity(ca_file=str(pki.ca), cert_file=str(pki.client_cert),
+                          key_file=str(pki.client_key))
+        drv = OvsdbDriver(server.url, security=good)
+        col = Collector()
+        w = drv.watch("/tls/", 1, col.on_event, col.on_compacted)
+        drv.commit([], [Put("/tls/a", b"1")])
+        assert [e.key for e in col.wait_for(1, timeout=10)] == ["/tls/a"]
+        w.cancel()
+        drv.close()
+        with pytest.raises(SecurityConfigError, match="nb_db_cert_file"):
+            OvsdbDriver(server.url, security=NbSecurity(ca_file=str(pki.ca)))
+        with pytest.raises(SecurityConfigError, match="not a TLS url"):
+            OvsdbDriver("ovsdb:tcp:127.0.0.1:1", security=good)
+        with pytest.raises(SecurityConfigError, match="no user/password"):
+            OvsdbDriver(server.url, security=NbSecurity(user="u", password="p"))
+        rogue = OvsdbDriver(server.url, timeout=1.0, security=NbSecurity(
+            ca_file=str(pki.ca), cert_file=str(pki.rogue_cert), key_file=str(pki.rogue_key)))
+        with pytest.raises(DriverError) as err:
+            rogue.commit([], [Put("/tls/b", b"1")])
+        assert not isinstance(err.value, AmbiguousCommit), err.value
+        assert "TLS handshake refused?" in str(err.value)
+        rogue.close()
+        assert OvsdbDriver(server.url, security=good).get("/tls/b") is None
+    finally:
+        server.stop()

@@ -233,6 +233,10 @@ class _Rpc:
                 self._last_used = time.monotonic()
                 return conn
             conn.close()
+            if remote.startswith("ssl:") and not why.startswith(("the server", "cluster")):
+                why += (" (TLS handshake refused? the server must trust the CA of [df] "
+                        "nb_db_cert_file, and [df] nb_db_ca_file must have signed the "
+                        "server's certificate)")
             reasons.append(f"{remote}: {why}")
         self._next = (self._next + 1) % len(self.remotes)
         raise _Lost("no usable server: " + "; ".join(reasons), sent=False)
@@ -335,7 +339,11 @@ class OvsdbDriver:
                 "ovsdb driver: OVSDB has no user/password authentication; use ssl: remotes "
                 "with a client certificate ([df] nb_db_cert_file / nb_db_key_file) and unset "
                 "[df] nb_db_user / nb_db_password")
-        if any(r.startswith("ssl:") for r in self.remotes):
+        tls = [r.startswith("ssl:") for r in self.remotes]
+        if any(tls) and not all(tls):
+            raise ValueError(f"ovsdb driver: {url!r} mixes ssl: and tcp: remotes")
+        sec.check_tls(url, any(tls))
+        if any(tls):
             _set_ssl(sec)
         self.url = url
         self._timeout = timeout
