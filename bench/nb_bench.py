@@ -1,13 +1,15 @@
 """NB benchmark: NbApi write rate vs the raw client, and change-stream latency.
 
 Run from the repository root: ``.venv/bin/python bench/nb_bench.py`` (``--help`` for sizes).
-It starts its own etcd (data dir on tmpfs when /dev/shm is usable, as the test fixture does)
-and redis (no persistence), and prints, per driver (memory, etcd, redis):
+It starts its own etcd (data dir on tmpfs when /dev/shm is usable, as the test fixture does),
+redis (no persistence) and ovsdb-server (DF_NB on tmpfs), and prints, per driver (memory,
+etcd, redis, ovsdb):
 
 * NB writes/s of a mixed workload through NbApi: create networks, one subnet each, ports
   (one fixed IP, spread over the networks), then update every port once;
 * the raw client doing the same number of single-key puts of the same encoded objects in the
-  same run (aetcd ``put`` loop, redis-py ``SET``, a dict insert under a lock) and the ratio;
+  same run (aetcd ``put`` loop, redis-py ``SET``, a dict insert under a lock, one ovsdb
+  ``transact`` inserting a row) and the ratio;
 * change-stream latency p50/p99 for 1, 10 and 100 Subscriptions: from the moment the
   driver commit was sent to each subscriber's ``on_change`` (so it includes the commit's own
   round trip). Writes are paced closed-loop (the next write waits until every subscriber got
@@ -34,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,6 +47,7 @@ from dragonflow.db.nbapi import NbApi, encode  # noqa: E402
 from dragonflow.db.stream import Change, Subscription  # noqa: E402
 from dragonflow.model import FixedIp, NbObject, Network, Port, Subnet  # noqa: E402
 from tests.fixtures.etcd_server import EtcdServer  # noqa: E402
+from tests.fixtures.ovsdb_server import OvsdbServer  # noqa: E402
 from tests.fixtures.redis_server import RedisServer  # noqa: E402
 
 PORTS_PER_NET = 100
@@ -247,40 +251,52 @@ def bench_driver(name: str, nb: NbApi, ports: int, raw: Callable[[list[bytes]], 
 
 
 @contextmanager
-def servers(names: set[str]) -> Iterator[tuple[EtcdServer | None, RedisServer | None]]:
-    etcd = EtcdServer().start() if "etcd" in names else None
+def servers(names: set[str]) -> Iterator[dict[str, Any]]:
+    """The servers the named drivers need (etcd, redis, ovsdb), stopped afterwards."""
+    kinds = {"etcd": EtcdServer, "redis": RedisServer, "ovsdb": OvsdbServer}
+    started: dict[str, Any] = {}
     try:
-        red = RedisServer().start() if "redis" in names else None
-        try:
-            yield etcd, red
-        finally:
-            if red is not None:
-                red.stop()
+        for name in sorted(names & set(kinds)):
+            started[name] = kinds[name]().start()
+        yield started
     finally:
-        if etcd is not None:
-            etcd.stop()
+        for srv in started.values():
+            srv.stop()
 
 
-def open_nb(name: str, etcd: EtcdServer | None, red: RedisServer | None) -> NbApi:
+def open_nb(name: str, srv: dict[str, Any]) -> NbApi:
     root = f"/bench{uuid.uuid4().hex[:8]}/"
     if name == "memory":
         return NbApi(MemoryDriver(), root=root)
-    if name == "etcd":
-        assert etcd is not None
-        return NbApi(open_driver(etcd.url), root=root)
-    assert red is not None
-    return NbApi(open_driver(f"{red.url}/bench"), root=root)
+    if name == "redis":
+        return NbApi(open_driver(f"{srv['redis'].url}/bench"), root=root)
+    return NbApi(open_driver(srv[name].url), root=root)
 
 
-def raw_for(name: str, etcd: EtcdServer | None, red: RedisServer | None
-            ) -> Callable[[list[bytes]], float]:
+def raw_ovsdb(url: str, payloads: list[bytes]) -> float:
+    """ovsdb-server's own rate: one transaction per payload inserting a DF_NB Data row, over
+    the OVS JSON-RPC library the driver uses (no read first, no log row, no guard)."""
+    from dragonflow.db.drivers.ovsdb import DB, _Rpc, parse_remotes
+
+    rpc = _Rpc(parse_remotes(url), timeout=3.0)
+    try:
+        t0 = time.perf_counter()
+        for i, v in enumerate(payloads):
+            rpc.call("transact", [DB, {"op": "insert", "table": "Data", "row": {
+                "key": f"/raw/{i}", "value": v.decode(), "b64": False, "rev": 0}}])
+        return time.perf_counter() - t0
+    finally:
+        rpc.close()
+
+
+def raw_for(name: str, srv: dict[str, Any]) -> Callable[[list[bytes]], float]:
     if name == "memory":
         return raw_memory
     if name == "etcd":
-        assert etcd is not None
-        return lambda p: raw_etcd(etcd.port, p)
-    assert red is not None
-    return lambda p: raw_redis(red.port, p)
+        return lambda p: raw_etcd(srv["etcd"].port, p)
+    if name == "ovsdb":
+        return lambda p: raw_ovsdb(srv["ovsdb"].url, p)
+    return lambda p: raw_redis(srv["redis"].port, p)
 
 
 def report(results: list[Result]) -> str:
@@ -311,8 +327,8 @@ def profile(name: str, ports: int) -> None:
         from pyinstrument import Profiler
     except ImportError:
         sys.exit("--profile needs pyinstrument: .venv/bin/pip install pyinstrument")
-    with servers({name} - {"memory"}) as (etcd, red):
-        nb = open_nb(name, etcd, red)
+    with servers({name}) as srv:
+        nb = open_nb(name, srv)
         try:
             profiler = Profiler(interval=0.0005)
             profiler.start()
@@ -327,16 +343,16 @@ def profile(name: str, ports: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--drivers", default="memory,etcd,redis",
-                   help="comma-separated subset of memory,etcd,redis")
+    p.add_argument("--drivers", default="memory,etcd,redis,ovsdb",
+                   help="comma-separated subset of memory,etcd,redis,ovsdb")
     p.add_argument("--memory-ports", type=int, default=10_000,
                    help="ports of the memory workload (writes ~= 2x ports)")
     p.add_argument("--server-ports", type=int, default=1_000,
-                   help="ports of the etcd and redis workloads")
+                   help="ports of the etcd, redis and ovsdb workloads")
     p.add_argument("--latency-writes", type=int, default=200,
                    help="writes per latency run with 1 and 10 subscribers (a quarter of it "
                         "with 100)")
-    p.add_argument("--profile", choices=("memory", "etcd", "redis"),
+    p.add_argument("--profile", choices=("memory", "etcd", "redis", "ovsdb"),
                    help="only profile this driver's NB workload with pyinstrument")
     args = p.parse_args(argv)
     if args.profile:
@@ -348,13 +364,12 @@ def main(argv: list[str] | None = None) -> int:
                   100: max(10, args.latency_writes // 4)}
     results = []
     t0 = time.monotonic()
-    with servers(set(names)) as (etcd, red):
+    with servers(set(names)) as srv:
         for name in names:
-            nb = open_nb(name, etcd, red)
+            nb = open_nb(name, srv)
             try:
                 ports = args.memory_ports if name == "memory" else args.server_ports
-                results.append(bench_driver(name, nb, ports, raw_for(name, etcd, red),
-                                            lat_writes))
+                results.append(bench_driver(name, nb, ports, raw_for(name, srv), lat_writes))
             finally:
                 nb.driver.close()
             print(f"[{name} done after {time.monotonic() - t0:.1f} s]", file=sys.stderr)

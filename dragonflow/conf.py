@@ -21,15 +21,19 @@ DEFAULT_CONFIG_FILE = "/etc/dragonflow/dragonflow.ini"
 df_opts = [
     cfg.StrOpt("nb_db_url", default="memory://",
                help="NB database: memory:// (embedded, in-process), "
-                    "etcd://host:port[,host:port...] or redis://host:port[/namespace]; "
-                    "etcds:// and rediss:// connect with TLS (see nb_db_ca_file). A redis "
+                    "etcd://host:port[,host:port...], redis://host:port[/namespace] or "
+                    "ovsdb:tcp:host:port[,tcp:host:port...] (ovsdb-server's DF_NB database, "
+                    "made by `df-db ovsdb-create`; several remotes: a Raft cluster); "
+                    "etcds://, rediss:// and ovsdb:ssl:host:port connect with TLS (see "
+                    "nb_db_ca_file; ovsdb:ssl: needs a client certificate). A redis "
                     "url may carry credentials, redis[s]://[user[:password]@]host:port[/ns] "
                     "(percent-encoded); they take precedence over nb_db_user and "
                     "nb_db_password."),
     cfg.StrOpt("nb_db_root", default="/df/",
                help="Key prefix of this deployment's objects in the NB database."),
     cfg.FloatOpt("nb_db_timeout", default=3.0, min=0.1,
-                 help="Seconds before an NB database request is given up (etcd, redis)."),
+                 help="Seconds before an NB database request is given up (etcd, redis, "
+                      "ovsdb)."),
     cfg.StrOpt("nb_db_ca_file", default=None,
                help="PEM bundle of the CA certificates that verify the NB database server's "
                     "certificate (etcds://, rediss:// urls). Unset: the system trust store. "

@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-dir", metavar="DIR", help="directory of *.conf files to read too")
     p.add_argument("--db", metavar="URL",
                    help="NB database url, overriding [df] nb_db_url: etcd://host:port[,...], "
-                        "redis://[user[:password]@]host:port[/namespace], etcds:// and "
-                        "rediss:// (TLS, with the config file's [df] nb_db_ca_file, ...) or "
+                        "redis://[user[:password]@]host:port[/namespace], "
+                        "ovsdb:tcp:host:port[,tcp:host:port...], etcds://, rediss:// and "
+                        "ovsdb:ssl: (TLS, with the config file's [df] nb_db_ca_file, ...) or "
                         "memory:// (in-process, so empty for a separate df-db process)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -410,7 +411,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true",
                     help="one JSON object per line: revision, op, table, id, version, name, "
                          "topic, object")
+
+    sp = sub.add_parser(
+        "ovsdb-create", help="Create the database file of an ovsdb-server for ovsdb: urls.",
+        description="Create the DF_NB database file (the schema shipped with Dragonflow) "
+                    "for ovsdb-server, then serve it: `ovsdb-server FILE "
+                    "--remote=ptcp:6641:IP` and set [df] nb_db_url = ovsdb:tcp:IP:6641 "
+                    "(ovsdb:tcp:IP1:6641,tcp:IP2:6641,... for a cluster). Needs no database "
+                    "connection.")
+    sp.set_defaults(func=cmd_ovsdb_create, no_nb=True)
+    sp.add_argument("file", metavar="FILE", help="database file to create (must not exist)")
+    sp.add_argument("--cluster", metavar="RAFT_ADDR",
+                    help="make a Raft cluster member whose cluster address is RAFT_ADDR "
+                         "(e.g. tcp:10.0.0.1:6643); without --join: a new cluster")
+    sp.add_argument("--join", action="append", default=[], metavar="RAFT_ADDR",
+                    help="Raft address of a member already in the cluster to join "
+                         "(repeatable)")
     return p
+
+
+def cmd_ovsdb_create(_nb: NbApi | None, args: argparse.Namespace) -> int:
+    from dragonflow.db.drivers.ovsdb import create_db_file
+
+    try:
+        create_db_file(args.file, cluster=args.cluster, join=args.join)
+    except RuntimeError as e:
+        raise CliError(str(e)) from None
+    kind = ("a member joining the cluster of " + ", ".join(args.join) if args.join
+            else f"a new cluster at {args.cluster}" if args.cluster else "standalone")
+    _out(f"created {args.file} (DF_NB, {kind})")
+    return 0
 
 
 def open_nb(args: argparse.Namespace) -> tuple[NbApi, bool]:
@@ -437,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     nb: NbApi | None = None
     owned = False
     try:
+        if getattr(args, "no_nb", False):
+            return int(args.func(None, args))
         nb, owned = open_nb(args)
         return int(args.func(nb, args))
     except EXPECTED_ERRORS as e:

@@ -1,8 +1,9 @@
 """Open an NB driver from a URL; drivers are stevedore plugins (``dragonflow.nb_db_driver``).
 
 ``memory://[name]`` (embedded, the process-wide instance of that name), ``etcd://host:port
-[,host:port...]``, ``redis://[user[:password]@]host:port[/namespace]``; ``etcds://`` and
-``rediss://`` are the same drivers over TLS. TLS files and credentials come as one
+[,host:port...]``, ``redis://[user[:password]@]host:port[/namespace]``,
+``ovsdb:tcp:host:port[,tcp:host:port...]``; ``etcds://``, ``rediss://`` and ``ovsdb:ssl:`` are
+the same drivers over TLS. TLS files and credentials come as one
 :class:`~dragonflow.db.security.NbSecurity` (``NbSecurity.from_conf(conf.df)``).
 """
 
@@ -33,7 +34,8 @@ def open_driver(url: str, timeout: float = 3.0, *, security: NbSecurity | None =
         raise ValueError(f"NB database url {redact_url(url)!r}: {e}") from None
     if not scheme:
         raise ValueError(f"NB database url {redact_url(url)!r} has no scheme "
-                         "(memory://, etcd://, etcds://, redis://, rediss://)")
+                         "(memory://, etcd://, etcds://, redis://, rediss://, ovsdb:tcp:, "
+                         "ovsdb:ssl:)")
     name = TLS_SCHEMES.get(scheme, scheme)
     try:
         mgr: Any = sd_driver.DriverManager(NAMESPACE, name, invoke_on_load=False)

@@ -37,6 +37,9 @@ from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
+from dragonflow.ovs import fastjson
+
+fastjson.install()  # the PyPI ovs package parses JSON in pure Python
 LOG = logging.getLogger(__name__)
 
 #: Tunnel type -> name of the flow-based tunnel port on the integration bridge.

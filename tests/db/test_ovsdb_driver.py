@@ -96,6 +96,11 @@ def test_setup_tooling_and_urls(tmp_path: Path) -> None:
         create_db_file(str(db))
     with pytest.raises(ValueError, match="own Raft address"):
         create_db_file(str(tmp_path / "x.db"), join=["tcp:127.0.0.1:1"])
+    from dragonflow.cli.db import main as df_db
+
+    assert df_db(["ovsdb-create", str(tmp_path / "c.db"), "--cluster", "tcp:127.0.0.1:6643"]) == 0
+    assert (tmp_path / "c.db").stat().st_size > 0
+    assert df_db(["ovsdb-create", str(tmp_path / "c.db")]) == 1  # exists: refused
     assert parse_remotes("ovsdb:tcp:10.0.0.1:6641,tcp:10.0.0.2:6641") == [
         "tcp:10.0.0.1:6641", "tcp:10.0.0.2:6641"]
     for bad in ("ovsdb:", "ovsdb:tcp:host", "ovsdb:unix:/x", "ovsdb://h:1"):
@@ -140,3 +145,26 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         assert OvsdbDriver(server.url, security=good).get("/tls/b") is None
     finally:
         server.stop()
+
+
+def test_one_commit_deleting_and_remaking_a_key(server: OvsdbServer) -> None:
+    """Rows are found by a uuid derived from their key (ovsdb-server scans a table for any
+    other column): a key deleted and put again in ONE commit is one update of its row; put
+    and deleted in one commit leaves nothing; the stream shows every op."""
+    from dragonflow.db.driver import Delete
+
+    drv = OvsdbDriver(server.url)
+    col = Collector()
+    w = drv.watch("/dp/", drv.current_revision() + 1, col.on_event, col.on_compacted)
+    drv.commit([], [Put("/dp/a", b"1")])
+    rev = drv.commit([], [Delete("/dp/a"), Put("/dp/a", b"2"), Put("/dp/b", b"x"),
+                          Delete("/dp/b")])
+    kv = drv.get("/dp/a")
+    assert kv is not None and kv.value == b"2" and kv.mod_revision == rev
+    assert drv.get("/dp/b") is None and [k.key for k in drv.get_prefix("/dp/")[0]] == ["/dp/a"]
+    events = col.wait_for(5, timeout=10)
+    assert [(e.key, e.value, e.prev_value) for e in events] == [
+        ("/dp/a", b"1", None), ("/dp/a", None, b"1"), ("/dp/a", b"2", None),
+        ("/dp/b", b"x", None), ("/dp/b", None, b"x")]
+    w.cancel()
+    drv.close()
