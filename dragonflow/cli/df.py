@@ -1,16 +1,17 @@
 """df: the Dragonflow front door. ``df demo`` builds a simulated deployment and proves it.
 
 df demo            3 simulated compute nodes (netns + their own Open vSwitch, VXLAN/Geneve
-                   underlay), 2 networks with the SAME CIDR, VMs spread over the nodes, local
-                   controllers on the embedded NB; DHCP, SLAAC, metadata, a ping matrix,
-                   security groups; north-south: a physical network with a host outside,
-                   a VLAN provider network, SNAT through a gateway chassis and a floating
-                   IP; the flows per node and how to look inside. Removes everything at
-                   the end.
-df demo --keep     leave it running (controllers stay in this process until Ctrl-C; the
-                   namespaces and OVS stay until `df demo --clean`)
+                   underlay), 2 networks with the SAME CIDR, VMs spread over the nodes, a
+                   df-controller process per node on a private ovsdb-server (the NB in its
+                   DF_NB database); DHCP, SLAAC, metadata, a ping matrix, security groups;
+                   north-south: a physical network with a host outside, a VLAN provider
+                   network, SNAT through a gateway chassis and a floating IP; two pods
+                   attached by df-cni; df-trace of a routed ping; the flows per node and
+                   how to look inside. Removes everything at the end.
+df demo --keep     leave it running (until `df demo --clean`)
 df demo --clean    remove everything a demo created (by its pid files and name prefix)
-df demo --db etcd://127.0.0.1:2379   one df-controller process per node against that DB
+df demo --db etcd://127.0.0.1:2379   the same against that DB (--db memory://demo: the
+                   embedded NB, controllers in this process; no pods or df-trace then)
 df status          what a local controller reports (its status file): the pipeline its apps
                    assembled, installed flows, flow conflicts, owners that failed or whose
                    flows the switch refused
@@ -39,7 +40,7 @@ from typing import Any
 
 from dragonflow.apps.ra import link_local
 from dragonflow.db.connect import open_nb
-from dragonflow.model import SecurityGroup, SecurityGroupRule
+from dragonflow.model import Port, SecurityGroup, SecurityGroupRule
 from dragonflow.pipeline.topology import gateway_rank
 from dragonflow.sim import neutron_aio
 from dragonflow.sim.deploy import Deployment
@@ -331,6 +332,88 @@ def north_south(dep: Deployment, nodes: dict[str, Node], vms: dict[str, Vm], out
     return failed
 
 
+def _tool(name: str) -> list[str]:
+    """A console script of this install (next to the interpreter), else its module."""
+    script = Path(sys.executable).parent / name
+    module = {"df-cni": "dragonflow.cli.cni", "df-trace": "dragonflow.cli.trace"}[name]
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+def containers(dep: Deployment, nodes: dict[str, Node], vms: dict[str, Vm]) -> int:
+    """Two pods attached by df-cni exactly as a container runtime runs it (CNI_* environment,
+    the network configuration on stdin); they ping each other, a VM, and one through r1.
+    Returns the number of checks that failed."""
+    say("\nContainers: df-cni, the CNI plugin a container runtime runs, attaches two pods "
+        "(network namespaces) to network blue -- the NB allocates their addresses:")
+    pods = [("pod1", "hv1"), ("pod2", "hv3")]
+    results: dict[str, dict[str, Any]] = {}
+    bad = 0
+
+    def cni(command: str, pod: str, hv: str) -> tuple[int, dict[str, Any]]:
+        node = nodes[hv]
+        conf = {"cniVersion": "1.0.0", "name": "demo-pods", "type": "df-cni",
+                "network": "blue",
+                "dragonflow": {"config_file": str(node.rundir / "dragonflow.ini"),
+                               "host_netns": node.netns}}
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+               "CNI_COMMAND": command, "CNI_CONTAINERID": f"demo-{pod}",
+               "CNI_NETNS": f"/var/run/netns/{dep.bed.prefix}{pod}", "CNI_IFNAME": "eth0"}
+        proc = subprocess.run(_tool("df-cni"), input=json.dumps(conf).encode(), env=env,
+                              capture_output=True, timeout=120)
+        out = proc.stdout.decode().strip()
+        return proc.returncode, (json.loads(out) if out else {})
+
+    for pod, hv in pods:
+        subprocess.run(["ip", "netns", "add", f"{dep.bed.prefix}{pod}"], check=True)
+        t0 = time.monotonic()
+        rc, res = cni("ADD", pod, hv)
+        if rc != 0:
+            say(f"  {pod} on {hv}: df-cni ADD failed: {res.get('msg', res)}")
+            bad += 1
+            continue
+        results[pod] = res
+        ip = res["ips"][0]
+        say(f"  {pod} on {hv}: {ip['address']} via {ip.get('gateway')}, "
+            f"{res['interfaces'][1]['mac']} (ADD returned after {time.monotonic() - t0:.2f} s: "
+            "port ACTIVE)")
+    if len(results) == 2:
+        addr = {p: r["ips"][0]["address"].split("/")[0] for p, r in results.items()}
+
+        def ping(pod: str, ip: str) -> bool:
+            return subprocess.run(["ip", "netns", "exec", f"{dep.bed.prefix}{pod}", "ping",
+                                   "-c", "1", "-W", "2", ip], capture_output=True
+                                  ).returncode == 0
+        for what, pod, ip in (("pod1 -> pod2 (hv1 -> hv3)", "pod1", addr["pod2"]),
+                              ("pod1 -> VM b2 (on hv2)", "pod1", vms["b2"].ip),
+                              ("pod2 -> VM g1 through router r1", "pod2", vms["g1"].ip)):
+            ok = ping(pod, ip) or ping(pod, ip)
+            bad += 0 if ok else 1
+            say(f"  {what}: {'yes' if ok else 'NO'}")
+    for pod, hv in pods:
+        rc, res = cni("DEL", pod, hv)
+        if rc != 0:
+            bad += 1
+            say(f"  {pod}: df-cni DEL failed: {res.get('msg', res)}")
+    left = [p for p in dep.nb.list(Port) if p.device_owner == "df-cni"]
+    say("  DEL of both: " + (f"{len(left)} NB port(s) LEFT" if left else
+                             "everything removed (NB ports, OVS ports, veths)"))
+    return bad + (1 if left else 0)
+
+
+def trace_demo(nodes: dict[str, Node], vms: dict[str, Vm]) -> None:
+    """df-trace of b1's ping to g1 (routed by r1, tunnelled to hv2), followed there."""
+    n1, n2 = nodes["hv1"], nodes["hv2"]
+    cmd = [*_tool("df-trace"), "--config-file", str(n1.rundir / "dragonflow.ini"),
+           "--port", "b1-port", "--dst-ip", vms["g1"].ip, "--proto", "icmp", "--remote",
+           "--remote-rundir", f"hv2={n2.rundir}"]
+    say(f"\ndf-trace: what the pipeline does with b1's ping to g1 ({vms['g1'].ip}, routed by "
+        "r1), on hv1 and on the far end of the tunnel:")
+    say("$ df-trace --port b1-port --dst-ip " + vms["g1"].ip + " --proto icmp --remote")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    for line in (proc.stdout or proc.stderr).rstrip().splitlines():
+        say("  " + line)
+
+
 def demo(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         say("df demo needs root (network namespaces, Open vSwitch).")
@@ -339,17 +422,20 @@ def demo(args: argparse.Namespace) -> int:
         say(f"A kept demo is still there ({STATE}); run `df demo --clean` first.")
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args.db = args.db or "memory://demo"
+    bed = Testbed(DEMO_PREFIX + os.urandom(1).hex())
+    private = None if args.db else neutron_aio.PrivateDb("ovsdb", base_dir=bed.rundir)
+    args.db = args.db or private.start().url  # type: ignore[union-attr]
     in_process = args.db.startswith("memory:")
     nb = open_nb(args.db)  # default root, so `df-db --db URL` sees the demo
-    bed = Testbed(DEMO_PREFIX + os.urandom(1).hex())
     dep = Deployment(bed, nb, args.db, in_process=in_process)
     kept = False
     try:
         say("== Dragonflow demo: the virtual network is flows, on every compute node ==")
         how = ("embedded, controllers in this process" if in_process
                else "one df-controller process per node")
-        say(f"NB database: {args.db} ({how})")
+        what = (" (a private ovsdb-server serving the DF_NB database, made by `df-db "
+                "ovsdb-create`)" if private else "")
+        say(f"NB database: {args.db}{what} ({how})")
         t0 = time.monotonic()
         nodes = {}
         for name, ip in NODES:
@@ -418,6 +504,9 @@ def demo(args: argparse.Namespace) -> int:
         say(f"{sec_good} cells behaved as designed, {sec_bad} did not.")
         bad += sec_bad
         bad += north_south(dep, nodes, vms, outside, outside_vlan)
+        if not in_process:  # df-cni and df-trace are processes of their own: they need a
+            bad += containers(dep, nodes, vms)  # database server, not the embedded NB
+            trace_demo(nodes, vms)
         say("\nFlows per node:")
         for name, hv in nodes.items():
             say(f"  {name}: {dep.flow_count(hv)} flows in {BR_INT}")
@@ -456,6 +545,8 @@ def demo(args: argparse.Namespace) -> int:
         if not kept or in_process:
             dep.stop()
         if not kept:
+            if private is not None:
+                private.stop()
             bed.teardown()
             say("\nDemo removed (namespaces, OVS daemons, controllers).")
 
@@ -620,8 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run the simulated multi-node demo",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", default=None,
-                   help="NB database url (default: embedded memory://demo; with --neutron: "
-                        "a private redis-server)")
+                   help="NB database url (default: a private ovsdb-server; memory://demo: "
+                        "the embedded NB, controllers in this process; with --neutron the "
+                        "default is a private redis-server)")
     p.add_argument("--neutron", action="store_true",
                    help="drive it through the real Neutron API and the openstack CLI")
     p.add_argument("--keep", action="store_true", help="leave the demo running")

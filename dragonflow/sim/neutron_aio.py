@@ -493,7 +493,8 @@ class NeutronStack:
 # --- a private NB server for the demo ---------------------------------------------------
 @dataclass
 class PrivateDb:
-    """redis-server (or etcd when ``kind="etcd"``) on a free loopback port in its own dir."""
+    """redis-server (or etcd when ``kind="etcd"``, ovsdb-server serving the DF_NB database
+    when ``kind="ovsdb"``) on a free loopback port in its own dir."""
 
     kind: str = "redis"
     base_dir: Path | None = None
@@ -502,17 +503,30 @@ class PrivateDb:
     dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("redis", "etcd"):
-            raise ValueError(f"private DB kind {self.kind!r}: redis or etcd")
+        if self.kind not in ("redis", "etcd", "ovsdb"):
+            raise ValueError(f"private DB kind {self.kind!r}: redis, etcd or ovsdb")
         self.dir = Path(tempfile.mkdtemp(prefix=f"{self.kind}-", dir=self.base_dir))
 
     @property
     def url(self) -> str:
+        if self.kind == "ovsdb":
+            return f"ovsdb:tcp:127.0.0.1:{self.port}"
         return f"{self.kind}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> PrivateDb:
         self.port = free_port()
-        if self.kind == "redis":
+        if self.kind == "ovsdb":
+            from dragonflow.db.drivers.ovsdb import create_db_file
+
+            db = str(self.dir / "nb.db")
+            try:
+                create_db_file(db)
+            except RuntimeError as e:
+                raise AioError(str(e)) from None
+            cmd = ["ovsdb-server", db, f"--remote=ptcp:{self.port}:127.0.0.1",
+                   f"--unixctl={self.dir / 'ovsdb-server.ctl'}",
+                   f"--log-file={self.dir / 'ovsdb-server.log'}", "-vconsole:off"]
+        elif self.kind == "redis":
             cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                    "--save", "", "--appendonly", "no", "--dir", str(self.dir),
                    "--daemonize", "no", "--logfile", str(self.dir / "server.log")]
@@ -542,6 +556,8 @@ class PrivateDb:
                 if self.kind == "redis":
                     s.sendall(b"PING\r\n")
                     return s.recv(16).startswith(b"+PONG")
+                if self.kind == "ovsdb":
+                    return True
         except OSError:
             return False
         try:
