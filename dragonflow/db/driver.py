@@ -106,13 +106,18 @@ Check = Revision | Exists | PrefixEmpty
 # --- commit ops ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Put:
+    """``tags``: labels of this change (the relevance scopes of the object, old and new) a
+    driver may filter watches on (see :meth:`Watch.set_tags`); untagged means global."""
+
     key: str
     value: bytes
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     key: str
+    tags: tuple[str, ...] = ()
 
 
 Op = Put | Delete
@@ -121,6 +126,13 @@ Op = Put | Delete
 class Watch(Protocol):
     def cancel(self) -> None:
         """Stop delivering; returns after the delivery thread has ended."""
+
+    # Optional (ovsdb has it): ``set_tags(tags: Iterable[str] | None) -> None`` -- from now on
+    # the server may leave out changes none of whose tags is in ``tags`` (untagged changes
+    # are always sent; None: everything). A consumer must still filter what it gets: this
+    # only saves the traffic. When the set grows, the watch delivers nothing newer than what
+    # it had delivered until the server applies the new filter, so every change of the added
+    # tags after that point is delivered, in order.
 
 
 @runtime_checkable

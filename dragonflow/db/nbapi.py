@@ -75,6 +75,7 @@ from dragonflow.db.driver import (
 )
 from dragonflow.db.driver import Revision as RevCheck
 from dragonflow.model import REFERENCED_BY, TABLES, NbObject, ValidationError
+from dragonflow.model.scopes import relevance_scopes
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T", bound=NbObject)
@@ -203,6 +204,18 @@ class _Cache:
         with self._lock:
             self._d.clear()
 
+
+
+def change_tags(new: NbObject | None, old: NbObject | None) -> tuple[str, ...]:
+    """The tags of an object's change (see driver.Put): the relevance scopes of its new and
+    its old state (a subscriber that followed it under the old one learns it left) and
+    ``id:<id>`` (subscribers may follow single objects); ``""`` is the global scope."""
+    tags: set[str] = set()
+    for o in (new, old):
+        if o is not None:
+            tags.update(relevance_scopes(o))
+            tags.add(f"id:{o.id}")
+    return tuple(sorted(tags))
 
 class NbApi:
     def __init__(self, driver: Driver, root: str = "/df/") -> None:
@@ -570,7 +583,7 @@ class NbApi:
                 raise ValidationError(name, obj.id, field, f"{ref_table} {ref_id!r} does not exist")
         owner = f"{name}/{obj.id}".encode()
         checks: list[Check] = [RevCheck(self.obj_key(name, obj.id), old_rev), *reads.checks()]
-        ops: list[Op] = [Put(self.obj_key(name, obj.id), encode(obj))]
+        ops: list[Op] = [Put(self.obj_key(name, obj.id), encode(obj), change_tags(obj, old))]
         idx, claims = self._owned_entries(obj)
         old_idx, old_claims = self._owned_entries(old) if old else (set(), {})
         new_claims = {k: f for k, f in claims.items() if k not in old_claims}
@@ -626,7 +639,7 @@ class NbApi:
             owned = sorted(idx) + sorted(claims)
         else:  # an invalid value: what it held is found by scanning
             owned = self._orphans(name, obj_id)
-        ops: list[Op] = [Delete(key), *(Delete(k) for k in owned)]
+        ops: list[Op] = [Delete(key, change_tags(None, old)), *(Delete(k) for k in owned)]
         try:
             self._commit(checks, ops)
         except TxnFailed:  # still referenced? say by whom; else it was a race: retry

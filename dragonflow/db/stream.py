@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from dragonflow.db.driver import DriverError, Event, Watch
 from dragonflow.db.nbapi import NbApi, decode_or_none
 from dragonflow.model import NbObject
+from dragonflow.model.scopes import relevance_scopes
 
 LOG = logging.getLogger(__name__)
 
@@ -94,6 +95,21 @@ class Subscription:
     def _start_watch(self, from_revision: int) -> None:
         self._watch = self._nb.driver.watch(
             self._nb.obj_prefix, from_revision, self._on_event, self._on_compacted)
+        self._filter_on_server()
+
+    def _filter_on_server(self) -> None:
+        """Tell a watch that can filter on the server (ovsdb) which tags to send: what this
+        subscription wants, when its scopes are the tags writers put on changes (NbApi tags
+        every object change with its relevance scopes and id). Called BEFORE a snapshot that
+        adds scopes: the watch then holds back until the server sends the new scopes, so
+        nothing of them after the snapshot is missed (driver.Watch.set_tags)."""
+        set_tags = getattr(self._watch, "set_tags", None)
+        if set_tags is None or self._scope_of is not relevance_scopes:
+            return
+        if self._topics is None:
+            set_tags(None)
+        else:
+            set_tags({"", *self._topics, *(f"id:{i}" for i in self._ids)})
 
     def _on_event(self, ev: Event) -> None:
         table, obj_id = self._nb.split_key(ev.key)
@@ -142,10 +158,16 @@ class Subscription:
             new = set(topics) - self._topics
             if not new:
                 return
-            objs, rev = self._nb.snapshot(
-                must_contain=None if self._scope_id is None
-                else {self._scope_id(t) for t in new})
             self._topics |= new
+            self._filter_on_server()  # first: the server sends them from before the snapshot
+            try:
+                objs, rev = self._nb.snapshot(
+                    must_contain=None if self._scope_id is None
+                    else {self._scope_id(t) for t in new})
+            except BaseException:  # not followed after all: the caller tries again
+                self._topics -= new
+                self._filter_on_server()
+                raise
             for t in new:
                 self._topic_since[t] = rev
             for o in objs:
@@ -157,7 +179,10 @@ class Subscription:
         plugged here before its topic is known. Their current state is NOT replayed: read
         them after calling this."""
         with self._lock:
-            self._ids |= set(ids)
+            ids = set(ids)
+            if not ids <= self._ids:
+                self._ids |= ids
+                self._filter_on_server()
 
     def remove_topics(self, topics: Iterable[str]) -> None:
         with self._lock:
@@ -165,10 +190,12 @@ class Subscription:
                 self._topics -= set(topics)
                 for t in topics:
                     self._topic_since.pop(t, None)
+                self._filter_on_server()
 
     def remove_ids(self, ids: Iterable[str]) -> None:
         with self._lock:
             self._ids -= set(ids)
+            self._filter_on_server()
 
     def wanted(self, obj: NbObject) -> bool:
         """Would ``obj`` be delivered now (by scope or id)?"""

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dragonflow.model import (
-    AddressGroup,
     Chassis,
     FloatingIP,
     NbObject,
@@ -54,6 +53,7 @@ from dragonflow.model import (
     SecurityGroup,
     Subnet,
 )
+from dragonflow.model.scopes import relevance_scope_id, relevance_scopes  # noqa: F401
 
 DepKey = tuple[str, ...]
 # Neutron represents router interfaces/gateways as ports too; in the pipeline they are the
@@ -591,43 +591,6 @@ def _same_but_liveness(cur: NbObject, new: NbObject) -> bool:
 def _named_groups(group: SecurityGroup) -> set[str]:
     """The groups ``group``'s rules name as their remote side (itself included)."""
     return {r.remote_group_id for r in group.rules if r.remote_group_id is not None}
-
-
-def relevance_scopes(obj: NbObject) -> tuple[str, ...]:
-    """The scopes an object belongs to, for the change stream's filter: networks, not
-    projects. A network, its subnets and ports are in ``net:<network id>``; a router in the
-    scope of every network it has an interface or its gateway on; a floating IP in its
-    external network's and its project's; chassis are global; anything else (security
-    groups, QoS policies) in ``project:<project id>``."""
-    if isinstance(obj, Network):  # an external one also in its physnet's ("ext:<physnet>")
-        if obj.external and obj.physical_network:
-            return (f"net:{obj.id}", f"ext:{obj.physical_network}")
-        return (f"net:{obj.id}",)
-    if isinstance(obj, Port):  # and the groups it is a member of (remote-group rules)
-        return (f"net:{obj.network_id}", *(f"sg:{g}" for g in obj.security_groups))
-    if isinstance(obj, Subnet):
-        return (f"net:{obj.network_id}",)
-    if isinstance(obj, Router):
-        scopes = [f"net:{rp.network_id}" for rp in obj.ports]
-        if obj.gateway is not None:
-            scopes.append(f"net:{obj.gateway.network_id}")
-        return tuple(scopes)
-    if isinstance(obj, FloatingIP):
-        return (f"net:{obj.floating_network_id}", f"project:{obj.topic}")
-    if isinstance(obj, AddressGroup):  # any project's: followed where a local rule names it
-        return (f"ag:{obj.id}", f"project:{obj.topic}") if obj.topic else ("",)
-    if isinstance(obj, Chassis) or not obj.topic:
-        return ("",)
-    return (f"project:{obj.topic}",)
-
-
-def relevance_scope_id(scope: str) -> str:
-    """The id every object of a relevance scope carries in its stored form: ``net:<id>``
-    objects name the network (id, network_id, a router port's or gateway's network_id, a
-    floating IP's floating_network_id), ``ext:<physnet>`` networks their physical network,
-    ``project:<id>`` objects their project (topic),
-    ``sg:<id>`` ports their security group, ``ag:<id>`` an address group its id."""
-    return scope.split(":", 1)[1]
 
 
 class OwnersView:

@@ -5,6 +5,7 @@ history and a database created anew end a watch with on_compacted; the setup too
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -168,3 +169,74 @@ def test_one_commit_deleting_and_remaking_a_key(server: OvsdbServer) -> None:
         ("/dp/b", b"x", None), ("/dp/b", None, b"x")]
     w.cancel()
     drv.close()
+
+
+def test_scopes_filtered_on_the_server_and_added_under_writes(server: OvsdbServer) -> None:
+    """A subscription with the controller's relevance scopes makes the server send only the
+    followed networks' changes (NbApi tags each change with its scopes). A network added
+    while a writer keeps changing it is replayed from a snapshot and followed from there:
+    the mirror ends equal to the database, having received (almost) nothing of the network
+    it never followed."""
+    from dragonflow.db.nbapi import NbApi
+    from dragonflow.db.stream import Change, Subscription
+    from dragonflow.model import Network
+    from dragonflow.model.scopes import relevance_scope_id, relevance_scopes
+    from tests.db.test_nb_conformance import Mirror, net
+
+    nb = NbApi(OvsdbDriver(server.url), root=f"/s{uuid.uuid4().hex[:8]}/")
+    for i in (1, 2, 3):
+        nb.create(net(i))
+    mirror = Mirror()
+    versions: list[int] = []  # of net2, as delivered
+
+    def on_change(ch: Change) -> None:
+        if ch.id == "net2" and ch.obj is not None:
+            versions.append(ch.obj.version)
+        mirror.on_change(ch)
+
+    sub = Subscription(nb, on_change, mirror.on_resync,
+                       from_revision=nb.revision() + 1, topics={"net:net1"},
+                       scope_of=relevance_scopes, scope_id=relevance_scope_id)
+    stop = threading.Event()
+    writes = {2: 0, 3: 0}
+
+    def churn(i: int) -> None:
+        writer = NbApi(OvsdbDriver(server.url), root=nb.root)
+        while not stop.is_set():
+            n = writer.get_or_raise(Network, f"net{i}")
+            writer.update(n.replace(name=f"v{n.version}"))
+            writes[i] += 1
+        writer.driver.close()
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in (2, 3)]
+    try:
+        for th in threads:
+            th.start()
+        assert eventually(lambda: min(writes.values()) >= 20, timeout=30)
+        watch = sub._watch
+        slow_cond = watch._update_cond  # type: ignore[union-attr]
+
+        def late(idl: object) -> None:  # a server slow to apply the new condition:
+            time.sleep(0.3)  # net2 changes go on meanwhile, not yet sent to this watch
+            slow_cond(idl)
+
+        watch._update_cond = late  # type: ignore[union-attr]
+        sub.add_topics({"net:net2"})  # while net2 keeps changing
+        assert eventually(lambda: min(writes.values()) >= 60, timeout=30)
+        stop.set()
+        for th in threads:
+            th.join()
+        nb.update(nb.get_or_raise(Network, "net1").replace(name="last"))
+        assert mirror.wait(lambda: mirror.objs.get(("network", "net1")) is not None
+                           and mirror.objs[("network", "net1")].name == "last")
+        want2 = nb.get_or_raise(Network, "net2")
+        assert mirror.wait(lambda: mirror.objs.get(("network", "net2")) == want2, timeout=10)
+        assert ("network", "net3") not in mirror.objs
+        # every update of net2 after its snapshot arrived, once, in order
+        assert versions == list(range(versions[0], want2.version + 1)), versions
+        received = sub._watch.rows_received  # type: ignore[union-attr]
+        assert received < writes[2] + 10, (received, writes)  # net3's never sent
+    finally:
+        stop.set()
+        sub.close()
+        nb.driver.close()

@@ -56,7 +56,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -170,10 +170,13 @@ def _where_key(key: str, ns: uuid.UUID = _KEY_NS) -> list[Any]:
     return [["_uuid", "==", ["uuid", _key_uuid(key, ns)]]]
 
 
-def buckets(key: str, rev: int) -> list[str]:
-    """The ``pr`` of a Log row: ``<dir>#<bucket>`` for "" and every parent dir of ``key``."""
+def buckets(key: str, rev: int, tags: Sequence[str] = ()) -> list[str]:
+    """The ``pr`` of a Log row: ``<dir>#<bucket>`` for "" and every parent dir of ``key``
+    (what an unfiltered watch of the dir matches) and ``<dir>@<tag>#<bucket>`` for each of
+    the change's tags (an untagged change has the global tag "")."""
     b = rev // BUCKET
-    return [f"{d}#{b}" for d in ["", *parents(key)]]
+    dirs = ["", *parents(key)]
+    return [f"{d}#{b}" for d in dirs] + [f"{d}@{t}#{b}" for d in dirs for t in tags or ("",)]
 
 
 def _enc(*values: bytes | None) -> tuple[list[str | None], bool]:
@@ -511,17 +514,17 @@ class OvsdbDriver:
             write += [{"op": "wait", "table": "Meta", "where": [], "columns": ["rev"],
                        "until": "==", "rows": [{"rev": rev - 1}], "timeout": 0},
                       {"op": "update", "table": "Meta", "where": [], "row": {"rev": rev}}]
-        events: list[tuple[str, bytes | None, dict[str, Any] | None]] = []
+        events: list[tuple[str, bytes | None, dict[str, Any] | None, tuple[str, ...]]] = []
         existed = {k: state[k] is not None for k in keys}
         for op in ops:
             prev = state[op.key]
             if isinstance(op, Put):
                 (text,), b64 = _enc(op.value)
                 state[op.key] = {"key": op.key, "value": text, "b64": b64, "rev": rev}
-                events.append((op.key, op.value, prev))
+                events.append((op.key, op.value, prev, op.tags))
             elif prev is not None:
                 state[op.key] = None
-                events.append((op.key, None, prev))
+                events.append((op.key, None, prev, op.tags))
         # one operation per key: its row's final state (a row deleted and made again in one
         # transaction is an update: its uuid, the key's, cannot be reused within it)
         for k in dict.fromkeys(op.key for op in ops):
@@ -540,12 +543,12 @@ class OvsdbDriver:
         if not events:
             write.append({"op": "insert", "table": "Log", "row": {
                 "rev": rev, "i": 0, "n": 1, "key": "", "b64": False}})
-        for i, (key, value, prev) in enumerate(events):
+        for i, (key, value, prev, tags) in enumerate(events):
             pv = _dec(prev["value"], prev["b64"]) if prev is not None else None
             (v, p), b64 = _enc(value, pv)
             write.append({"op": "insert", "table": "Log", "row": {
                 "rev": rev, "i": i, "n": n, "key": key, "value": _opt(v), "prev": _opt(p),
-                "b64": b64, "pr": ["set", buckets(key, rev)]}})
+                "b64": b64, "pr": ["set", buckets(key, rev, tags)]}})
         if rev % self._trim_every == 0 and rev > self._maxlen:
             floor = rev - self._maxlen + 1
             write += [{"op": "delete", "table": "Log", "where": [["rev", "<", floor]]},
@@ -657,9 +660,17 @@ class _OvsdbWatch:
         self._last = start_revision - 1  # every change up to here is delivered
         self._from = start_revision // BUCKET  # first bucket of the requested condition
         self.rows_received = 0  # Log rows the server sent (stats; tests of the filtering)
+        # server-side filter (set_tags): None = everything under the prefix. _tlock guards
+        # these; it is never held while a callback runs
+        self._tlock = threading.Lock()
+        self._tags: frozenset[str] | None = None
+        self._cond_dirty = False
+        self._frozen = False  # deliver nothing past _last until the server applied _want
+        self._want: list[Any] | None = None
         self._epoch: str | None = drv._seen_epoch
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
         self._thread = threading.Thread(target=self._run, name="df-ovsdb-watch", daemon=True)
 
     def start(self) -> None:
@@ -677,9 +688,35 @@ class _OvsdbWatch:
         if threading.current_thread() is not self._thread and self._thread.ident is not None:
             self._thread.join()
 
+    def set_tags(self, tags: Iterable[str] | None) -> None:
+        """Only changes with one of these tags (or untagged ones) from now on; None: all.
+        A grown set holds delivery back until the server applied it (driver.Watch)."""
+        new = None if tags is None else frozenset(tags) | {""}
+        with self._tlock:
+            if new == self._tags:
+                return
+            grew = new is None or (self._tags is not None and not new <= self._tags)
+            self._tags = new
+            self._cond_dirty = True
+            self._frozen = self._frozen or grew
+        try:
+            os.write(self._wake_w, b"t")
+        except OSError:
+            pass
+
     def _cond(self) -> list[Any]:
-        return [["pr", "includes", f"{self._dir}#{b}"]
-                for b in range(self._from, self._from + WINDOW)]
+        window = range(self._from, self._from + WINDOW)
+        if self._tags is None:
+            return [["pr", "includes", f"{self._dir}#{b}"] for b in window]
+        return [["pr", "includes", f"{self._dir}@{t}#{b}"]
+                for t in sorted(self._tags) for b in window]
+
+    def _update_cond(self, idl: ovs.db.idl.Idl) -> None:
+        """Ask the server for the current condition (IDL thread only)."""
+        with self._tlock:
+            self._cond_dirty = False
+            self._want = self._cond()
+            idl.cond_change("Log", self._want)
 
     @staticmethod
     def _covered_to(cond: Any) -> int:
@@ -695,10 +732,12 @@ class _OvsdbWatch:
         helper.register_columns("Meta", ["rev", "compacted", "epoch"])
         pending: list[tuple[int, int, str, Any, Any, bool]] = []
         idl = _LogIdl(",".join(self._drv.remotes), helper, pending)
-        idl.cond_change("Log", self._cond())
+        self._update_cond(idl)
         seqno = idl.change_seqno
         try:
             while not self._stop.is_set():
+                if self._cond_dirty:
+                    self._update_cond(idl)
                 idl.run()
                 if idl.change_seqno != seqno or pending:
                     seqno = idl.change_seqno
@@ -711,6 +750,10 @@ class _OvsdbWatch:
                 poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
                 poller.timer_wait(10_000)  # (the IDL asks for its own timers)
                 poller.block()
+                try:
+                    os.read(self._wake_r, 64)  # drained: set_tags' wake-ups are one-shot
+                except OSError:  # (non-blocking: nothing there)
+                    pass
         except _Gap as gap:
             LOG.warning("ovsdb watch %r: %s; resync needed", self._prefix, gap)
             if not self._stop.is_set():
@@ -752,9 +795,15 @@ class _OvsdbWatch:
             raise _Gap(f"history before revision {meta.compacted} is gone and this watch "
                        f"needs it from {self._last + 1}")
         # everything up to here has arrived: the server's revision, within what the
-        # condition the server acknowledged makes it send
-        upto = max(self._last, min(int(meta.rev),
-                                   self._covered_to(idl.tables["Log"].condition_state.acked)))
+        # condition the server acknowledged makes it send -- and while a grown tag set is
+        # not applied yet, nothing new (its changes after _last come with it, in order)
+        acked = idl.tables["Log"].condition_state.acked
+        with self._tlock:
+            if self._frozen and not self._cond_dirty and acked == self._want:
+                self._frozen = False
+            frozen = self._frozen
+        upto = self._last if frozen else max(self._last, min(int(meta.rev),
+                                                            self._covered_to(acked)))
         pending.sort()
         cut = 0
         while cut < len(pending) and pending[cut][0] <= upto:
@@ -771,4 +820,4 @@ class _OvsdbWatch:
         self._last = upto
         if (self._last + 1) // BUCKET >= self._from + WINDOW // 2:
             self._from = (self._last + 1) // BUCKET
-            idl.cond_change("Log", self._cond())
+            self._update_cond(idl)
