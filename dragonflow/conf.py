@@ -185,6 +185,18 @@ def load(conf: cfg.ConfigOpts, argv: list[str], prog: str, description: str = ""
          description=description or None)
 
 
+def load_files(config_files: list[str], config_dir: str | None, prog: str) -> cfg.ConfigOpts:
+    """A fresh ConfigOpts loaded from a CLI's --config-file (repeatable) / --config-dir."""
+    conf = new_conf()
+    argv: list[str] = []
+    for path in config_files:
+        argv += ["--config-file", path]
+    if config_dir:
+        argv += ["--config-dir", config_dir]
+    load(conf, argv, prog=prog)
+    return conf
+
+
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """For oslo-config-generator (entry point oslo.config.opts)."""
     return [("df", list(df_opts)), ("controller", list(controller_opts)),

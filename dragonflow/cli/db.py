@@ -445,13 +445,7 @@ def cmd_ovsdb_create(_nb: NbApi | None, args: argparse.Namespace) -> int:
 
 def open_nb(args: argparse.Namespace) -> tuple[NbApi, bool]:
     """The NbApi the arguments select, and whether df-db owns (must close) its driver."""
-    conf = dfconf.new_conf()
-    oslo_argv: list[str] = []
-    for path in args.config_file:
-        oslo_argv += ["--config-file", path]
-    if args.config_dir:
-        oslo_argv += ["--config-dir", args.config_dir]
-    dfconf.load(conf, oslo_argv, prog=PROG)
+    conf = dfconf.load_files(args.config_file, args.config_dir, PROG)
     url = args.db or conf.df.nb_db_url
     driver = open_driver(url, timeout=conf.df.nb_db_timeout,
                          security=NbSecurity.from_conf(conf.df))

@@ -1163,14 +1163,7 @@ def _expression(args: argparse.Namespace) -> Packet:
 
 
 def _load_conf(args: argparse.Namespace) -> Any:
-    conf = dfconf.new_conf()
-    argv: list[str] = []
-    for path in args.config_file:
-        argv += ["--config-file", path]
-    if args.config_dir:
-        argv += ["--config-dir", args.config_dir]
-    dfconf.load(conf, argv, prog=PROG)
-    return conf
+    return dfconf.load_files(args.config_file, args.config_dir, PROG)
 
 
 def _context(status: dict[str, Any], objs: list[Any], ifaces: dict[int, dict[str, Any]]

@@ -305,14 +305,104 @@ def test_write_tokens_are_cleaned_up() -> None:
 
 
 # --- a real leader failure ---------------------------------------------------------------------
-def test_killing_the_etcd_leader_during_writes_loses_and_repeats_nothing(
-    prefix: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """4 threads write (create, 3 updates, maybe delete, per port) through the LEADER of a
-    3-member cluster, which is killed mid-way: commits in flight on it lose their answer
-    (applied or not). A caller retries only after a plain DriverError (the contract: nothing
-    was written); any other error fails the test. Afterwards the database holds exactly what
-    the callers were told, and the stream shows every write once."""
+def writes_through_a_leader_kill(nb: NbApi, watcher: NbApi, kill_leader: Callable[[], None], *,
+                                 ports: int, updates: int, delete_every: int, kill_after: int
+                                 ) -> str:
+    """4 threads write (per port: create, ``updates`` updates, every ``delete_every``-th port
+    deleted, else one more update) through ``nb``; after ``kill_after`` writes the cluster's
+    leader is killed, with commits in flight on it. A caller retries only after a plain
+    DriverError (the contract: nothing was written); any other error fails. Afterwards
+    ``watcher`` reads exactly what the callers were told, and its stream showed every write
+    once. Returns a line on the lost answers (for the test's output)."""
+    nb.resolve_timeout = 30.0
+    nb.create(net(1))
+    s1 = nb.create(subnet(1, "net1"))
+    col = Collector()
+    w = watcher.driver.watch(watcher.obj_prefix + "port/", watcher.revision() + 1,
+                             col.on_event, col.on_compacted)
+    live: dict[str, Port] = {}
+    writes = [0]
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    started = threading.Barrier(5)
+
+    def call(fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return fn()
+            except DriverError as e:
+                if isinstance(e, AmbiguousCommit) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # nothing was written: safe to ask again
+
+    def work(t: int) -> None:
+        started.wait()
+        try:
+            for j in range(ports):
+                p = call(lambda n=t * ports + j + 1: nb.create(port(n, "net1", s1)))
+                for k in range(updates):
+                    p = call(lambda p=p, k=k: nb.update(p.replace(name=f"n{k}")))
+                if j % delete_every == 0:
+                    call(lambda p=p: nb.delete(Port, p.id))
+                else:
+                    p = call(lambda p=p: nb.update(p.replace(name="last")))
+                    with lock:
+                        live[p.id] = p
+                with lock:
+                    writes[0] += updates + 2
+        except BaseException as e:  # reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    logs = _Logs()
+    with logs.capture("dragonflow.db.nbapi"):
+        for th in threads:
+            th.start()
+        started.wait()
+        assert eventually(lambda: writes[0] >= kill_after, timeout=120, poll=0.005)
+        kill_leader()
+        for th in threads:
+            th.join(300)
+    assert failures == []
+    assert writes[0] == 4 * ports * (updates + 2)
+    assert {p.id: p for p in watcher.list(Port)} == live
+    assert _owned(watcher, [watcher.get_or_raise("network", "net1"), s1, *live.values()]) \
+        == _stored_entries(watcher)
+    events = col.wait_for(writes[0], timeout=60)
+    time.sleep(0.5)
+    seen = [(e.key.rsplit("/", 1)[1], _version(e.value)) for e in col.events]
+    assert len(events) == len(seen) == len(set(seen)) == writes[0]  # each write once
+    assert col.compacted.empty()
+    w.cancel()
+    return (f"{writes[0]} writes; commits whose answer was lost: "
+            f"{logs.text.count('NB commit answer lost')}, of which applied: "
+            f"{logs.text.count('it was applied')}")
+
+
+class _Logs(logging.Handler):
+    """The WARNING+ records of a logger while capturing, as text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+    @contextlib.contextmanager
+    def capture(self, name: str) -> Iterator[None]:
+        logger = logging.getLogger(name)
+        logger.addHandler(self)
+        try:
+            yield
+        finally:
+            logger.removeHandler(self)
+
+
+def test_killing_the_etcd_leader_during_writes_loses_and_repeats_nothing(prefix: str) -> None:
+    """Through the LEADER of a 3-member etcd cluster, which is killed mid-way (see
+    writes_through_a_leader_kill)."""
     from dragonflow.db.drivers.etcd import EtcdDriver
     from tests.fixtures.etcd_server import cluster_url, require_binary, start_cluster
 
@@ -323,70 +413,9 @@ def test_killing_the_etcd_leader_during_writes_loses_and_repeats_nothing(
     url = cluster_url(ordered)  # the client connects to the first: the leader
     drivers = [EtcdDriver(url), EtcdDriver(url)]
     try:
-        nb, watcher = NbApi(drivers[0], root=prefix), NbApi(drivers[1], root=prefix)
-        nb.resolve_timeout = 30.0
-        nb.create(net(1))
-        s1 = nb.create(subnet(1, "net1"))
-        col = Collector()
-        w = watcher.driver.watch(watcher.obj_prefix + "port/", watcher.revision() + 1,
-                                 col.on_event, col.on_compacted)
-        live: dict[str, Port] = {}
-        writes = [0]
-        failures: list[BaseException] = []
-        lock = threading.Lock()
-        started = threading.Barrier(5)
-
-        def call(fn: Callable[[], T]) -> T:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    return fn()
-                except DriverError as e:
-                    if isinstance(e, AmbiguousCommit) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)  # nothing was written: safe to ask again
-
-        def work(t: int) -> None:
-            started.wait()
-            try:
-                for j in range(10):
-                    p = call(lambda n=t * 20 + j: nb.create(port(n, "net1", s1)))
-                    for k in range(3):
-                        p = call(lambda p=p, k=k: nb.update(p.replace(name=f"n{k}")))
-                    n_writes = 4
-                    if j % 3 == 0:
-                        call(lambda p=p: nb.delete(Port, p.id))
-                        n_writes += 1
-                    else:
-                        with lock:
-                            live[p.id] = p
-                    with lock:
-                        writes[0] += n_writes
-            except BaseException as e:  # reported below
-                failures.append(e)
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-        for th in threads:
-            th.start()
-        with caplog.at_level(logging.WARNING, logger="dragonflow.db.nbapi"):
-            started.wait()
-            assert eventually(lambda: writes[0] >= 30, timeout=30, poll=0.005)
-            members[leader].kill()  # with commits in flight on it
-            for th in threads:
-                th.join(120)
-        assert failures == []
-        assert writes[0] == 4 * (10 * 4 + 4)  # 40 creates, 120 updates, 16 deletes
-        assert {p.id: p for p in watcher.list(Port)} == live
-        assert _owned(watcher, [watcher.get_or_raise("network", "net1"), s1, *live.values()]) \
-            == _stored_entries(watcher)
-        events = col.wait_for(writes[0], timeout=30)
-        time.sleep(0.5)
-        seen = [(e.key.rsplit("/", 1)[1], _version(e.value)) for e in col.events]
-        assert len(events) == len(seen) == len(set(seen)) == writes[0]  # each write once
-        w.cancel()
-        applied = caplog.text.count("it was applied")
-        lost = caplog.text.count("NB commit answer lost")
-        print(f"commits whose answer was lost: {lost}, of which applied: {applied}")
+        print(writes_through_a_leader_kill(
+            NbApi(drivers[0], root=prefix), NbApi(drivers[1], root=prefix),
+            members[leader].kill, ports=10, updates=3, delete_every=3, kill_after=30))
     finally:
         for d in drivers:
             d.close()
