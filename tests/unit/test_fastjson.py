@@ -42,7 +42,7 @@ def _parse_all(parser_cls: type, stream: str, cuts: list[int]) -> list[object]:
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(_messages, min_size=1, max_size=4), st.lists(st.integers(0, 10_000),
                                                              max_size=12))
 def test_same_values_as_ovs_parser_however_cut(msgs: list[dict], cuts: list[int]) -> None:
