@@ -4,14 +4,39 @@ this shows whether the NB kept up."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from typing import Any
 
+import pytest
+
+_FROM_WORKERS: list[dict[str, Any]] = []  # with pytest-xdist: the workers' records
+
+
+def _local_records() -> list[Any]:
+    base = sys.modules.get("tests.neutron.server.base")  # not imported: nothing ran here
+    return list(getattr(base, "RECORDS", None) or [])
+
+
+def pytest_sessionfinish(session: Any) -> None:
+    """An xdist worker hands its records to the controller (workeroutput)."""
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["df_nb_records"] = [dataclasses.asdict(r) for r in _local_records()]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _FROM_WORKERS.extend(getattr(node, "workeroutput", {}).get("df_nb_records", []))
+
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    base = sys.modules.get("tests.neutron.server.base")  # not imported: nothing ran
-    records = getattr(base, "RECORDS", None)
+    records = _local_records()
+    if _FROM_WORKERS:
+        from tests.neutron.server.base import Record
+
+        records += [Record(**r) for r in _FROM_WORKERS]
     if not records:
         return
     failed = [r for r in records if r.failures]
